@@ -1,0 +1,142 @@
+"""The AOT step: compile every spec for every arch, generate C, write the manifest.
+
+    python -m aot.build --out DIR [--arch sm80,sm89,sm90,ptx] [--jobs N] [--cache DIR]
+
+Writes DIR/<arch>/{images/*.c, dispatch_<arch>.c}, DIR/include/fusedaot.h,
+DIR/manifest.json and DIR/sources.cmake (the file lists CMake builds from).
+Needs Triton and NVRTC (PyPI wheels), no GPU and no driver.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from . import codegen, compile as cc, specs
+
+# Oldest driver for each PTX ISA version (CUDA toolkit release notes).
+PTX_ISA_DRIVER = {"8.0": 525, "8.1": 530, "8.2": 535, "8.3": 545, "8.4": 550, "8.5": 555,
+                  "8.6": 560, "8.7": 570, "8.8": 575, "9.0": 580}
+CUBIN_MIN_DRIVER = 525  # CUDA 12.x cubins run on any r525+ driver (minor-version compatibility)
+
+VERSION = (Path(__file__).resolve().parent.parent / "python" / "fusedaot" / "VERSION").read_text().strip()
+
+
+def _job(kind: str, name: str, arch: str, cache: str):
+    """Worker: compile one Triton variant (kind=op name) or one CUDA source (kind='cuda')."""
+    t0 = time.perf_counter()
+    if kind == "cuda":
+        image, meta, hit = cc.compile_cuda(name, arch, Path(cache))
+    else:
+        op = next(o for o in specs.OPS if o.name == kind)
+        v = next(x for x in op.variants if x.name == name)
+        image, meta, hit = cc.compile_triton(op, v, arch, Path(cache))
+    return image, meta, hit, time.perf_counter() - t0
+
+
+def compile_all(arches, jobs: int, cache: Path):
+    """{(kind, name, arch): (image, meta)} for every Triton variant and CUDA source."""
+    todo = []
+    for op in specs.OPS:
+        for arch in arches:
+            if arch not in op.arches:
+                continue
+            if op.lang == "cuda":
+                todo.append(("cuda", op.source, arch))
+            else:
+                todo += [(op.name, v.name, arch) for v in op.variants]
+    todo = list(dict.fromkeys(todo))  # a CUDA source serves several ops: compile it once
+    results, hits, t0 = {}, 0, time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
+        futures = {pool.submit(_job, *t, str(cache)): t for t in todo}
+        for n, fut in enumerate(as_completed(futures), 1):
+            kind, name, arch = futures[fut]
+            try:
+                image, meta, hit, dt = fut.result()
+            except cc.CompileError as e:
+                pool.shutdown(cancel_futures=True)
+                sys.exit(f"aot: error: {e}")
+            hits += hit
+            results[(kind, name, arch)] = (image, meta)
+            print(f"[{n:4d}/{len(todo)}] {arch:4s} {name:48s} {len(image) / 1024:7.1f} KiB "
+                  f"{'cached' if hit else f'{dt:5.2f} s'}", flush=True)
+    print(f"aot: {len(todo)} images ({hits} from cache) in {time.perf_counter() - t0:.1f} s", flush=True)
+    return results
+
+
+def generate(out: Path, arches, results) -> dict:
+    manifest = {"version": VERSION, "arches": list(arches),
+                "libraries": {a: f"libfusedaot_{a}.so" for a in arches},
+                "dtypes": specs.DTYPES, "min_driver": {}, "compilers": {},
+                "ops": {op.name: {"lang": op.lang, "doc": op.doc, "arches": [a for a in op.arches if a in arches],
+                                  "params": [[p.name, p.ctype] for p in op.params]} for op in specs.OPS},
+                "kernels": []}
+    (out / "include").mkdir(parents=True, exist_ok=True)
+    (out / "include" / "fusedaot.h").write_text(codegen.public_header())
+    cmake = []
+    for arch in arches:
+        img_dir = out / arch / "images"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        images, image_index, kernels, sources, ptx_versions = [], {}, [], [], set()
+        for op, v, a in specs.enumerate_kernels((arch,)):
+            key = ("cuda", op.source, arch) if op.lang == "cuda" else (op.name, v.name, arch)
+            image, meta = results[key]
+            if key not in image_index:
+                stem = Path(op.source).stem if op.lang == "cuda" else v.name
+                sym = f"fa_image_{stem}_{arch}"
+                path = img_dir / f"{stem}_{arch}.c"
+                codegen.write_image(path, sym, image, f"{op.lang} {op.source}, {'all kernels' if op.lang == 'cuda' else v.name}, {arch}")
+                image_index[key] = len(images)
+                images.append((sym, len(image)))
+                sources.append(path)
+                if meta.get("ptx_version"):
+                    ptx_versions.add(meta["ptx_version"])
+            if op.lang == "cuda":
+                meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared)
+                if v.kernel.encode() not in image:
+                    sys.exit(f"aot: error: {v.name}: symbol {v.kernel} not found in the {arch} image of {op.source}")
+            kernels.append({"op": op, "variant": v, "image": image_index[key], "meta": meta,
+                            "shared": meta["shared"]})
+            manifest["kernels"].append({"op": op.name, "variant": v.name, "arch": arch, "dtype": v.dtype,
+                                        "compiler": meta["compiler"], "image_bytes": len(image),
+                                        "symbol": meta["symbol"], "num_warps": meta["num_warps"],
+                                        "shared": meta["shared"]})
+            manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
+        dispatch = out / arch / f"dispatch_{arch}.c"
+        codegen.write_dispatch(dispatch, arch, images, kernels)
+        sources.append(dispatch)
+        manifest["min_driver"][arch] = (max(PTX_ISA_DRIVER[p] for p in ptx_versions)
+                                        if arch == "ptx" else CUBIN_MIN_DRIVER)
+        cmake.append(f"set(FUSEDAOT_SOURCES_{arch}\n" + "".join(f"  {s}\n" for s in sources) + ")\n")
+    (out / "sources.cmake").write_text(codegen._header("CMake source lists") .replace("/*", "#").replace("*/", "") + "".join(cmake))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m aot.build", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--arch", default=",".join(specs.ARCHES), help="comma-separated subset of " + ",".join(specs.ARCHES))
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusedaot-aot"
+    ap.add_argument("--cache", type=Path, default=default_cache)
+    args = ap.parse_args(argv)
+    arches = [a for a in args.arch.split(",") if a]
+    bad = [a for a in arches if a not in specs.ARCHES]
+    if bad:
+        ap.error(f"unknown arch {bad}; expected a subset of {list(specs.ARCHES)}")
+    os.environ.setdefault("TRITON_CACHE_DIR", str(args.cache / "triton"))
+    # Line tables would triple the images; the shipped cubins carry none.
+    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
+    results = compile_all(arches, max(1, args.jobs), args.cache)
+    manifest = generate(args.out, arches, results)
+    print(f"aot: wrote {len(manifest['kernels'])} kernels for {', '.join(arches)} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

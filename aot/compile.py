@@ -1,0 +1,198 @@
+"""Compile one kernel variant for one architecture: Triton or NVRTC, content-addressed cache.
+
+Neither compiler needs a GPU or a driver.  Results are cached under `cache_dir` by a
+hash of everything that determines the image (compiler version, source text, signature,
+constexprs, options, arch), so an unchanged kernel is never recompiled.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import specs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _cached(cache_dir: Path, key: str, build):
+    """Return (image bytes, meta dict, hit) for `key`, calling build() on a miss."""
+    d = cache_dir / key[:2]
+    img_path, meta_path = d / f"{key}.bin", d / f"{key}.json"
+    if img_path.exists() and meta_path.exists():
+        return img_path.read_bytes(), json.loads(meta_path.read_text()), True
+    image, meta = build()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = img_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(image)
+    os.replace(tmp, img_path)  # image first: the meta file marks the entry complete
+    meta_path.with_suffix(f".tmp{os.getpid()}").write_text(json.dumps(meta))
+    os.replace(meta_path.with_suffix(f".tmp{os.getpid()}"), meta_path)
+    return image, meta, False
+
+
+# ----------------------------------------------------------------------------- Triton
+
+@functools.lru_cache(maxsize=None)
+def _triton_module(source: str):
+    path = ROOT / source
+    name = "fusedaot_kernels_" + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def triton_signature(op: specs.Op, v: specs.Variant, arg_names) -> tuple[dict, dict, list]:
+    """(signature, attrs, runtime args) of `v` for Triton, from the op's C parameter types."""
+    signature, attrs, args = {}, {}, []
+    for i, name in enumerate(arg_names):
+        if name in v.constexprs:
+            signature[name] = "constexpr"
+            continue
+        try:
+            p = op.param(name)
+        except StopIteration:
+            raise CompileError(f"{v.name}: kernel argument {name!r} is neither a constexpr "
+                               f"nor a parameter of op {op.name}") from None
+        if p.ctype == "ptr":
+            signature[name] = "*" + (v.dtype if p.elem == "T" else p.elem)
+        else:
+            signature[name] = specs.TRITON_SCALAR[p.ctype]
+        if name in v.aligned:
+            div = 16 if p.ctype == "ptr" else 16 // specs.ELEM_BYTES[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", div]]
+        args.append(name)
+    return signature, attrs, args
+
+
+def _ptx_param_count(ptx: str, name: str) -> int:
+    m = re.search(r"\.entry\s+" + re.escape(name) + r"\s*\((.*?)\)", ptx, re.S)
+    return m.group(1).count(".param") if m else -1
+
+
+def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source_text = (ROOT / op.source).read_bytes()
+    fn = getattr(_triton_module(op.source), v.kernel)
+    signature, attrs, args = triton_signature(op, v, fn.arg_names)
+    options = {"num_warps": v.num_warps, "num_stages": v.num_stages}
+    key = _digest("triton", triton.__version__, os.environ.get("TRITON_DISABLE_LINE_INFO"), source_text, v.kernel, sorted(signature.items()),
+                  sorted(v.constexprs.items()), sorted(attrs.items()), sorted(options.items()), arch)
+
+    def build():
+        try:
+            k = triton.compile(ASTSource(fn, signature, dict(v.constexprs), attrs),
+                               target=GPUTarget("cuda", specs.ARCH_CC[arch], 32), options=options)
+        except Exception as e:  # the compiler's own message follows ours
+            raise CompileError(f"Triton failed to compile {v.name} ({op.source}:{v.kernel}) for {arch} "
+                               f"with signature {signature} constexprs {v.constexprs}:\n{e}") from e
+        md = k.metadata
+        if md.global_scratch_size or md.profile_scratch_size:
+            raise CompileError(f"{v.name} for {arch} needs Triton global scratch memory, "
+                               "which the fusedaot runtime does not provide")
+        ptx = k.asm["ptx"]
+        nparams = _ptx_param_count(ptx, md.name)
+        if nparams != len(args) + 2:  # Triton appends global and profile scratch pointers
+            raise CompileError(f"{v.name}: the compiled kernel takes {nparams} parameters, "
+                               f"expected {len(args)} + 2 scratch pointers")
+        image = ptx.encode() + b"\0" if arch == "ptx" else k.asm["cubin"]
+        meta = {"symbol": md.name, "num_warps": md.num_warps, "shared": md.shared,
+                "compiler": f"triton {triton.__version__}", "args": args,
+                "ptx_version": _ptx_version(ptx)}
+        return image, meta
+
+    return _cached(cache_dir, key, build)
+
+
+def _ptx_version(ptx: str) -> str:
+    m = re.search(r"^\s*\.version\s+(\d+\.\d+)", ptx, re.M)
+    return m.group(1) if m else ""
+
+
+# ------------------------------------------------------------------------------ NVRTC
+
+NVRTC_OPTIONS = ("-std=c++17", "--fmad=true")
+NVRTC_ARCH = {"sm80": "sm_80", "sm89": "sm_89", "sm90": "sm_90", "ptx": "compute_80"}
+
+
+@functools.lru_cache(maxsize=None)
+def _nvrtc():
+    try:
+        import nvidia.cuda_nvrtc as pkg
+    except ImportError as e:
+        raise CompileError("NVRTC not found: install the nvidia-cuda-nvrtc-cu12 wheel "
+                           "(a build requirement in pyproject.toml)") from e
+    lib = ctypes.CDLL(os.path.join(list(pkg.__path__)[0], "lib", "libnvrtc.so.12"))
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return lib, f"{major.value}.{minor.value}"
+
+
+def nvrtc_version() -> str:
+    return _nvrtc()[1]
+
+
+def _nvrtc_call(lib, fn, *args):
+    rc = getattr(lib, fn)(*args)
+    if rc != 0:
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        raise CompileError(f"{fn} failed: {lib.nvrtcGetErrorString(rc).decode()}")
+
+
+def compile_cuda(source: str, arch: str, cache_dir: Path):
+    """One NVRTC compile of `source` (all its extern "C" kernels) for `arch`."""
+    lib, version = _nvrtc()
+    path = ROOT / source
+    headers = sorted(path.parent.glob("*.cuh"))
+    text = path.read_bytes()
+    opts = [f"--gpu-architecture={NVRTC_ARCH[arch]}", f"--include-path={path.parent}", *NVRTC_OPTIONS]
+    key = _digest("nvrtc", version, text, *(h.read_bytes() for h in headers),
+                  [o for o in opts if not o.startswith("--include-path")], arch)
+
+    def build():
+        prog = ctypes.c_void_p()
+        _nvrtc_call(lib, "nvrtcCreateProgram", ctypes.byref(prog), text, path.name.encode(), 0, None, None)
+        try:
+            argv = (ctypes.c_char_p * len(opts))(*(o.encode() for o in opts))
+            rc = lib.nvrtcCompileProgram(prog, len(opts), argv)
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, log)
+            if rc != 0:
+                raise CompileError(f"NVRTC {version} failed to compile {source} for {arch} "
+                                   f"({' '.join(opts)}):\n{log.value.decode(errors='replace')}")
+            getter = "PTX" if arch == "ptx" else "CUBIN"
+            _nvrtc_call(lib, f"nvrtcGet{getter}Size", prog, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            _nvrtc_call(lib, f"nvrtcGet{getter}", prog, buf)
+        finally:
+            lib.nvrtcDestroyProgram(ctypes.byref(prog))
+        image = buf.raw  # PTX from NVRTC is already NUL-terminated
+        ptx_version = _ptx_version(image.decode(errors="replace")) if arch == "ptx" else ""
+        return image, {"compiler": f"nvrtc {version}", "ptx_version": ptx_version}
+
+    return _cached(cache_dir, key, build)

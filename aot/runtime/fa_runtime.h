@@ -1,0 +1,64 @@
+/* The fusedaot C runtime: what the generated dispatch code calls.
+ *
+ * libcuda.so.1 is opened with dlopen on first use (no DT_NEEDED entry), so a library
+ * imports on a machine without a driver.  Modules are loaded per device, lazily and
+ * thread-safely, or all at once by fusedaot_load().  Every failure returns a nonzero
+ * code and leaves a message for fusedaot_last_error(). */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cuda_driver.h"
+
+#define FA_EXPORT __attribute__((visibility("default")))
+#define FA_ALIGNED16(p) ((((uintptr_t)(p)) & 15u) == 0)
+
+/* fusedaot's own error codes, above the driver's CUresult range */
+#define FA_ERR_NO_DRIVER 10001
+#define FA_ERR_BAD_DEVICE 10002
+#define FA_ERR_NO_VARIANT 10003
+#define FA_ERR_CAPTURING 10004
+#define FA_ERR_UNAVAILABLE 10005
+#define FA_ERR_LAUNCH_BOUNDS 10006
+
+typedef struct {
+  const unsigned char* data; /* cubin, or NUL-terminated PTX */
+  size_t size;
+} fa_image_t;
+
+typedef struct {
+  const char* variant; /* spec name */
+  const char* symbol;  /* function name inside the image */
+  int image;           /* index into fa_images */
+  unsigned shared;     /* dynamic shared memory bytes */
+} fa_kernel_t;
+
+typedef struct fa_device fa_device_t;
+struct fa_device {
+  int ordinal;
+  int sms;        /* multiprocessor count, for grid sizing */
+  int smem_optin; /* largest dynamic shared memory a block may opt in to */
+  CUcontext ctx;  /* the device's primary context (the one PyTorch uses) */
+  void* lock;
+  void* volatile* modules;   /* CUmodule per image, NULL until loaded */
+  void* volatile* functions; /* CUfunction per kernel, NULL until loaded */
+  volatile int ready;
+};
+
+/* Tables of the generated code for this library's arch. */
+extern const char fa_arch_name[];
+extern const fa_image_t fa_images[];
+extern const int fa_num_images;
+extern const fa_kernel_t fa_kernels[];
+extern const int fa_num_kernels;
+
+static inline int64_t fa_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t fa_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t fa_max(int64_t a, int64_t b) { return a > b ? a : b; }
+
+int fa_error(int code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+int fa_device_get(int ordinal, fa_device_t** out);
+int fa_launch(fa_device_t* dev, int kernel, int64_t gx, int64_t gy, int64_t gz, unsigned bx,
+              unsigned by, unsigned bz, unsigned shared, void* stream, void** args);
+int fa_no_variant(const char* op, int dtype);
+int fa_unavailable(const char* op, int device);

@@ -1,0 +1,149 @@
+"""RMSNorm forward and backward (Triton).
+
+    y  = x * rstd * w,                 rstd = 1 / sqrt(mean(x^2) + eps)
+    dx = rstd * (w*dy - x_hat * mean(x_hat * w*dy)),   x_hat = x * rstd
+    dw = sum over rows of dy * x_hat
+
+Rows may be strided (`stride_*` elements apart); the last dimension is contiguous.
+All arithmetic is fp32 whatever the storage dtype.  Variants are constexpr flags:
+ROWS rows per program, BLOCK_N >= N for the single-block form, LOOPED for rows
+wider than one block (BLOCK_N is then the chunk width).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_row(ptr, cols, mask, EVICT: tl.constexpr):
+    if EVICT:
+        # keep the row in L2 for the looped form's second pass
+        return tl.load(ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    return tl.load(ptr + cols, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_weight(w, cols, N, HAS_W: tl.constexpr):
+    if HAS_W:
+        return tl.load(w + cols, mask=cols < N, other=0.0).to(tl.float32)
+    return tl.full(cols.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _rms_norm_fwd(
+    x,            # (M, N) input, rows stride_x elements apart
+    y,            # (M, N) output, rows stride_y elements apart
+    w,            # (N,) weight; not read unless HAS_W
+    stride_x,     # row stride of x, in elements
+    stride_y,     # row stride of y, in elements
+    M,            # number of rows
+    N,            # row width
+    eps,          # added to mean(x^2)
+    BLOCK_N: tl.constexpr,   # columns per block (>= N unless LOOPED)
+    ROWS: tl.constexpr,      # rows per program
+    HAS_W: tl.constexpr,
+    LOOPED: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < M
+    x_rows = x + rows.to(tl.int64)[:, None] * stride_x
+    y_rows = y + rows.to(tl.int64)[:, None] * stride_y
+    if LOOPED:
+        # phase 1: sum of squares over the row, chunk by chunk
+        acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            xv = _load_row(x_rows, cols[None, :], row_ok[:, None] & (cols[None, :] < N), True)
+            acc += xv * xv
+        rstd = tl.rsqrt(tl.sum(acc, axis=1) / N + eps)
+        # phase 2: re-read (from L2), scale, store
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = row_ok[:, None] & (cols[None, :] < N)
+            xv = _load_row(x_rows, cols[None, :], mask, False)
+            yv = xv * rstd[:, None] * _load_weight(w, cols, N, HAS_W)[None, :]
+            tl.store(y_rows + cols[None, :], yv.to(y.dtype.element_ty), mask=mask)
+    else:
+        # the whole row is one block held in registers
+        cols = tl.arange(0, BLOCK_N)
+        mask = row_ok[:, None] & (cols[None, :] < N)
+        xv = _load_row(x_rows, cols[None, :], mask, False)
+        rstd = tl.rsqrt(tl.sum(xv * xv, axis=1) / N + eps)
+        yv = xv * rstd[:, None] * _load_weight(w, cols, N, HAS_W)[None, :]
+        tl.store(y_rows + cols[None, :], yv.to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd(
+    dy,           # (M, N) upstream gradient, rows stride_dy apart
+    x,            # (M, N) forward input, rows stride_x apart
+    w,            # (N,) weight; not read unless HAS_W
+    dx,           # (M, N) output gradient, rows stride_dx apart
+    dw_partial,   # (G, N) fp32: program g writes the sum of dy * x_hat over its rows
+    stride_dy,    # row strides, in elements
+    stride_x,
+    stride_dx,
+    M,            # number of rows
+    N,            # row width
+    eps,
+    G,            # number of programs; program g takes rows g*ROWS + k*G*ROWS
+    BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    LOOPED: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    dw_row = dw_partial + pid.to(tl.int64) * N
+    if LOOPED:
+        # ROWS == 1.  dw for a row this wide does not fit in registers: accumulate it in
+        # this program's own row of dw_partial (no other program touches it).
+        if HAS_W:
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                tl.store(dw_row + cols, tl.zeros([BLOCK_N], tl.float32), mask=cols < N)
+        for row in range(pid, M, G):
+            r64 = row.to(tl.int64)
+            # phase 1: sum(x^2) and sum(x * w*dy) in one pass
+            sq = tl.zeros([BLOCK_N], tl.float32)
+            xwdy = tl.zeros([BLOCK_N], tl.float32)
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = cols < N
+                xv = _load_row(x + r64 * stride_x, cols, mask, True)
+                dyv = _load_row(dy + r64 * stride_dy, cols, mask, True)
+                sq += xv * xv
+                xwdy += xv * dyv * _load_weight(w, cols, N, HAS_W)
+            rstd = tl.rsqrt(tl.sum(sq, axis=0) / N + eps)
+            # mean(x_hat * w*dy) = rstd * mean(x * w*dy)
+            c = rstd * tl.sum(xwdy, axis=0) / N
+            # phase 2: dx and dw
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = cols < N
+                xv = _load_row(x + r64 * stride_x, cols, mask, False)
+                dyv = _load_row(dy + r64 * stride_dy, cols, mask, False)
+                x_hat = xv * rstd
+                dxv = rstd * (dyv * _load_weight(w, cols, N, HAS_W) - x_hat * c)
+                tl.store(dx + r64 * stride_dx + cols, dxv.to(dx.dtype.element_ty), mask=mask)
+                if HAS_W:
+                    acc = tl.load(dw_row + cols, mask=mask, other=0.0)
+                    tl.store(dw_row + cols, acc + dyv * x_hat, mask=mask)
+    else:
+        cols = tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        wv = _load_weight(w, cols, N, HAS_W)
+        dw_acc = tl.zeros([BLOCK_N], tl.float32)
+        for first in range(pid * ROWS, M, G * ROWS):
+            rows = first + tl.arange(0, ROWS)
+            r64 = rows.to(tl.int64)[:, None]
+            mask = (rows < M)[:, None] & col_ok[None, :]
+            xv = _load_row(x + r64 * stride_x, cols[None, :], mask, False)
+            dyv = _load_row(dy + r64 * stride_dy, cols[None, :], mask, False)
+            rstd = tl.rsqrt(tl.sum(xv * xv, axis=1) / N + eps)
+            x_hat = xv * rstd[:, None]
+            wdy = dyv * wv[None, :]
+            c = tl.sum(x_hat * wdy, axis=1) / N
+            dxv = rstd[:, None] * (wdy - x_hat * c[:, None])
+            tl.store(dx + r64 * stride_dx + cols[None, :], dxv.to(dx.dtype.element_ty), mask=mask)
+            dw_acc += tl.sum(dyv * x_hat, axis=0)
+        if HAS_W:
+            tl.store(dw_row + cols, dw_acc, mask=col_ok)

@@ -1,0 +1,178 @@
+"""Pick and load the native library for a GPU; call its C functions through ctypes.
+
+Compute capability -> library:  8.0/8.6/8.7 -> sm80, 8.9 -> sm89, 9.0 -> sm90,
+>= 10 -> ptx (compute_80 PTX, JIT-compiled once by the driver), < 8.0 -> the PyTorch
+reference (one warning).  FUSEDAOT_ARCH=sm80|sm89|sm90|ptx overrides the choice for
+every GPU; FUSEDAOT_DISABLE=1 forces the reference everywhere.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ARCHES = ("sm80", "sm89", "sm90", "ptx")
+REFERENCE = "reference"
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}
+
+
+class FusedAOTError(RuntimeError):
+    """A failure of the native library or the CUDA driver (the message carries the driver's text)."""
+
+
+@functools.lru_cache(maxsize=None)
+def manifest() -> dict:
+    path = PACKAGE_DIR / "manifest.json"
+    if not path.exists():
+        raise FusedAOTError(f"fusedaot: {path} is missing; the installation is broken, reinstall fusedaot")
+    return json.loads(path.read_text())
+
+
+def arch_for_capability(major: int, minor: int) -> str:
+    """The library that runs natively on a GPU of compute capability major.minor."""
+    if major < 8:
+        return REFERENCE
+    if major == 8:
+        return "sm89" if minor == 9 else "sm80"  # sm_80 cubins run on every 8.x; 8.9 adds FP8
+    if (major, minor) == (9, 0):
+        return "sm90"  # sm_90a images run on 9.0 only
+    return "ptx"
+
+
+def _env_choice() -> str | None:
+    if os.environ.get("FUSEDAOT_DISABLE", "") not in ("", "0"):
+        return REFERENCE
+    forced = os.environ.get("FUSEDAOT_ARCH", "")
+    if forced and forced not in ARCHES:
+        raise ValueError(f"FUSEDAOT_ARCH={forced!r} is not one of {', '.join(ARCHES)}")
+    return forced or None
+
+
+def arch_for(device=None) -> str:
+    """The library fusedaot uses for a CUDA device: sm80, sm89, sm90, ptx or reference."""
+    choice = _env_choice()
+    if choice:
+        return choice
+    if not torch.cuda.is_available():
+        return REFERENCE
+    return arch_for_capability(*torch.cuda.get_device_capability(device))
+
+
+class Library:
+    """One libfusedaot_<arch>.so with its argtypes set once from the manifest."""
+
+    def __init__(self, arch: str):
+        m = manifest()
+        path = PACKAGE_DIR / m["libraries"].get(arch, f"libfusedaot_{arch}.so")
+        if not path.exists():
+            raise FusedAOTError(f"fusedaot: the {arch} library {path.name} is missing from {PACKAGE_DIR}; "
+                                "the installation is broken, reinstall fusedaot")
+        self.arch = arch
+        self.path = path
+        self._cdll = cdll = ctypes.CDLL(str(path))
+        cdll.fusedaot_last_error.restype = ctypes.c_char_p
+        cdll.fusedaot_arch.restype = ctypes.c_char_p
+        cdll.fusedaot_load.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        cdll.fusedaot_num_loaded.argtypes = [ctypes.c_int32]
+        cdll.fusedaot_driver_version.argtypes = [ctypes.POINTER(ctypes.c_int32)]
+        for op, info in m["ops"].items():
+            fn = getattr(cdll, "fusedaot_" + op)
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32] + [_CTYPES[t] for _, t in info["params"]]
+            fn.restype = ctypes.c_int
+            setattr(self, op, fn)
+
+    def error(self, rc: int, op: str = "") -> FusedAOTError:
+        text = self._cdll.fusedaot_last_error().decode(errors="replace")
+        return FusedAOTError(text or f"fusedaot: {op} failed with code {rc}")
+
+    def load(self, device_index: int) -> None:
+        rc = self._cdll.fusedaot_load(current_stream(device_index), device_index)
+        if rc:
+            raise self.error(rc, "load")
+
+    def num_loaded(self, device_index: int) -> int:
+        return self._cdll.fusedaot_num_loaded(device_index)
+
+    def num_kernels(self) -> int:
+        return self._cdll.fusedaot_num_kernels()
+
+    def driver_version(self) -> int:
+        v = ctypes.c_int32(0)
+        rc = self._cdll.fusedaot_driver_version(ctypes.byref(v))
+        if rc:
+            raise self.error(rc, "driver_version")
+        return v.value
+
+
+_lock = threading.Lock()
+_libraries: dict[str, Library] = {}
+_by_device: list = []   # device index -> Library, or None for the reference path
+_warned_old_gpu = False
+
+
+def library_for_arch(arch: str) -> Library:
+    with _lock:
+        lib = _libraries.get(arch)
+        if lib is None:
+            lib = _libraries[arch] = Library(arch)
+        return lib
+
+
+def _resolve(index: int):
+    global _warned_old_gpu
+    arch = arch_for(index)
+    if arch == REFERENCE:
+        if _env_choice() is None and not _warned_old_gpu:
+            _warned_old_gpu = True
+            name = torch.cuda.get_device_name(index)
+            warnings.warn(f"fusedaot: {name} (compute capability {torch.cuda.get_device_capability(index)}) "
+                          "is older than sm80; using the PyTorch reference implementations", stacklevel=3)
+        return None
+    return library_for_arch(arch)
+
+
+_UNRESOLVED = object()
+
+
+def device_library(index: int):
+    """The Library for CUDA device `index`, or None when that device uses the reference path."""
+    try:
+        lib = _by_device[index]
+    except IndexError:
+        lib = _UNRESOLVED
+    if lib is _UNRESOLVED:
+        lib = _resolve(index)
+        with _lock:
+            _by_device.extend([_UNRESOLVED] * (index + 1 - len(_by_device)))
+            _by_device[index] = lib
+    return lib
+
+
+try:
+    _raw_stream = torch._C._cuda_getCurrentRawStream
+except AttributeError:  # pragma: no cover - very old or CPU-only builds
+    def _raw_stream(index):
+        return torch.cuda.current_stream(index).cuda_stream
+
+
+def current_stream(index: int) -> int:
+    return _raw_stream(index)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def reset() -> None:
+    """Forget the per-device choice (tests change FUSEDAOT_ARCH / FUSEDAOT_DISABLE)."""
+    with _lock:
+        _by_device.clear()

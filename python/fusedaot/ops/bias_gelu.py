@@ -1,0 +1,102 @@
+"""bias_gelu: y = gelu(x + bias)  (CUDA C++ kernel, kernels/cuda/bias_gelu.cu, compiled by NVRTC).
+
+x: (..., N) fp16|bf16|fp32, rows may be strided; bias: (N,) same dtype;
+approximate: "none" (erf) or "tanh".  The backward gives dx and dbias; dbias is summed
+per row group in fp32 and the groups are added in a fixed order (deterministic).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _lib, reference
+from ._common import check_input, check_vector, dtype_code, native, row_stride, rows, use_dispatcher
+
+OP = "bias_gelu"
+_APPROXIMATE = {"none": 0, "tanh": 1}
+
+
+def _forward(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    lib, dev = native(x)
+    if lib is None:
+        return reference.bias_gelu(x, bias, approximate)
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    x2 = rows(x)
+    m, n = x2.shape
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    rc = lib.bias_gelu_fwd(_lib.current_stream(dev), dev, dtype_code(x), x2.data_ptr(), bias.data_ptr(),
+                           y.data_ptr(), row_stride(x2), m, n, _APPROXIMATE[approximate])
+    if rc:
+        raise lib.error(rc, OP)
+    return y.view(x.shape)
+
+
+def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate: str):
+    lib, dev = native(x)
+    if lib is None:
+        return reference.bias_gelu_backward(dy, x, bias, approximate)
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.zeros_like(bias)
+    x2, dy2 = rows(x), rows(dy)
+    m, n = x2.shape
+    dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    # Row groups: about 8K columns' worth of threads per SM, at most 65535 (grid.y).
+    g = max(1, min(m, 65535, _lib.sm_count(dev) * 8192 // max(n, 1)))
+    partial = torch.empty((g, n), dtype=torch.float32, device=x.device)
+    rc = lib.bias_gelu_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
+                           bias.data_ptr(), dx.data_ptr(), partial.data_ptr(), row_stride(dy2), row_stride(x2),
+                           m, n, _APPROXIMATE[approximate], g)
+    if rc:
+        raise lib.error(rc, OP + " backward")
+    return dx.view(x.shape), partial.sum(0).to(bias.dtype)
+
+
+@torch.library.custom_op("fusedaot::bias_gelu", mutates_args=())
+def _bias_gelu_op(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    return _forward(x, bias, approximate)
+
+
+@_bias_gelu_op.register_fake
+def _(x, bias, approximate):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fusedaot::bias_gelu_backward", mutates_args=())
+def _bias_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
+                           approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _backward(dy, x, bias, approximate)
+
+
+@_bias_gelu_backward_op.register_fake
+def _(dy, x, bias, approximate):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(bias)
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, approximate = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approximate = approximate
+
+
+def _grad(ctx, dy):
+    x, bias = ctx.saved_tensors
+    dx, dbias = torch.ops.fusedaot.bias_gelu_backward(dy, x, bias, ctx.approximate)
+    return dx, dbias, None
+
+
+_bias_gelu_op.register_autograd(_grad, setup_context=_setup_context)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """gelu(x + bias) with bias broadcast over the rows of x.
+
+    x: (..., N) fp16|bf16|fp32; bias: (N,) of x's dtype; approximate: "none" | "tanh".
+    Returns a contiguous tensor of x's shape and dtype.  Arithmetic is fp32.
+    """
+    check_input(OP, x)
+    check_vector(OP, x, bias, "bias")
+    if approximate not in _APPROXIMATE:
+        raise ValueError(f"{OP}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if use_dispatcher(x, bias):
+        return torch.ops.fusedaot.bias_gelu(x, bias, approximate)
+    return _forward(x, bias, approximate)

@@ -1,0 +1,111 @@
+"""rms_norm: y = x / sqrt(mean(x^2, -1) + eps) * weight  (Triton kernel, kernels/triton/rms_norm.py).
+
+x: (..., N) fp16|bf16|fp32, rows may be strided; weight: (N,) same dtype, or None.
+The backward gives dx and dweight; dweight is summed per program in fp32 and the
+partial sums are added in a fixed order, so it is deterministic.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _lib, reference
+from ._common import (check_eps, check_input, check_vector, dtype_code, native, row_stride,
+                      rows, use_dispatcher)
+
+OP = "rms_norm"
+
+
+def _forward(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    lib, dev = native(x)
+    if lib is None:
+        return reference.rms_norm(x, weight, eps)
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    x2 = rows(x)
+    m, n = x2.shape
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    rc = lib.rms_norm_fwd(_lib.current_stream(dev), dev, dtype_code(x), x2.data_ptr(), y.data_ptr(),
+                          0 if weight is None else weight.data_ptr(), row_stride(x2), n, m, n, eps)
+    if rc:
+        raise lib.error(rc, OP)
+    return y.view(x.shape)
+
+
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], eps: float):
+    lib, dev = native(x)
+    if lib is None:
+        return reference.rms_norm_backward(dy, x, weight, eps)
+    if x.numel() == 0:
+        dw = torch.zeros_like(weight) if weight is not None else x.new_empty(0)
+        return torch.empty_like(x, memory_format=torch.contiguous_format), dw
+    x2, dy2 = rows(x), rows(dy)
+    m, n = x2.shape
+    dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    # One fp32 row of partial dweight per program; two programs per SM keep it small.
+    g = min(m, 2 * _lib.sm_count(dev))
+    partial = torch.empty((g, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
+    rc = lib.rms_norm_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
+                          0 if weight is None else weight.data_ptr(), dx.data_ptr(), partial.data_ptr(),
+                          row_stride(dy2), row_stride(x2), n, m, n, eps, g)
+    if rc:
+        raise lib.error(rc, OP + " backward")
+    dw = partial.sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
+    return dx.view(x.shape), dw
+
+
+@torch.library.custom_op("fusedaot::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    return _forward(x, weight, eps)
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fusedaot::rms_norm_backward", mutates_args=())
+def _rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _backward(dy, x, weight, eps)
+
+
+@_rms_norm_backward_op.register_fake
+def _(dy, x, weight, eps):
+    dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), dw
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, eps = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.eps = eps
+
+
+def _grad(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw = torch.ops.fusedaot.rms_norm_backward(dy, x, weight, ctx.eps)
+    return dx, (dw if weight is not None and ctx.needs_input_grad[1] else None), None
+
+
+_rms_norm_op.register_autograd(_grad, setup_context=_setup_context)
+
+
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Optional[float] = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension.
+
+    x: (..., N) fp16|bf16|fp32; weight: (N,) of x's dtype or None; eps > 0, or None for
+    torch.finfo(x.dtype).eps.  Returns a contiguous tensor of x's shape and dtype.
+    Strided rows are read in place; a non-contiguous last dimension is copied first.
+    """
+    check_input(OP, x)
+    if weight is not None:
+        check_vector(OP, x, weight, "weight")
+    eps = check_eps(OP, eps, x.dtype)
+    if use_dispatcher(x, weight):
+        return torch.ops.fusedaot.rms_norm(x, weight, eps)
+    return _forward(x, weight, eps)
+
+
+__all__ = ["rms_norm"]
