@@ -1,0 +1,172 @@
+"""Shared test machinery: CUDA gating, allocator poisoning, float64 references, checks.
+
+GPU tests carry `@pytest.mark.requires_cuda` (or use the `cuda` fixture) and skip
+cleanly where torch sees no CUDA device.  The helpers below are imported by the
+test modules (`from conftest import ...`).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import pytest
+import torch
+
+TESTS = pathlib.Path(__file__).resolve().parent
+REPO = TESTS.parent
+# The test modules import helpers from this file whatever pytest's import mode is.
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+HAS_CUDA = torch.cuda.is_available()
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+ARCH_LIBRARIES = ("sm80", "sm89", "sm90", "ptx")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_cuda: needs a CUDA device; skipped without one")
+    config.addinivalue_line("markers", "slow: large tensors (several GB); deselect with -m 'not slow'")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_cuda") is not None and not HAS_CUDA:
+        pytest.skip("needs a CUDA device")
+
+
+def pytest_report_header(config):
+    lines = [f"torch {torch.__version__}, cuda available: {HAS_CUDA}"]
+    try:
+        import fusedaot
+    except Exception as exc:  # the tests themselves report the failure
+        return lines + [f"fusedaot: import failed: {exc!r}"]
+    lines.append(f"fusedaot {getattr(fusedaot, '__version__', '?')} from {pathlib.Path(fusedaot.__file__).parent}")
+    if HAS_CUDA:
+        try:
+            arch = fusedaot.arch_for(torch.device("cuda"))
+        except Exception as exc:
+            arch = f"error: {exc!r}"
+        lines.append(f"device: {torch.cuda.get_device_name()} cc {torch.cuda.get_device_capability()}, "
+                     f"library: {arch}, FUSEDAOT_ARCH={os.environ.get('FUSEDAOT_ARCH', '')!r}")
+    return lines
+
+
+@pytest.fixture
+def cuda():
+    """The current CUDA device; skips the test where there is none."""
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA device")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# --- poisoning --------------------------------------------------------------------
+
+def poison(nbytes: int, device="cuda", copies: int = 4) -> None:
+    """Leave the caching allocator holding blocks whose every byte is 0xFF.
+
+    The ops allocate their outputs themselves, so an output cannot be pre-filled.
+    Instead: release the cache, allocate `copies` blocks of the output's size (the
+    allocator's best fit, i.e. the very blocks the op will be handed next), fill them
+    with 0xFF bytes and free them.  0xFF.. is a NaN in fp32, fp16 and bf16 alike, so
+    any element a kernel fails to write reads back as NaN.  Call it after creating the
+    inputs and right before the op.
+    """
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    nbytes = max(int(nbytes), 512)
+    blocks = [torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(0xFF) for _ in range(copies)]
+    del blocks
+
+
+def nbytes_of(*tensors: torch.Tensor) -> int:
+    """Largest storage size among tensors shaped like the op's outputs."""
+    return max((t.numel() * t.element_size() for t in tensors if t is not None), default=0)
+
+
+def assert_written(*outs: torch.Tensor) -> None:
+    """Every element finite: nothing left as the allocator's NaN poison.
+
+    Inputs are drawn so that every true result is finite, so a NaN or Inf here is an
+    element the kernel did not write (or computed wrongly).
+    """
+    for out in outs:
+        if out is None or out.numel() == 0:
+            continue
+        bad = ~torch.isfinite(out)
+        if bad.any():
+            idx = bad.nonzero()[0].tolist()
+            pytest.fail(f"{int(bad.sum())} of {out.numel()} output elements are not finite "
+                        f"(first at {idx}): unwritten or wrong", pytrace=False)
+
+
+# --- float64 reference --------------------------------------------------------------
+
+def to64(t):
+    """An exact float64 copy of a floating tensor (None and non-tensors pass through)."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point():
+        return t.detach().to(torch.float64)
+    return t
+
+
+def ref64(fn, *args, dy=None, **kwargs):
+    """Evaluate `fn` on exact float64 copies of its tensor arguments.
+
+    Without `dy`: returns fn's output (float64).  With `dy`: also back-propagates dy
+    and returns (out, grads), grads holding one float64 gradient per positional
+    argument (None where the argument is not a floating tensor).
+    """
+    args64 = [to64(a) for a in args]
+    if dy is None:
+        with torch.no_grad():
+            return fn(*args64, **kwargs)
+    leaves = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args64]
+    out = fn(*leaves, **kwargs)
+    out.backward(to64(dy))
+    grads = tuple(a.grad if isinstance(a, torch.Tensor) else None for a in leaves)
+    return out.detach(), grads
+
+
+# --- checks --------------------------------------------------------------------------
+
+def assert_close(actual, expected, tol, mag=None, what="output"):
+    """|actual - expected| <= out * |expected| + comp * mag + floor, elementwise.
+
+    `tol` is one row of a test file's TOLERANCES table: `out` is the unit roundoff of
+    the stored dtype (the one rounding of an fp32 result into it), `comp` bounds the
+    fp32 arithmetic's own error relative to `mag`, and `floor` is the absolute error
+    of rounding into the dtype's subnormal range.  `mag` is the magnitude scale of the
+    computation that produced each element (the sum of the absolute values of the
+    terms); it defaults to |expected|, right for results without cancellation.
+    """
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if actual.numel() == 0:
+        return
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(device=a.device, dtype=torch.float64)
+    m = e.abs() if mag is None else mag.detach().to(device=a.device, dtype=torch.float64)
+    bound = tol["out"] * e.abs() + tol["comp"] * m + tol["floor"]
+    err = (a - e).abs()
+    bad = ~(err <= bound)  # also catches NaN
+    if bad.any():
+        excess = torch.where(bad, (err / bound.clamp_min(1e-300)).nan_to_num(float("inf")),
+                             torch.zeros_like(err))
+        i = int(excess.flatten().argmax())
+        idx = list(torch.unravel_index(torch.tensor(i), a.shape)) if a.dim() else []
+        idx = [int(k) for k in idx]
+        pytest.fail(
+            f"{what}: {int(bad.sum())} of {a.numel()} elements out of tolerance "
+            f"(dtype {actual.dtype}, tol {tol}); worst at {idx}: got {a.flatten()[i].item():.9g}, "
+            f"expected {e.flatten()[i].item():.9g}, |err| {err.flatten()[i].item():.3g} > "
+            f"bound {bound.flatten()[i].item():.3g}",
+            pytrace=False,
+        )
+
+
+def make_tensor(shape, dtype, device, scale=1.0, offset=0.0):
+    """randn * scale + offset, drawn in float32 and rounded once into `dtype`."""
+    return (torch.randn(shape, device=device) * scale + offset).to(dtype)
