@@ -49,7 +49,7 @@ def compile_all(arches, jobs: int, cache: Path):
             if op.lang == "cuda":
                 todo.append(("cuda", op.source, arch))
             else:
-                todo += [(op.name, v.name, arch) for v in op.variants]
+                todo += [(op.name, v.name, arch) for v in op.variants if arch in v.arches]
     todo = list(dict.fromkeys(todo))  # a CUDA source serves several ops: compile it once
     results, hits, t0 = {}, 0, time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:

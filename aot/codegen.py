@@ -91,6 +91,8 @@ def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels
                    "  fa_device_t* dev;\n  int rc = fa_device_get(device, &dev);\n"
                    "  if (rc) return rc;\n  CUdeviceptr scratch = 0;\n  (void)scratch;\n")
         for v in op.variants:
+            if arch not in v.arches:
+                continue
             i = index[(op.name, v.name)]
             out.append(_launch_block(op, v, i, kernels[i]["meta"]))
         out.append(f'  return fa_no_variant("{op.name}", dtype);\n}}\n')

@@ -78,7 +78,7 @@ def triton_signature(op: specs.Op, v: specs.Variant, arg_names) -> tuple[dict, d
             signature[name] = "*" + (v.dtype if p.elem == "T" else p.elem)
         else:
             signature[name] = specs.TRITON_SCALAR[p.ctype]
-        if name in v.aligned:
+        if name in v.aligned and not v.unaligned:
             div = 16 if p.ctype == "ptr" else 16 // specs.ELEM_BYTES[v.dtype]
             attrs[(i,)] = [["tt.divisibility", div]]
         args.append(name)

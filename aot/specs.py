@@ -13,7 +13,9 @@ over the op's parameters) holds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 ARCHES = ("sm80", "sm89", "sm90", "ptx")
 # Triton target for each library; the PTX library carries compute_80 PTX that the
@@ -56,6 +58,9 @@ class Variant:
     shared: int = 0                # CUDA C++ only: dynamic shared memory bytes
     aligned: tuple[str, ...] = ()  # params that must be 16-byte aligned (pointers) or
                                    # multiples of 16 bytes (row strides, widths) for this variant
+    unaligned: bool = False        # the fallback for calls that fail the `aligned` test: the
+                                   # test is negated in `when` and no alignment is assumed
+    arches: tuple[str, ...] = ARCHES
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,8 @@ class Op:
 
 def alignment_condition(op: Op, v: Variant) -> str:
     """The C test that a call meets `v.aligned`: pointers 16-byte aligned, integers
-    (strides, widths in elements) a multiple of 16 bytes' worth of elements."""
+    (strides, widths in elements) a multiple of 16 bytes' worth of elements.  For an
+    `unaligned` variant, the negation."""
     terms = []
     for name in v.aligned:
         p = op.param(name)
@@ -82,7 +88,8 @@ def alignment_condition(op: Op, v: Variant) -> str:
             terms.append(f"FA_ALIGNED16({name})")
         else:
             terms.append(f"({name} % {16 // ELEM_BYTES[v.dtype]} == 0)")
-    return " && ".join(terms) or "1"
+    test = " && ".join(terms) or "1"
+    return f"!({test})" if v.unaligned else test
 
 
 def cdiv(a: int, b: int) -> int:
@@ -97,9 +104,9 @@ def cdiv(a: int, b: int) -> int:
 # which reads the row twice (the second read mostly hits L2).
 # ---------------------------------------------------------------------------------
 
-# (BLOCK_N, ROWS per program, num_warps).  Heuristic for every arch: keep the tile
-# at >= 4K elements so that a program has enough loads in flight, and 8-32 elements
-# per thread so that the row stays in registers without spilling.
+# (BLOCK_N, ROWS per program, num_warps): the heuristic for arches without a tuning table.
+# Keep the tile at >= 4K elements so that a program has enough loads in flight, and 8-32
+# elements per thread so that the row stays in registers without spilling.
 RMS_NORM_BLOCKS = (
     (16, 128, 4),
     (64, 64, 4),
@@ -112,6 +119,29 @@ RMS_NORM_BLOCKS = (
     (32768, 1, 16),
 )
 RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
+
+TUNING_DIR = Path(__file__).resolve().parent / "tuning"
+
+
+def tuning(arch: str) -> dict:
+    """The arch's tuning table (aot/tuning/<arch>.json, written by `python -m aot.tune`), or {}."""
+    path = TUNING_DIR / f"{arch}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def rms_norm_configs(arch: str, direction: str, dtype: str):
+    """[(BLOCK_N, ROWS, num_warps, num_stages, looped)] for one arch: tuned where measured,
+    else heuristic.  A tuning entry is [ROWS, num_warps] or [ROWS, num_warps, num_stages]."""
+    table = tuning(arch).get(f"rms_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
+
+    def entry(key, default):
+        rows, warps, *stages = table.get(key, default)
+        return rows, warps, (stages[0] if stages else 1)
+
+    out = [(block, *entry(str(block), (rows, warps)), False) for block, rows, warps in RMS_NORM_BLOCKS]
+    out.append((RMS_NORM_LOOP[0], *entry("loop", (1, RMS_NORM_LOOP[1])), True))
+    return out
+
 
 _RMS_FWD_PARAMS = (
     Param("x", "ptr"), Param("y", "ptr"), Param("w", "ptr"),
@@ -126,33 +156,63 @@ _RMS_BWD_PARAMS = (
 )
 
 
+_RMS_DW_PARAMS = (Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("G", "i32"), Param("N", "i32"))
+RMS_NORM_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
+
+
+def _rms_norm_dw_variants() -> tuple[Variant, ...]:
+    block_n, block_g, warps = RMS_NORM_DW
+    return tuple(Variant(
+        name=f"rms_norm_dw_{dtype}_b{block_n}_g{block_g}_w{warps}",
+        dtype=dtype,
+        kernel="_rms_norm_dw",
+        when=f"dtype == {DTYPES[dtype]}",
+        grid=(f"fa_cdiv(N, {block_n})", "1", "1"),
+        constexprs=dict(BLOCK_N=block_n, BLOCK_G=block_g),
+        num_warps=warps,
+    ) for dtype in ("bf16", "fp16", "fp32"))
+
+
+def _merge_arches(variants):
+    """One Variant per name, valid on every arch that produced it (same config)."""
+    merged = {}
+    for v in variants:
+        old = merged.get(v.name)
+        merged[v.name] = v if old is None else replace(old, arches=old.arches + v.arches)
+    return tuple(merged.values())
+
+
 def _rms_norm_variants(direction: str) -> tuple[Variant, ...]:
+    """The conditions of an op's variants are disjoint (width ranges, aligned or not, weight
+    or not), so the dispatch order does not matter and each arch may have its own configs."""
     ptrs = ("x", "y", "w") if direction == "fwd" else ("dy", "x", "w", "dx")
     strides = ("stride_x", "stride_y") if direction == "fwd" else ("stride_dy", "stride_x", "stride_dx")
     out = []
-    for dtype in ("bf16", "fp16", "fp32"):
-        for aligned in (True, False):
-            for has_w in (True, False):
-                configs = [(b, r, w, False) for b, r, w in RMS_NORM_BLOCKS]
-                configs.append((RMS_NORM_LOOP[0], 1, RMS_NORM_LOOP[1], True))
-                for block, rows, warps, looped in configs:
-                    tag = f"loop{block}" if looped else f"b{block}"
-                    cond = [f"dtype == {DTYPES[dtype]}", "w != 0" if has_w else "w == 0"]
-                    if not looped:
-                        cond.append(f"N <= {block}")
-                    grid_x = f"fa_cdiv(M, {rows})" if direction == "fwd" else "G"
-                    out.append(Variant(
-                        name=f"rms_norm_{direction}_{dtype}_{tag}_r{rows}_w{warps}"
-                             f"{'' if has_w else '_nw'}{'_a16' if aligned else ''}",
-                        dtype=dtype,
-                        kernel=f"_rms_norm_{direction}",
-                        when=" && ".join(cond),
-                        grid=(grid_x, "1", "1"),
-                        constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped),
-                        num_warps=warps,
-                        aligned=(ptrs + strides + ("N",)) if aligned else (),
-                    ))
-    return tuple(out)
+    for arch in ARCHES:
+        for dtype in ("bf16", "fp16", "fp32"):
+            lower = 0
+            for block, rows, warps, stages, looped in rms_norm_configs(arch, direction, dtype):
+                width = f"N > {lower}" if looped else f"N > {lower} && N <= {block}"
+                lower = block
+                tag = (f"loop{block}" if looped else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
+                for aligned in (True, False):
+                    for has_w in (True, False):
+                        cond = [f"dtype == {DTYPES[dtype]}", "w != 0" if has_w else "w == 0", width]
+                        out.append(Variant(
+                            name=f"rms_norm_{direction}_{dtype}_{tag}"
+                                 f"{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
+                            dtype=dtype,
+                            kernel=f"_rms_norm_{direction}",
+                            when=" && ".join(cond),
+                            grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
+                            constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped),
+                            num_warps=warps,
+                            num_stages=stages,
+                            aligned=ptrs + strides + ("N",),
+                            unaligned=not aligned,
+                            arches=(arch,),
+                        ))
+    return _merge_arches(out)
 
 
 # ---------------------------------------------------------------------------------
@@ -181,7 +241,7 @@ def _bias_gelu_variants(direction: str) -> tuple[Variant, ...]:
     strides = ("stride_x",) if direction == "fwd" else ("stride_dy", "stride_x")
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
-        for vec in (16 // ELEM_BYTES[dtype], 1):
+        for vec in (16 // ELEM_BYTES[dtype], 1):  # 16-byte accesses when aligned, else scalar
             cols = BIAS_GELU_THREADS * vec
             # Forward: enough row groups to fill the device about 8 blocks deep.
             rows_fwd = f"fa_min(M, fa_max(1, 8 * dev->sms / fa_cdiv(N, {cols})))"
@@ -192,7 +252,8 @@ def _bias_gelu_variants(direction: str) -> tuple[Variant, ...]:
                 when=f"dtype == {DTYPES[dtype]}",
                 grid=(f"fa_cdiv(N, {cols})", rows_fwd if direction == "fwd" else "G", "1"),
                 block=(str(BIAS_GELU_THREADS), "1", "1"),
-                aligned=(ptrs + strides + ("N",)) if vec > 1 else (),
+                aligned=ptrs + strides + ("N",),
+                unaligned=vec == 1,
             ))
     return tuple(out)
 
@@ -202,6 +263,8 @@ OPS: tuple[Op, ...] = (
        _rms_norm_variants("fwd"), doc="y = x * rsqrt(mean(x^2) + eps) [* w]"),
     Op("rms_norm_bwd", "triton", "kernels/triton/rms_norm.py", _RMS_BWD_PARAMS,
        _rms_norm_variants("bwd"), doc="dx and per-program partial dw (G, N) fp32"),
+    Op("rms_norm_dw", "triton", "kernels/triton/rms_norm.py", _RMS_DW_PARAMS,
+       _rms_norm_dw_variants(), doc="dw = sum of the partial rows, in the weight's dtype"),
     Op("bias_gelu_fwd", "cuda", "kernels/cuda/bias_gelu.cu", _BG_FWD_PARAMS,
        _bias_gelu_variants("fwd"), doc="y = gelu(x + bias)"),
     Op("bias_gelu_bwd", "cuda", "kernels/cuda/bias_gelu.cu", _BG_BWD_PARAMS,
@@ -214,5 +277,5 @@ def enumerate_kernels(arches=ARCHES):
     for op in OPS:
         for v in op.variants:
             for arch in arches:
-                if arch in op.arches:
+                if arch in op.arches and arch in v.arches:
                     yield op, v, arch

@@ -81,6 +81,10 @@ def poison(nbytes: int, device="cuda", copies: int = 4) -> None:
     nbytes = max(int(nbytes), 512)
     blocks = [torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(0xFF) for _ in range(copies)]
     del blocks
+    # the harness checks itself: the next allocation of this size must be poisoned
+    probe = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    assert bool((probe == 0xFF).all()), "poison: the caching allocator did not hand back a poisoned block"
+    del probe
 
 
 def nbytes_of(*tensors: torch.Tensor) -> int:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference
-from conftest import DTYPES, HAS_CUDA, assert_close, assert_written, make_tensor, nbytes_of, poison, ref64
+from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, poison, ref64
 
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close)
 # out:   the kernel computes in fp32 and rounds once into the storage dtype: the unit
@@ -25,8 +25,9 @@ from conftest import DTYPES, HAS_CUDA, assert_close, assert_written, make_tensor
 #        is ~70 (a 32768-wide block reduction: 64 per thread + 9 tree levels; the looped
 #        form N/8192 + 16 + 9; dweight's rows per program + the sum over programs), so
 #        the worst-case sum error is ~70 * 2^-24 = 4.2e-6, plus rsqrt.approx (~2^-22)
-#        and two products.  1e-5 leaves a ~2x margin and is still 40 fp32 ulps tight.
-# floor: fp16 results below 2^-14 are subnormal; rounding there is exact to 2^-25.
+#        and two products.  1e-5 (~170 fp32 ulps) leaves a ~2x margin over that.
+# floor: fp16 results below 2^-14 are subnormal; rounding there errs by at most 2^-25
+#        (half the subnormal spacing), whatever the result's size.
 TOLERANCES = {
     torch.bfloat16: dict(out=2**-8, comp=1e-5, floor=0.0),
     torch.float16: dict(out=2**-11, comp=1e-5, floor=2**-25),
@@ -191,6 +192,17 @@ def test_forward_layouts(n, dtype):
     check_forward(make_tensor((n, 9), dtype, "cuda").t(), w)                  # last dim strided: copied
     check_forward(make_tensor((4, 2 * n), dtype, "cuda")[:, ::2], w)          # last dim stride 2
     check_forward(make_tensor((1, n), dtype, "cuda").expand(6, n), w)         # row stride 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", (3, 1000, 4097))
+def test_strided_weight(n, dtype, device):
+    # weight is a view of every other element: it must be read through its stride (or copied)
+    x = make_tensor((6, n), dtype, device)
+    w = make_tensor((2 * n,), dtype, device, scale=0.5, offset=1.0)[::2]
+    check_forward(x, w)
+    check_backward(x, w, make_tensor((6, n), dtype, device))
 
 
 @pytest.mark.requires_cuda

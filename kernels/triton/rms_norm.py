@@ -138,12 +138,35 @@ def _rms_norm_bwd(
             mask = (rows < M)[:, None] & col_ok[None, :]
             xv = _load_row(x + r64 * stride_x, cols[None, :], mask, False)
             dyv = _load_row(dy + r64 * stride_dy, cols[None, :], mask, False)
-            rstd = tl.rsqrt(tl.sum(xv * xv, axis=1) / N + eps)
-            x_hat = xv * rstd[:, None]
+            # the two row sums are independent: mean(x_hat * wdy) = rstd * mean(x * wdy)
             wdy = dyv * wv[None, :]
-            c = tl.sum(x_hat * wdy, axis=1) / N
+            sum_sq = tl.sum(xv * xv, axis=1)
+            sum_xwdy = tl.sum(xv * wdy, axis=1)
+            rstd = tl.rsqrt(sum_sq / N + eps)
+            c = rstd * sum_xwdy / N
+            x_hat = xv * rstd[:, None]
             dxv = rstd[:, None] * (wdy - x_hat * c[:, None])
             tl.store(dx + r64 * stride_dx + cols[None, :], dxv.to(dx.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dyv * x_hat, axis=0)
         if HAS_W:
             tl.store(dw_row + cols, dw_acc, mask=col_ok)
+
+
+@triton.jit
+def _rms_norm_dw(
+    dw_partial,   # (G, N) fp32 partial sums from _rms_norm_bwd
+    dw,           # (N,) output, in the weight's dtype
+    G,            # number of partial rows
+    N,            # row width
+    BLOCK_N: tl.constexpr,   # columns per program
+    BLOCK_G: tl.constexpr,   # partial rows added per step
+):
+    # dw[n] = sum over g of dw_partial[g, n], in a fixed order: deterministic.
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc = tl.zeros([BLOCK_G, BLOCK_N], tl.float32)
+    for first in range(0, G, BLOCK_G):
+        rows = first + tl.arange(0, BLOCK_G)
+        mask = (rows < G)[:, None] & col_ok[None, :]
+        acc += tl.load(dw_partial + rows.to(tl.int64)[:, None] * N + cols[None, :], mask=mask, other=0.0)
+    tl.store(dw + cols, tl.sum(acc, axis=0).to(dw.dtype.element_ty), mask=col_ok)

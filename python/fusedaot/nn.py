@@ -11,20 +11,20 @@ __all__ = ["RMSNorm"]
 
 
 class RMSNorm(torch.nn.Module):
-    """Drop-in for torch.nn.RMSNorm over the last dimension (same arguments, same
-    state_dict key "weight", same numerics within rounding).
+    """Drop-in for torch.nn.RMSNorm (same arguments, same state_dict key "weight", same
+    numerics within rounding).  Normalizing over several trailing dimensions flattens them
+    into one row (a view where x's layout allows, else one copy).
 
-    eps=None uses torch.finfo(x.dtype).eps, as torch does.
+    eps=None uses fp32's machine epsilon, as torch does for fp16, bf16 and fp32 inputs.
     """
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
         super().__init__()
         if isinstance(normalized_shape, numbers.Integral):
             normalized_shape = (int(normalized_shape),)
-        normalized_shape = tuple(normalized_shape)
-        if len(normalized_shape) != 1:
-            raise ValueError(f"fusedaot.nn.RMSNorm normalizes over the last dimension only; "
-                             f"got normalized_shape={normalized_shape}")
+        normalized_shape = tuple(int(n) for n in normalized_shape)
+        if not normalized_shape:
+            raise ValueError("RMSNorm: normalized_shape must name at least one dimension")
         self.normalized_shape = normalized_shape
         self.eps = eps
         self.elementwise_affine = elementwise_affine
@@ -38,10 +38,14 @@ class RMSNorm(torch.nn.Module):
             torch.nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != self.normalized_shape:
-            raise ValueError(f"RMSNorm: expected input with last dimension {self.normalized_shape[0]}, "
+        k = len(self.normalized_shape)
+        if tuple(x.shape[x.dim() - k:]) != self.normalized_shape:
+            raise ValueError(f"RMSNorm: expected input with trailing dimensions {self.normalized_shape}, "
                              f"got shape {tuple(x.shape)}")
-        return rms_norm(x, self.weight, self.eps)
+        if k == 1:
+            return rms_norm(x, self.weight, self.eps)
+        w = None if self.weight is None else self.weight.reshape(-1)
+        return rms_norm(x.reshape(*x.shape[:-k], -1), w, self.eps).view(x.shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -1,4 +1,9 @@
-"""Argument checks and layout helpers shared by every op."""
+"""Argument checks and layout helpers shared by every op.
+
+The checks run on every eager call, so each starts with a cheap test of the common case
+(CUDA tensors of a supported dtype on one device) and only builds an error message when
+that fails.
+"""
 from __future__ import annotations
 
 import math
@@ -9,14 +14,22 @@ from .. import _lib
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _DEVICE_TYPES = ("cuda", "cpu", "meta")
+_CODES = _lib.DTYPE_CODES
+_is_compiling = torch.compiler.is_compiling
+
+
+def _names(dtypes) -> str:
+    names = [str(d).replace("torch.", "") for d in dtypes]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def check_input(op: str, x: torch.Tensor, dtypes=FLOAT_DTYPES) -> None:
+    if isinstance(x, torch.Tensor) and x.is_cuda and x.dtype in dtypes and x.dim():
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in dtypes:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes[:-1]) + " or " + str(dtypes[-1]).replace("torch.", "")
-        raise TypeError(f"{op}: x must be {names}, got {x.dtype}")
+        raise TypeError(f"{op}: x must be {_names(dtypes)}, got {x.dtype}")
     if x.device.type not in _DEVICE_TYPES:
         raise ValueError(f"{op}: tensors on {x.device.type!r} are not supported; use CUDA or CPU tensors")
     if x.dim() == 0:
@@ -24,9 +37,12 @@ def check_input(op: str, x: torch.Tensor, dtypes=FLOAT_DTYPES) -> None:
 
 
 def check_vector(op: str, x: torch.Tensor, v: torch.Tensor, name: str) -> None:
-    """v must be (N,) with N = x.shape[-1], x's dtype, on x's device."""
+    """v must be (N,) with N = x.shape[-1], x's dtype, on x's device (any stride)."""
+    if (isinstance(v, torch.Tensor) and v.is_cuda and x.is_cuda and v.dtype == x.dtype and v.dim() == 1
+            and v.shape[0] == x.shape[-1] and v.get_device() == x.get_device()):
+        return
     if not isinstance(v, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(v).__name__}")
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(v).__name__}")
     if v.dim() != 1 or v.shape[0] != x.shape[-1]:
         shape = f"{v.numel()} elements" if v.dim() == 1 else f"shape {tuple(v.shape)}"
         raise ValueError(f"{op}: {name} has {shape} but x's last dimension is {x.shape[-1]}")
@@ -36,10 +52,13 @@ def check_vector(op: str, x: torch.Tensor, v: torch.Tensor, name: str) -> None:
         raise ValueError(f"{op}: {name} is on {v.device} but x is on {x.device}")
 
 
-def check_eps(op: str, eps, dtype: torch.dtype) -> float:
-    """The eps to use: None means torch.finfo(dtype).eps, as in torch.nn.functional.rms_norm."""
+def check_eps(op: str, eps) -> float:
+    """The eps to use.  None means fp32's machine epsilon, as torch.nn.functional.rms_norm
+    uses for fp16, bf16 and fp32 inputs (the eps of its fp32 compute type)."""
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return eps
     if eps is None:
-        return torch.finfo(dtype).eps
+        return torch.finfo(torch.float32).eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"{op}: eps must be a positive finite number, got {eps}")
     return float(eps)
@@ -63,26 +82,42 @@ def rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def row_stride(x2d: torch.Tensor) -> int:
-    # A single row's stride is arbitrary (even 0); the kernels only multiply it by 0.
+    # A single row's stride is arbitrary (even 0): the kernels only multiply it by 0.
     return x2d.stride(0) if x2d.shape[0] > 1 else x2d.shape[1]
 
 
-def autograd_needed(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def use_dispatcher(*tensors) -> bool:
+def use_dispatcher(x: torch.Tensor, v) -> bool:
     """True when the call must go through the torch.library op: autograd or torch.compile."""
-    return autograd_needed(*tensors) or torch.compiler.is_compiling()
+    return ((x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled()) or _is_compiling()
 
 
 def native(x: torch.Tensor):
     """(Library, device index) for a CUDA tensor on a supported GPU, else (None, None)."""
-    if x.device.type != "cuda":
+    if not x.is_cuda:
         return None, None
-    index = x.device.index
+    index = x.get_device()
     return _lib.device_library(index), index
 
 
+def direct(x, v):
+    """(Library, device index) when an eager call may launch at once: x a CUDA tensor of a
+    supported dtype, v None or an (N,) vector of x's dtype on x's device, no autograd to
+    record and no torch.compile tracing.  None otherwise: the caller then takes the checked
+    path, which raises the precise error or goes through the torch.library op.
+
+    This is the whole per-call cost of the eager path before the launch, so it reads each
+    attribute once and calls nothing it can avoid."""
+    if not (isinstance(x, torch.Tensor) and x.is_cuda and x.dtype in _CODES and x.dim()):
+        return None
+    index = x.get_device()
+    if v is not None and not (isinstance(v, torch.Tensor) and v.is_cuda and v.dtype == x.dtype and v.dim() == 1
+                              and v.shape[0] == x.shape[-1] and v.get_device() == index):
+        return None
+    if ((x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled()) or _is_compiling():
+        return None
+    lib = _lib.device_library(index)
+    return None if lib is None else (lib, index)
+
+
 def dtype_code(x: torch.Tensor) -> int:
-    return _lib.DTYPE_CODES[x.dtype]
+    return _CODES[x.dtype]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import _lib, reference
-from ._common import check_input, check_vector, dtype_code, native, row_stride, rows, use_dispatcher
+from ._common import check_input, check_vector, direct, dtype_code, native, row_stride, rows, use_dispatcher
 
 OP = "bias_gelu"
 _APPROXIMATE = {"none": 0, "tanh": 1}
@@ -19,16 +19,20 @@ def _forward(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Ten
     lib, dev = native(x)
     if lib is None:
         return reference.bias_gelu(x, bias, approximate)
-    if x.numel() == 0:
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-    x2 = rows(x)
+    return _launch(lib, dev, x, bias, approximate)
+
+
+def _launch(lib, dev: int, x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if y.numel() == 0:
+        return y
+    x2, b = rows(x), bias.contiguous()
     m, n = x2.shape
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    rc = lib.bias_gelu_fwd(_lib.current_stream(dev), dev, dtype_code(x), x2.data_ptr(), bias.data_ptr(),
+    rc = lib.bias_gelu_fwd(_lib.current_stream(dev), dev, dtype_code(x), x2.data_ptr(), b.data_ptr(),
                            y.data_ptr(), row_stride(x2), m, n, _APPROXIMATE[approximate])
     if rc:
         raise lib.error(rc, OP)
-    return y.view(x.shape)
+    return y
 
 
 def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate: str):
@@ -37,14 +41,14 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate
         return reference.bias_gelu_backward(dy, x, bias, approximate)
     if x.numel() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format), torch.zeros_like(bias)
-    x2, dy2 = rows(x), rows(dy)
+    x2, dy2, b = rows(x), rows(dy), bias.contiguous()
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
     # Row groups: about 8K columns' worth of threads per SM, at most 65535 (grid.y).
     g = max(1, min(m, 65535, _lib.sm_count(dev) * 8192 // max(n, 1)))
     partial = torch.empty((g, n), dtype=torch.float32, device=x.device)
     rc = lib.bias_gelu_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
-                           bias.data_ptr(), dx.data_ptr(), partial.data_ptr(), row_stride(dy2), row_stride(x2),
+                           b.data_ptr(), dx.data_ptr(), partial.data_ptr(), row_stride(dy2), row_stride(x2),
                            m, n, _APPROXIMATE[approximate], g)
     if rc:
         raise lib.error(rc, OP + " backward")
@@ -93,6 +97,9 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
     x: (..., N) fp16|bf16|fp32; bias: (N,) of x's dtype; approximate: "none" | "tanh".
     Returns a contiguous tensor of x's shape and dtype.  Arithmetic is fp32.
     """
+    fast = direct(x, bias) if bias is not None and approximate in _APPROXIMATE else None
+    if fast is not None:
+        return _launch(*fast, x, bias, approximate)
     check_input(OP, x)
     check_vector(OP, x, bias, "bias")
     if approximate not in _APPROXIMATE:

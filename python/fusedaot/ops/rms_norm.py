@@ -6,13 +6,14 @@ partial sums are added in a fixed order, so it is deterministic.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
 from .. import _lib, reference
-from ._common import (check_eps, check_input, check_vector, dtype_code, native, row_stride,
-                      rows, use_dispatcher)
+from ._common import (check_eps, check_input, check_vector, direct, dtype_code, native, row_stride, rows,
+                      use_dispatcher)
 
 OP = "rms_norm"
 
@@ -21,16 +22,21 @@ def _forward(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> tor
     lib, dev = native(x)
     if lib is None:
         return reference.rms_norm(x, weight, eps)
-    if x.numel() == 0:
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _launch(lib, dev, x, weight, eps)
+
+
+def _launch(lib, dev: int, x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if y.numel() == 0:
+        return y
     x2 = rows(x)
     m, n = x2.shape
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    w = None if weight is None else weight.contiguous()
     rc = lib.rms_norm_fwd(_lib.current_stream(dev), dev, dtype_code(x), x2.data_ptr(), y.data_ptr(),
-                          0 if weight is None else weight.data_ptr(), row_stride(x2), n, m, n, eps)
+                          0 if w is None else w.data_ptr(), row_stride(x2), n, m, n, eps)
     if rc:
         raise lib.error(rc, OP)
-    return y.view(x.shape)
+    return y
 
 
 def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], eps: float):
@@ -41,17 +47,24 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
         dw = torch.zeros_like(weight) if weight is not None else x.new_empty(0)
         return torch.empty_like(x, memory_format=torch.contiguous_format), dw
     x2, dy2 = rows(x), rows(dy)
+    w = None if weight is None else weight.contiguous()
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    # One fp32 row of partial dweight per program; two programs per SM keep it small.
-    g = min(m, 2 * _lib.sm_count(dev))
+    # One fp32 row of partial dweight per program: up to 8 programs per SM for occupancy,
+    # but at least 8 rows per program so that the partial sums stay small next to x.
+    g = max(1, min(8 * _lib.sm_count(dev), m // 8))
     partial = torch.empty((g, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
     rc = lib.rms_norm_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
-                          0 if weight is None else weight.data_ptr(), dx.data_ptr(), partial.data_ptr(),
+                          0 if w is None else w.data_ptr(), dx.data_ptr(), partial.data_ptr(),
                           row_stride(dy2), row_stride(x2), n, m, n, eps, g)
     if rc:
         raise lib.error(rc, OP + " backward")
-    dw = partial.sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
+    if weight is None:
+        return dx.view(x.shape), x.new_empty(0)
+    dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    rc = lib.rms_norm_dw(_lib.current_stream(dev), dev, dtype_code(x), partial.data_ptr(), dw.data_ptr(), g, n)
+    if rc:
+        raise lib.error(rc, OP + " backward")
     return dx.view(x.shape), dw
 
 
@@ -96,13 +109,17 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Option
     """RMSNorm over the last dimension.
 
     x: (..., N) fp16|bf16|fp32; weight: (N,) of x's dtype or None; eps > 0, or None for
-    torch.finfo(x.dtype).eps.  Returns a contiguous tensor of x's shape and dtype.
+    fp32's machine epsilon (as torch.nn.functional.rms_norm).  Returns a contiguous tensor of x's shape and dtype.
     Strided rows are read in place; a non-contiguous last dimension is copied first.
     """
+    if type(eps) is not float or not 0.0 < eps < math.inf:
+        eps = check_eps(OP, eps)
+    fast = direct(x, weight)
+    if fast is not None:
+        return _launch(*fast, x, weight, eps)
     check_input(OP, x)
     if weight is not None:
         check_vector(OP, x, weight, "weight")
-    eps = check_eps(OP, eps, x.dtype)
     if use_dispatcher(x, weight):
         return torch.ops.fusedaot.rms_norm(x, weight, eps)
     return _forward(x, weight, eps)

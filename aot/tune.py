@@ -1,0 +1,127 @@
+"""Tune the kernels' launch configs on a real GPU and write the arch's tuning table.
+
+    python -m aot.tune --out aot/tuning/sm90.json [--quick]
+
+Needs a GPU, torch and Triton (the same Triton version the build pins: the JIT compiles
+exactly what the AOT build will).  For each row-width bucket of each tunable op it times
+every candidate (ROWS, num_warps, num_stages) at a bandwidth-bound size and keeps the fastest.  The
+build reads the table through aot/specs.py; arches without a table use its heuristics.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+from pathlib import Path
+
+from . import specs
+
+CANDIDATE_WARPS = (2, 4, 8, 16, 32)
+ELEMENTS = 1 << 26   # M * N of each timing: 128 MiB of bf16, far beyond L2
+
+
+def _time_us(fn, reps: int = 15, batch: int = 8) -> float:
+    """Median over `reps` of the mean time of `batch` back-to-back launches: the batch keeps
+    the GPU busy while Triton's launcher runs on the host, so its overhead is not timed."""
+    import torch
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(batch):
+            fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / batch)
+    return statistics.median(times)
+
+
+def _candidates(block: int, looped: bool, stages=(1,)):
+    """(ROWS, num_warps) pairs with a tile of 1K-16K elements (one row when wider) and
+    8-32 values of it per thread (at least one 16-byte access, no spills)."""
+    rows_options = [1] if looped else [r for r in (1, 2, 4, 8, 16, 32, 64, 128, 256)
+                                       if 1024 <= r * block <= 16384 or (r == 1 and block > 16384)]
+    for rows in rows_options:
+        for warps in CANDIDATE_WARPS:
+            if 8 <= rows * block / (32 * warps) <= 32:
+                for s in stages:
+                    yield rows, warps, s
+
+
+def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
+    import torch
+    import triton
+
+    from .compile import _triton_module
+
+    mod = _triton_module("kernels/triton/rms_norm.py")
+    kernel = getattr(mod, f"_rms_norm_{direction}")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    table = {}
+    blocks = [b for b, _, _ in specs.RMS_NORM_BLOCKS] + ["loop"]
+    for block in blocks[-4:] if quick else blocks:
+        looped = block == "loop"
+        bn = specs.RMS_NORM_LOOP[0] if looped else block
+        n = 4 * bn if looped else bn
+        m = max(1, ELEMENTS // n)
+        x = torch.randn(m, n, device="cuda", dtype=dtype)
+        w = torch.randn(n, device="cuda", dtype=dtype)
+        out = torch.empty_like(x)
+        dy = torch.randn_like(x)
+        best = None
+        # the backward loops over rows: let Triton's pipeliner try to prefetch the next rows
+        for rows, warps, stages in _candidates(bn, looped, (1,) if direction == "fwd" else (1, 3)):
+            consts = dict(BLOCK_N=bn, ROWS=rows, HAS_W=True, LOOPED=looped, num_warps=warps, num_stages=stages)
+            if direction == "fwd":
+                def run():
+                    kernel[(triton.cdiv(m, rows),)](x, out, w, n, n, m, n, 1e-6, **consts)
+            else:
+                g = max(1, min(8 * sms, m // 8))
+                part = torch.empty(g, n, device="cuda", dtype=torch.float32)
+
+                def run():
+                    kernel[(g,)](dy, x, w, out, part, n, n, n, m, n, 1e-6, g, **consts)
+            try:
+                t = _time_us(run)
+            except Exception as e:  # a config the compiler rejects (e.g. out of registers)
+                print(f"  {direction} {dtype} block {block} rows {rows} warps {warps} stages {stages}: failed: {e}")
+                continue
+            gbps = (2 if direction == "fwd" else 3) * x.numel() * x.element_size() / t / 1e3  # x, y [, dy]
+            print(f"  {direction} {str(dtype):14s} block {str(block):6s} rows {rows:3d} warps {warps:2d} "
+                  f"stages {stages}: "
+                  f"{t:8.1f} us {gbps:7.0f} GB/s", flush=True)
+            if best is None or t < best[0]:
+                best = (t, rows, warps, stages)
+        if best:
+            table[str(block)] = list(best[1:])
+            print(f"{direction} {dtype} block {block}: ROWS={best[1]} num_warps={best[2]} num_stages={best[3]} "
+                  f"({best[0]:.1f} us)", flush=True)
+    return table
+
+
+def main(argv=None):
+    import torch
+    import triton
+
+    ap = argparse.ArgumentParser(prog="python -m aot.tune", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="only the widest buckets")
+    args = ap.parse_args(argv)
+    major, minor = torch.cuda.get_device_capability()
+    result = {"arch": f"sm{major}{minor}", "card": torch.cuda.get_device_name(),
+              "date": datetime.date.today().isoformat(), "triton": triton.__version__,
+              "torch": torch.__version__}
+    for direction in ("fwd", "bwd"):
+        result[f"rms_norm_{direction}"] = {
+            str(es): tune_rms_norm(direction, dt, args.quick)
+            for es, dt in ((2, torch.bfloat16), (4, torch.float32))}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
