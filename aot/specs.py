@@ -131,14 +131,17 @@ def tuning(arch: str) -> dict:
 
 def rms_norm_configs(arch: str, direction: str, dtype: str):
     """[(BLOCK_N, ROWS, num_warps, num_stages, looped)] for one arch: tuned where measured,
-    else heuristic.  A tuning entry is [ROWS, num_warps] or [ROWS, num_warps, num_stages]."""
+    else heuristic.  A tuning entry is [ROWS, num_warps] or [ROWS, num_warps, num_stages];
+    "loop_above" is the widest single block worth using (the looped form is faster beyond)."""
     table = tuning(arch).get(f"rms_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
 
     def entry(key, default):
         rows, warps, *stages = table.get(key, default)
         return rows, warps, (stages[0] if stages else 1)
 
-    out = [(block, *entry(str(block), (rows, warps)), False) for block, rows, warps in RMS_NORM_BLOCKS]
+    widest = table.get("loop_above", RMS_NORM_BLOCKS[-1][0])  # wider rows take the looped form
+    out = [(block, *entry(str(block), (rows, warps)), False) for block, rows, warps in RMS_NORM_BLOCKS
+           if block <= widest]
     out.append((RMS_NORM_LOOP[0], *entry("loop", (1, RMS_NORM_LOOP[1])), True))
     return out
 

@@ -51,54 +51,65 @@ def _candidates(block: int, looped: bool, stages=(1,)):
                     yield rows, warps, s
 
 
-def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
+def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -> tuple | None:
+    """(us, ROWS, num_warps, num_stages) of the fastest candidate at row width n."""
     import torch
     import triton
 
     from .compile import _triton_module
 
-    mod = _triton_module("kernels/triton/rms_norm.py")
-    kernel = getattr(mod, f"_rms_norm_{direction}")
+    kernel = getattr(_triton_module("kernels/triton/rms_norm.py"), f"_rms_norm_{direction}")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    table = {}
-    blocks = [b for b, _, _ in specs.RMS_NORM_BLOCKS] + ["loop"]
-    for block in blocks[-4:] if quick else blocks:
-        looped = block == "loop"
-        bn = specs.RMS_NORM_LOOP[0] if looped else block
-        n = 4 * bn if looped else bn
-        m = max(1, ELEMENTS // n)
-        x = torch.randn(m, n, device="cuda", dtype=dtype)
-        w = torch.randn(n, device="cuda", dtype=dtype)
-        out = torch.empty_like(x)
-        dy = torch.randn_like(x)
-        best = None
-        # the backward loops over rows: let Triton's pipeliner try to prefetch the next rows
-        for rows, warps, stages in _candidates(bn, looped, (1,) if direction == "fwd" else (1, 3)):
-            consts = dict(BLOCK_N=bn, ROWS=rows, HAS_W=True, LOOPED=looped, num_warps=warps, num_stages=stages)
-            if direction == "fwd":
-                def run():
-                    kernel[(triton.cdiv(m, rows),)](x, out, w, n, n, m, n, 1e-6, **consts)
-            else:
-                g = max(1, min(8 * sms, m // 8))
-                part = torch.empty(g, n, device="cuda", dtype=torch.float32)
+    m = max(1, ELEMENTS // n)
+    x = torch.randn(m, n, device="cuda", dtype=dtype)
+    w = torch.randn(n, device="cuda", dtype=dtype)
+    out = torch.empty_like(x)
+    dy = torch.randn_like(x)
+    g = max(1, min(8 * sms, m // 8))  # as ops/rms_norm.py sizes the backward grid
+    part = torch.empty(g, n, device="cuda", dtype=torch.float32)
+    best = None
+    for rows, warps, stages in candidates:
+        consts = dict(BLOCK_N=block, ROWS=rows, HAS_W=True, LOOPED=looped, num_warps=warps, num_stages=stages)
+        if direction == "fwd":
+            def run():
+                kernel[(triton.cdiv(m, rows),)](x, out, w, n, n, m, n, 1e-6, **consts)
+        else:
+            def run():
+                kernel[(g,)](dy, x, w, out, part, n, n, n, m, n, 1e-6, g, **consts)
+        try:
+            us = _time_us(run)
+        except Exception as e:  # a config the compiler rejects (e.g. out of resources)
+            print(f"  {direction} {dtype} N {n} block {block} {rows}/{warps}/{stages}: failed: {e}")
+            continue
+        gbps = (2 if direction == "fwd" else 3) * x.numel() * x.element_size() / us / 1e3  # x, y [, dy]
+        print(f"  {direction} {str(dtype):14s} N {n:6d} {'loop' if looped else 'block'} {block:6d} rows {rows:3d} "
+              f"warps {warps:2d} stages {stages}: {us:8.1f} us {gbps:7.0f} GB/s", flush=True)
+        if best is None or us < best[0]:
+            best = (us, rows, warps, stages)
+    return best
 
-                def run():
-                    kernel[(g,)](dy, x, w, out, part, n, n, n, m, n, 1e-6, g, **consts)
-            try:
-                t = _time_us(run)
-            except Exception as e:  # a config the compiler rejects (e.g. out of registers)
-                print(f"  {direction} {dtype} block {block} rows {rows} warps {warps} stages {stages}: failed: {e}")
-                continue
-            gbps = (2 if direction == "fwd" else 3) * x.numel() * x.element_size() / t / 1e3  # x, y [, dy]
-            print(f"  {direction} {str(dtype):14s} block {str(block):6s} rows {rows:3d} warps {warps:2d} "
-                  f"stages {stages}: "
-                  f"{t:8.1f} us {gbps:7.0f} GB/s", flush=True)
-            if best is None or t < best[0]:
-                best = (t, rows, warps, stages)
+
+def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
+    """{str(BLOCK_N): [ROWS, warps, stages], "loop": [...], "loop_above": BLOCK_N}."""
+    # the backward loops over rows: let Triton's pipeliner try to prefetch the next rows
+    stages = (1,) if direction == "fwd" else (1, 3)
+    table, single = {}, {}
+    blocks = [b for b, _, _ in specs.RMS_NORM_BLOCKS]
+    for block in blocks[-3:] if quick else blocks:
+        best = _best(direction, dtype, block, block, False, _candidates(block, False, stages))
         if best:
+            single[block] = best
             table[str(block)] = list(best[1:])
-            print(f"{direction} {dtype} block {block}: ROWS={best[1]} num_warps={best[2]} num_stages={best[3]} "
-                  f"({best[0]:.1f} us)", flush=True)
+    chunk = specs.RMS_NORM_LOOP[0]
+    loop = _best(direction, dtype, 4 * chunk, chunk, True, _candidates(chunk, True, stages))
+    table["loop"] = list(loop[1:])
+    # Wide single blocks can lose to the looped form (registers run out): find the crossover.
+    for block in [b for b in sorted(single) if b >= chunk]:
+        looped = _best(direction, dtype, block, chunk, True, [tuple(loop[1:])])
+        if looped and looped[0] < single[block][0]:
+            table["loop_above"] = max([b for b in single if b < block], default=chunk)
+            break
+    print(f"{direction} {dtype}: {table}", flush=True)
     return table
 
 

@@ -156,15 +156,12 @@ def device_library(index: int):
     return lib
 
 
-try:
-    _raw_stream = torch._C._cuda_getCurrentRawStream
-except AttributeError:  # pragma: no cover - very old or CPU-only builds
-    def _raw_stream(index):
-        return torch.cuda.current_stream(index).cuda_stream
+def _current_stream_slow(index: int) -> int:
+    return torch.cuda.current_stream(index).cuda_stream
 
 
-def current_stream(index: int) -> int:
-    return _raw_stream(index)
+# current_stream(device index) -> the raw CUstream handle of PyTorch's current stream there.
+current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", _current_stream_slow)
 
 
 @functools.lru_cache(maxsize=None)

@@ -105,18 +105,31 @@ def direct(x, v):
     record and no torch.compile tracing.  None otherwise: the caller then takes the checked
     path, which raises the precise error or goes through the torch.library op.
 
-    This is the whole per-call cost of the eager path before the launch, so it reads each
-    attribute once and calls nothing it can avoid."""
-    if not (isinstance(x, torch.Tensor) and x.is_cuda and x.dtype in _CODES and x.dim()):
+    This and launch_rows() are the whole per-call cost of the eager path besides the
+    allocation and the launch: each attribute is read once and nothing is called that
+    can be avoided."""
+    if type(x) is not torch.Tensor or not x.is_cuda or x.dtype not in _CODES or not x.dim():
         return None
     index = x.get_device()
-    if v is not None and not (isinstance(v, torch.Tensor) and v.is_cuda and v.dtype == x.dtype and v.dim() == 1
-                              and v.shape[0] == x.shape[-1] and v.get_device() == index):
+    if v is not None and (type(v) is not torch.Tensor or v.dtype != x.dtype or v.dim() != 1
+                          or v.shape[0] != x.shape[-1] or v.get_device() != index):
         return None
-    if ((x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled()) or _is_compiling():
+    if (x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled():
+        return None
+    if _is_compiling():
         return None
     lib = _lib.device_library(index)
     return None if lib is None else (lib, index)
+
+
+def launch_rows(x: torch.Tensor):
+    """(x as (M, N) rows, M, N, row stride) for a kernel launch; see rows()."""
+    if x.dim() == 2 and x.stride(1) == 1:
+        m, n = x.shape
+        return x, m, n, (x.stride(0) if m > 1 else n)
+    x2 = rows(x)
+    m, n = x2.shape
+    return x2, m, n, row_stride(x2)
 
 
 def dtype_code(x: torch.Tensor) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from .. import _lib, reference
-from ._common import check_input, check_vector, direct, dtype_code, native, row_stride, rows, use_dispatcher
+from ._common import (check_input, check_vector, direct, dtype_code, launch_rows, native, row_stride, rows,
+                      use_dispatcher)
 
 OP = "bias_gelu"
 _APPROXIMATE = {"none": 0, "tanh": 1}
@@ -24,12 +25,12 @@ def _forward(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Ten
 
 def _launch(lib, dev: int, x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if y.numel() == 0:
+    x2, m, n, stride = launch_rows(x)
+    if m == 0 or n == 0:
         return y
-    x2, b = rows(x), bias.contiguous()
-    m, n = x2.shape
-    rc = lib.bias_gelu_fwd(_lib.current_stream(dev), dev, dtype_code(x), x2.data_ptr(), b.data_ptr(),
-                           y.data_ptr(), row_stride(x2), m, n, _APPROXIMATE[approximate])
+    b = bias.contiguous()
+    rc = lib.bias_gelu_fwd(_lib.current_stream(dev), dev, _lib.DTYPE_CODES[x.dtype], x2.data_ptr(), b.data_ptr(),
+                           y.data_ptr(), stride, m, n, _APPROXIMATE[approximate])
     if rc:
         raise lib.error(rc, OP)
     return y
@@ -99,7 +100,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
     """
     fast = direct(x, bias) if bias is not None and approximate in _APPROXIMATE else None
     if fast is not None:
-        return _launch(*fast, x, bias, approximate)
+        return _launch(fast[0], fast[1], x, bias, approximate)
     check_input(OP, x)
     check_vector(OP, x, bias, "bias")
     if approximate not in _APPROXIMATE:

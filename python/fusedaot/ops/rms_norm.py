@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 
 from .. import _lib, reference
-from ._common import (check_eps, check_input, check_vector, direct, dtype_code, native, row_stride, rows,
-                      use_dispatcher)
+from ._common import (check_eps, check_input, check_vector, direct, dtype_code, launch_rows, native, row_stride,
+                      rows, use_dispatcher)
 
 OP = "rms_norm"
 
@@ -27,13 +27,12 @@ def _forward(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> tor
 
 def _launch(lib, dev: int, x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if y.numel() == 0:
+    x2, m, n, stride = launch_rows(x)
+    if m == 0 or n == 0:
         return y
-    x2 = rows(x)
-    m, n = x2.shape
     w = None if weight is None else weight.contiguous()
-    rc = lib.rms_norm_fwd(_lib.current_stream(dev), dev, dtype_code(x), x2.data_ptr(), y.data_ptr(),
-                          0 if w is None else w.data_ptr(), row_stride(x2), n, m, n, eps)
+    rc = lib.rms_norm_fwd(_lib.current_stream(dev), dev, _lib.DTYPE_CODES[x.dtype], x2.data_ptr(), y.data_ptr(),
+                          0 if w is None else w.data_ptr(), stride, n, m, n, eps)
     if rc:
         raise lib.error(rc, OP)
     return y
@@ -116,7 +115,7 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Option
         eps = check_eps(OP, eps)
     fast = direct(x, weight)
     if fast is not None:
-        return _launch(*fast, x, weight, eps)
+        return _launch(fast[0], fast[1], x, weight, eps)
     check_input(OP, x)
     if weight is not None:
         check_vector(OP, x, weight, "weight")
