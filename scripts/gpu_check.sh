@@ -82,7 +82,7 @@ step cli check.log env PYTHONPATH="$hidden" "$py" -m fusedaot
 
 # -p no:cacheprovider: leave no .pytest_cache in the checkout; -o pythonpath=: only the wheel
 # may provide fusedaot, never the source tree.
-pytest_args=(-x -q -p no:cacheprovider -o pythonpath=)
+pytest_args=(--maxfail=20 -q -p no:cacheprovider -o pythonpath=)
 step tests tests.log env PYTHONPATH="$hidden" "$py" -m pytest tests "${pytest_args[@]}"
 step tests-ptx tests_ptx.log env PYTHONPATH="$hidden" FUSEDAOT_ARCH=ptx \
   "$py" -m pytest tests "${pytest_args[@]}" -k "not slow"
