@@ -86,9 +86,11 @@ def row_stride(x2d: torch.Tensor) -> int:
     return x2d.stride(0) if x2d.shape[0] > 1 else x2d.shape[1]
 
 
-def use_dispatcher(x: torch.Tensor, v) -> bool:
-    """True when the call must go through the torch.library op: autograd or torch.compile."""
-    return ((x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled()) or _is_compiling()
+def autograd_needed(x: torch.Tensor, v) -> bool:
+    return (x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled()
+
+
+is_compiling = _is_compiling
 
 
 def native(x: torch.Tensor):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from .. import _lib, reference
-from ._common import (check_input, check_vector, direct, dtype_code, launch_rows, native, row_stride, rows,
-                      use_dispatcher)
+from ._common import (autograd_needed, check_input, check_vector, direct, dtype_code, is_compiling, launch_rows,
+                      native, row_stride, rows)
 
 OP = "bias_gelu"
 _APPROXIMATE = {"none": 0, "tanh": 1}
@@ -83,13 +83,28 @@ def _setup_context(ctx, inputs, output):
     ctx.approximate = approximate
 
 
-def _grad(ctx, dy):
-    x, bias = ctx.saved_tensors
-    dx, dbias = torch.ops.fusedaot.bias_gelu_backward(dy, x, bias, ctx.approximate)
-    return dx, dbias, None
+def _grad_with(backward):
+    """The autograd formula, with `backward` the torch.ops op (traceable) or _backward (eager)."""
+    def grad(ctx, dy):
+        x, bias = ctx.saved_tensors
+        dx, dbias = backward(dy, x, bias, ctx.approximate)
+        return dx, dbias, None
+    return grad
 
 
-_bias_gelu_op.register_autograd(_grad, setup_context=_setup_context)
+_bias_gelu_op.register_autograd(_grad_with(lambda *a: torch.ops.fusedaot.bias_gelu_backward(*a)),
+                                setup_context=_setup_context)
+
+
+class _EagerAutograd(torch.autograd.Function):
+    """Eager training without the dispatcher's per-call cost (see ops/rms_norm.py)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, approximate):
+        _setup_context(ctx, (x, bias, approximate), None)
+        return _forward(x, bias, approximate)
+
+    backward = staticmethod(_grad_with(_backward))
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -105,6 +120,8 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
     check_vector(OP, x, bias, "bias")
     if approximate not in _APPROXIMATE:
         raise ValueError(f"{OP}: approximate must be 'none' or 'tanh', got {approximate!r}")
-    if use_dispatcher(x, bias):
+    if is_compiling():
         return torch.ops.fusedaot.bias_gelu(x, bias, approximate)
+    if autograd_needed(x, bias):
+        return _EagerAutograd.apply(x, bias, approximate)
     return _forward(x, bias, approximate)

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 
 from .. import _lib, reference
-from ._common import (check_eps, check_input, check_vector, direct, dtype_code, launch_rows, native, row_stride,
-                      rows, use_dispatcher)
+from ._common import (autograd_needed, check_eps, check_input, check_vector, direct, dtype_code, is_compiling,
+                      launch_rows, native, row_stride, rows)
 
 OP = "rms_norm"
 
@@ -95,21 +95,37 @@ def _setup_context(ctx, inputs, output):
     ctx.eps = eps
 
 
-def _grad(ctx, dy):
-    x, weight = ctx.saved_tensors
-    dx, dw = torch.ops.fusedaot.rms_norm_backward(dy, x, weight, ctx.eps)
-    return dx, (dw if weight is not None and ctx.needs_input_grad[1] else None), None
+def _grad_with(backward):
+    """The autograd formula, with `backward` the torch.ops op (traceable) or _backward (eager)."""
+    def grad(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx, dw = backward(dy, x, weight, ctx.eps)
+        return dx, (dw if weight is not None and ctx.needs_input_grad[1] else None), None
+    return grad
 
 
-_rms_norm_op.register_autograd(_grad, setup_context=_setup_context)
+_rms_norm_op.register_autograd(_grad_with(lambda *a: torch.ops.fusedaot.rms_norm_backward(*a)),
+                               setup_context=_setup_context)
+
+
+class _EagerAutograd(torch.autograd.Function):
+    """Eager training without the dispatcher's per-call cost: the op's own forward and
+    autograd formula, called directly.  torch.compile traces torch.ops.fusedaot.rms_norm."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        _setup_context(ctx, (x, weight, eps), None)
+        return _forward(x, weight, eps)
+
+    backward = staticmethod(_grad_with(_backward))
 
 
 def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Optional[float] = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dimension.
 
     x: (..., N) fp16|bf16|fp32; weight: (N,) of x's dtype or None; eps > 0, or None for
-    fp32's machine epsilon (as torch.nn.functional.rms_norm).  Returns a contiguous tensor of x's shape and dtype.
-    Strided rows are read in place; a non-contiguous last dimension is copied first.
+    fp32's machine epsilon (as torch.nn.functional.rms_norm).  Returns a contiguous tensor
+    of x's shape and dtype.  Strided rows are read in place; a non-contiguous last dimension is copied first.
     """
     if type(eps) is not float or not 0.0 < eps < math.inf:
         eps = check_eps(OP, eps)
@@ -119,8 +135,10 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Option
     check_input(OP, x)
     if weight is not None:
         check_vector(OP, x, weight, "weight")
-    if use_dispatcher(x, weight):
+    if is_compiling():
         return torch.ops.fusedaot.rms_norm(x, weight, eps)
+    if autograd_needed(x, weight):
+        return _EagerAutograd.apply(x, weight, eps)
     return _forward(x, weight, eps)
 
 
