@@ -153,7 +153,7 @@ _RMS_FWD_PARAMS = (
 )
 _RMS_BWD_PARAMS = (
     Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("dx", "ptr"),
-    Param("dw_partial", "ptr", "fp32"),
+    Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"),
     Param("stride_dy", "i64"), Param("stride_x", "i64"), Param("stride_dx", "i64"),
     Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"), Param("G", "i32"),
 )
@@ -265,7 +265,7 @@ OPS: tuple[Op, ...] = (
     Op("rms_norm_fwd", "triton", "kernels/triton/rms_norm.py", _RMS_FWD_PARAMS,
        _rms_norm_variants("fwd"), doc="y = x * rsqrt(mean(x^2) + eps) [* w]"),
     Op("rms_norm_bwd", "triton", "kernels/triton/rms_norm.py", _RMS_BWD_PARAMS,
-       _rms_norm_variants("bwd"), doc="dx and per-program partial dw (G, N) fp32"),
+       _rms_norm_variants("bwd"), doc="dx, and dw: per-program partial sums (G, N) fp32, or dw itself when G == 1"),
     Op("rms_norm_dw", "triton", "kernels/triton/rms_norm.py", _RMS_DW_PARAMS,
        _rms_norm_dw_variants(), doc="dw = sum of the partial rows, in the weight's dtype"),
     Op("bias_gelu_fwd", "cuda", "kernels/cuda/bias_gelu.cu", _BG_FWD_PARAMS,

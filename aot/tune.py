@@ -65,7 +65,7 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
     w = torch.randn(n, device="cuda", dtype=dtype)
     out = torch.empty_like(x)
     dy = torch.randn_like(x)
-    g = max(1, min(8 * sms, m // 8))  # as ops/rms_norm.py sizes the backward grid
+    g = min(m, 2 * sms) if n > 16384 else max(1, min(8 * sms, m // 8))  # as ops/rms_norm.py
     part = torch.empty(g, n, device="cuda", dtype=torch.float32)
     best = None
     for rows, warps, stages in candidates:
@@ -75,7 +75,7 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
                 kernel[(triton.cdiv(m, rows),)](x, out, w, n, n, m, n, 1e-6, **consts)
         else:
             def run():
-                kernel[(g,)](dy, x, w, out, part, n, n, n, m, n, 1e-6, g, **consts)
+                kernel[(g,)](dy, x, w, out, part, w, n, n, n, m, n, 1e-6, g, **consts)
         try:
             us = _time_us(run)
         except Exception as e:  # a config the compiler rejects (e.g. out of resources)

@@ -79,6 +79,7 @@ def _rms_norm_bwd(
     w,            # (N,) weight; not read unless HAS_W
     dx,           # (M, N) output gradient, rows stride_dx apart
     dw_partial,   # (G, N) fp32: program g writes the sum of dy * x_hat over its rows
+    dw,           # (N,) weight gradient, written directly when G == 1 (no reduction needed)
     stride_dy,    # row strides, in elements
     stride_x,
     stride_dx,
@@ -127,6 +128,13 @@ def _rms_norm_bwd(
                 if HAS_W:
                     acc = tl.load(dw_row + cols, mask=mask, other=0.0)
                     tl.store(dw_row + cols, acc + dyv * x_hat, mask=mask)
+        if HAS_W:
+            if G == 1:
+                tl.debug_barrier()
+                for start in range(0, N, BLOCK_N):
+                    cols = start + tl.arange(0, BLOCK_N)
+                    acc = tl.load(dw_row + cols, mask=cols < N, other=0.0)
+                    tl.store(dw + cols, acc.to(dw.dtype.element_ty), mask=cols < N)
     else:
         cols = tl.arange(0, BLOCK_N)
         col_ok = cols < N
@@ -149,7 +157,10 @@ def _rms_norm_bwd(
             tl.store(dx + r64 * stride_dx + cols[None, :], dxv.to(dx.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dyv * x_hat, axis=0)
         if HAS_W:
-            tl.store(dw_row + cols, dw_acc, mask=col_ok)
+            if G == 1:  # one program saw every row: its sum is dw itself
+                tl.store(dw + cols, dw_acc.to(dw.dtype.element_ty), mask=col_ok)
+            else:
+                tl.store(dw_row + cols, dw_acc, mask=col_ok)
 
 
 @triton.jit

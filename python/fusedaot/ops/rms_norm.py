@@ -49,21 +49,24 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     w = None if weight is None else weight.contiguous()
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    # One fp32 row of partial dweight per program: up to 8 programs per SM for occupancy,
-    # but at least 8 rows per program so that the partial sums stay small next to x.
-    g = max(1, min(8 * _lib.sm_count(dev), m // 8))
+    # One fp32 row of partial dw per program: up to 8 programs per SM for occupancy, at least
+    # 8 rows per program so the partial sums stay small next to x; rows too wide for one
+    # block get one program per row (up to 2 per SM), since each row is much work already.
+    sms = _lib.sm_count(dev)
+    g = min(m, 2 * sms) if n > 16384 else max(1, min(8 * sms, m // 8))
+    dw = None if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
     partial = torch.empty((g, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
     rc = lib.rms_norm_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
                           0 if w is None else w.data_ptr(), dx.data_ptr(), partial.data_ptr(),
-                          row_stride(dy2), row_stride(x2), n, m, n, eps, g)
+                          0 if dw is None else dw.data_ptr(), row_stride(dy2), row_stride(x2), n, m, n, eps, g)
     if rc:
         raise lib.error(rc, OP + " backward")
-    if weight is None:
+    if dw is None:
         return dx.view(x.shape), x.new_empty(0)
-    dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    rc = lib.rms_norm_dw(_lib.current_stream(dev), dev, dtype_code(x), partial.data_ptr(), dw.data_ptr(), g, n)
-    if rc:
-        raise lib.error(rc, OP + " backward")
+    if g > 1:  # with one program the kernel wrote dw itself
+        rc = lib.rms_norm_dw(_lib.current_stream(dev), dev, dtype_code(x), partial.data_ptr(), dw.data_ptr(), g, n)
+        if rc:
+            raise lib.error(rc, OP + " backward")
     return dx.view(x.shape), dw
 
 
