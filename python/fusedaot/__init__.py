@@ -29,7 +29,7 @@ def load(device=None) -> None:
 
     if not torch.cuda.is_available():
         return
-    index = torch.device("cuda", torch.cuda.current_device()).index if device is None else torch.device(device).index
+    index = torch.device("cuda" if device is None else device).index
     if index is None:
         index = torch.cuda.current_device()
     lib = _lib.device_library(index)

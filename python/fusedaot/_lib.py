@@ -167,9 +167,3 @@ current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", _current_stream_
 @functools.lru_cache(maxsize=None)
 def sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def reset() -> None:
-    """Forget the per-device choice (tests change FUSEDAOT_ARCH / FUSEDAOT_DISABLE)."""
-    with _lock:
-        _by_device.clear()
