@@ -1,0 +1,95 @@
+"""The spec table's dispatch rules, checked without a GPU or Triton.
+
+For every op and every arch, each call in a grid of argument values (dtypes, widths around
+every block boundary, aligned and misaligned pointers and strides, with and without the
+optional pointers) must select exactly one variant: the conditions are complete and disjoint,
+so the generated dispatch never falls through and never depends on the order of its tests.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))  # aot/ lives at the repository root and is not installed
+try:
+    from aot import specs
+finally:
+    sys.path.remove(str(REPO))
+
+WIDTHS = sorted({1, 3, 7, 8, 127, 1000, 3072, 4097, 65536, 131072, 1 << 20}
+                | {b + d for b, _, _ in specs.RMS_NORM_BLOCKS for d in (-1, 0, 1)})
+ALIGNED_PTR, MISALIGNED_PTR = 0x7F0000001000, 0x7F0000001002
+OPTIONAL_POINTERS = {"w"}  # may be NULL (rms_norm without weight)
+
+
+def _python_condition(expr: str) -> str:
+    """The C condition as a Python expression over the same names."""
+    expr = re.sub(r"FA_ALIGNED16\((\w+)\)", r"(\1 % 16 == 0)", expr)
+    expr = expr.replace("&&", " and ").replace("||", " or ")
+    return re.sub(r"!(?!=)", " not ", expr)
+
+
+def _condition(op, v) -> str:
+    cond = v.when
+    if v.aligned:
+        cond = f"({cond}) and ({specs.alignment_condition(op, v)})"
+    return _python_condition(cond)
+
+
+def _calls(op):
+    """Argument dicts covering the cases the conditions distinguish."""
+    pointers = [p.name for p in op.params if p.ctype == "ptr"]
+    for dtype, n, misalign, stride_pad, null_w in itertools.product(
+            specs.DTYPES.values(), WIDTHS, (False, True), (0, 1), (False, True)):
+        args = {"dtype": dtype, "N": n, "M": 64, "G": 4, "eps": 1e-6, "approximate": 0}
+        for name in pointers:
+            args[name] = MISALIGNED_PTR if misalign and name == pointers[0] else ALIGNED_PTR
+        if null_w and "w" in args:
+            args["w"] = 0
+        for p in op.params:
+            if p.name.startswith("stride_"):
+                args[p.name] = n + stride_pad
+        yield args
+
+
+@pytest.mark.parametrize("op", specs.OPS, ids=lambda op: op.name)
+@pytest.mark.parametrize("arch", specs.ARCHES)
+def test_exactly_one_variant_matches(op, arch):
+    variants = [v for v in op.variants if arch in v.arches]
+    assert variants, f"{op.name} has no variant for {arch}"
+    compiled = [(v.name, compile(_condition(op, v), v.name, "eval")) for v in variants]
+    for args in _calls(op):
+        hits = [name for name, code in compiled if eval(code, {}, dict(args))]
+        assert len(hits) == 1, f"{op.name} on {arch} with {args}: variants {hits or 'none'} match"
+
+
+def test_conditions_use_only_op_parameters():
+    for op in specs.OPS:
+        names = {p.name for p in op.params} | {"dtype"}
+        for v in op.variants:
+            used = set(re.findall(r"[A-Za-z_]\w*", _condition(op, v))) - {"and", "or", "not"}
+            assert used <= names, f"{v.name}: condition uses {used - names}"
+
+
+def test_variant_names_are_unique_and_say_their_dtype():
+    for op in specs.OPS:
+        names = [v.name for v in op.variants]
+        assert len(names) == len(set(names)), f"{op.name}: duplicate variant names"
+        for v in op.variants:
+            assert v.name.startswith(op.name + "_" + v.dtype), v.name
+
+
+def test_tuned_configs_are_well_formed():
+    for arch in specs.ARCHES:
+        for direction in ("fwd", "bwd"):
+            for dtype in specs.DTYPES:
+                configs = specs.rms_norm_configs(arch, direction, dtype)
+                blocks = [b for b, _, _, _, looped in configs if not looped]
+                assert blocks == sorted(blocks) and configs[-1][-1], (arch, direction, dtype)
+                for block, rows, warps, stages, _ in configs:
+                    assert rows >= 1 and warps in (1, 2, 4, 8, 16, 32) and stages >= 1, (arch, block)
