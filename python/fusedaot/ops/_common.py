@@ -15,7 +15,8 @@ from .. import _lib
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _DEVICE_TYPES = ("cuda", "cpu", "meta")
 _CODES = _lib.DTYPE_CODES
-_is_compiling = torch.compiler.is_compiling
+_TENSORS = (torch.Tensor, torch.nn.Parameter)  # exact types the direct path accepts
+is_compiling = torch.compiler.is_compiling
 
 
 def _names(dtypes) -> str:
@@ -90,9 +91,6 @@ def autograd_needed(x: torch.Tensor, v) -> bool:
     return (x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled()
 
 
-is_compiling = _is_compiling
-
-
 def native(x: torch.Tensor):
     """(Library, device index) for a CUDA tensor on a supported GPU, else (None, None)."""
     if not x.is_cuda:
@@ -110,15 +108,15 @@ def direct(x, v):
     This and launch_rows() are the whole per-call cost of the eager path besides the
     allocation and the launch: each attribute is read once and nothing is called that
     can be avoided."""
-    if type(x) is not torch.Tensor or not x.is_cuda or x.dtype not in _CODES or not x.dim():
+    if type(x) not in _TENSORS or not x.is_cuda or x.dtype not in _CODES or not x.dim():
         return None
     index = x.get_device()
-    if v is not None and (type(v) is not torch.Tensor or v.dtype != x.dtype or v.dim() != 1
+    if v is not None and (type(v) not in _TENSORS or v.dtype != x.dtype or v.dim() != 1
                           or v.shape[0] != x.shape[-1] or v.get_device() != index):
         return None
     if (x.requires_grad or (v is not None and v.requires_grad)) and torch.is_grad_enabled():
         return None
-    if _is_compiling():
+    if is_compiling():
         return None
     lib = _lib.device_library(index)
     return None if lib is None else (lib, index)
