@@ -217,8 +217,11 @@ def with_grad(f):
 
 def fresh_compile(fn):
     """torch.compile(fn) anew for one shape and dtype, or why not: clearing dynamo's cache keeps
-    earlier shapes from reaching the recompile limit (which would fall back to eager silently)."""
+    earlier shapes from reaching the recompile limit (which would fall back to eager silently).
+    A recompile after that would put the compiler inside the timing loop (seen once: 550-880 us
+    rows for a 7 us op), so it is made an error: the row becomes n/a with the reason."""
     torch._dynamo.reset()
+    torch._dynamo.config.error_on_recompile = True
     try:
         return torch.compile(fn, dynamic=False, fullgraph=True)
     except Exception as e:  # most failures surface at the first call instead, as n/a rows
