@@ -103,6 +103,7 @@ def generate(out: Path, arches, results) -> dict:
             kernels.append({"op": op, "variant": v, "image": image_index[key], "meta": meta,
                             "shared": meta["shared"]})
             manifest["kernels"].append({"op": op.name, "variant": v.name, "arch": arch, "dtype": v.dtype,
+                                        "image": images[image_index[key]][0],
                                         "compiler": meta["compiler"], "image_bytes": len(image),
                                         "symbol": meta["symbol"], "num_warps": meta["num_warps"],
                                         "shared": meta["shared"]})

@@ -48,7 +48,8 @@ def main() -> int:
     print(f"{'op':24s}" + "".join(f"{a:>8s}" for a in arches))
     for op in m["ops"]:
         print(f"{op:24s}" + "".join(f"{counts.get((op, a), 0) or '-':>8}" for a in arches))
-    size = sum(k["image_bytes"] for k in m["kernels"])
+    images = {(k["arch"], k.get("image", k["variant"])): k["image_bytes"] for k in m["kernels"]}
+    size = sum(images.values())
     print(f"\n{len(m['kernels'])} kernel variants (numbers are variants per op and arch), "
           f"{size / 1e6:.1f} MB of images")
     return 0
