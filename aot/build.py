@@ -97,7 +97,7 @@ def generate(out: Path, arches, results) -> dict:
                 if meta.get("ptx_version"):
                     ptx_versions.add(meta["ptx_version"])
             if op.lang == "cuda":
-                meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared)
+                meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared, args=[p.name for p in op.params])
                 if v.kernel.encode() not in image:
                     sys.exit(f"aot: error: {v.name}: symbol {v.kernel} not found in the {arch} image of {op.source}")
             kernels.append({"op": op, "variant": v, "image": image_index[key], "meta": meta,
@@ -105,7 +105,7 @@ def generate(out: Path, arches, results) -> dict:
             manifest["kernels"].append({"op": op.name, "variant": v.name, "arch": arch, "dtype": v.dtype,
                                         "image": images[image_index[key]][0],
                                         "compiler": meta["compiler"], "image_bytes": len(image),
-                                        "symbol": meta["symbol"], "num_warps": meta["num_warps"],
+                                        "symbol": meta["symbol"], "args": meta["args"], "num_warps": meta["num_warps"],
                                         "shared": meta["shared"]})
             manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
         dispatch = out / arch / f"dispatch_{arch}.c"

@@ -1,0 +1,102 @@
+/* A stand-in for libcuda.so.1 with the 16 entry points the fusedaot runtime resolves, for
+ * testing the runtime and the generated dispatch on a machine without a GPU.  It records
+ * every launch (function, grid, block, shared memory, stream, and the first bytes of each
+ * kernel parameter) and module load, and can be told to fail.  Built by tests/test_runtime.py. */
+#include <stdint.h>
+#include <string.h>
+
+typedef int CUresult;
+#define MAX_PARAMS 32
+
+struct fake_launch {
+  char symbol[128];
+  unsigned grid[3], block[3], shared;
+  uintptr_t stream;
+  int nparams;
+  unsigned char params[MAX_PARAMS][8];
+};
+
+static struct fake_launch last;
+static int launches, loads, pushes, pops, fail_load, nwidths;
+static unsigned char widths[MAX_PARAMS];
+static uintptr_t capturing_stream, current_ctx;
+static const void* last_image;
+
+/* --- control, called by the test through ctypes ----------------------------------------- */
+void fake_reset(void) {
+  memset(&last, 0, sizeof last);
+  launches = loads = pushes = pops = fail_load = nwidths = 0;
+  capturing_stream = current_ctx = 0;
+  last_image = NULL;
+}
+void fake_set(int fail_module_load, uintptr_t capturing, uintptr_t ctx) {
+  fail_load = fail_module_load;
+  capturing_stream = capturing;
+  current_ctx = ctx;
+}
+/* The byte width (4 or 8) of each parameter of the next launch, so that it can be copied. */
+void fake_expect(int n, const unsigned char* w) {
+  nwidths = n < MAX_PARAMS ? n : MAX_PARAMS;
+  memcpy(widths, w, nwidths);
+}
+int fake_launches(void) { return launches; }
+int fake_loads(void) { return loads; }
+int fake_pushes(void) { return pushes; }
+int fake_pops(void) { return pops; }
+const void* fake_last_image(void) { return last_image; }
+const struct fake_launch* fake_last_launch(void) { return &last; }
+
+/* --- driver API ---------------------------------------------------------------------------- */
+#define DEVICE_CTX ((uintptr_t)0xC0C0)
+CUresult cuInit(unsigned flags) { (void)flags; return 0; }
+CUresult cuDriverGetVersion(int* v) { *v = 12080; return 0; }
+CUresult cuGetErrorName(CUresult rc, const char** s) {
+  *s = rc == 209 ? "CUDA_ERROR_NO_BINARY_FOR_GPU" : "CUDA_ERROR_UNKNOWN";
+  return 0;
+}
+CUresult cuGetErrorString(CUresult rc, const char** s) {
+  *s = rc == 209 ? "no kernel image is available for execution on the device" : "unknown error";
+  return 0;
+}
+CUresult cuDeviceGet(int* d, int ordinal) { *d = ordinal; return 0; }
+CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
+CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
+  (void)dev;
+  *v = attr == 16 ? 132 : attr == 97 ? 232448 : 9;  /* SMs, shared opt-in, capability */
+  return 0;
+}
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int dev) { (void)dev; *ctx = (void*)DEVICE_CTX; return 0; }
+CUresult cuCtxGetCurrent(void** ctx) { *ctx = (void*)current_ctx; return 0; }
+CUresult cuCtxPushCurrent_v2(void* ctx) { pushes++; (void)ctx; return 0; }
+CUresult cuCtxPopCurrent_v2(void** ctx) { pops++; *ctx = (void*)DEVICE_CTX; return 0; }
+CUresult cuModuleLoadData(void** mod, const void* image) {
+  if (fail_load) return 209;
+  loads++;
+  last_image = image;
+  *mod = (void*)image;
+  return 0;
+}
+CUresult cuModuleGetFunction(void** fn, void* mod, const char* name) {
+  (void)mod;
+  *fn = strdup(name);  /* the "function" is its name; never freed: a test process is short */
+  return 0;
+}
+CUresult cuFuncSetAttribute(void* fn, int attr, int value) { (void)fn; (void)attr; (void)value; return 0; }
+CUresult cuStreamIsCapturing(void* stream, int* status) {
+  *status = capturing_stream && (uintptr_t)stream == capturing_stream;
+  return 0;
+}
+CUresult cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                        unsigned bz, unsigned shared, void* stream, void** params, void** extra) {
+  (void)extra;
+  launches++;
+  memset(&last, 0, sizeof last);
+  strncpy(last.symbol, (const char*)fn, sizeof last.symbol - 1);
+  last.grid[0] = gx, last.grid[1] = gy, last.grid[2] = gz;
+  last.block[0] = bx, last.block[1] = by, last.block[2] = bz;
+  last.shared = shared;
+  last.stream = (uintptr_t)stream;
+  last.nparams = nwidths;
+  for (int i = 0; i < nwidths; ++i) memcpy(last.params[i], params[i], widths[i]);
+  return 0;
+}

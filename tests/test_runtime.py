@@ -1,0 +1,215 @@
+"""The C runtime and the generated dispatch, run against a fake CUDA driver (no GPU needed).
+
+tests/fake_libcuda.c stands in for libcuda.so.1: it records each launch (function, grid,
+block, shared memory, stream and the bytes of every kernel parameter) and can fail a module
+load or report a capturing stream.  Each test runs in a fresh process that loads the fake
+(its soname is libcuda.so.1, so the runtime's dlopen finds it) and then an installed
+libfusedaot_<arch>.so through ctypes.  The expected variant, grid and parameters come from
+the spec table and the manifest, so this checks the generated C against them: the variant
+the dispatch picks, the launch geometry, and the C type of every argument (fp32 scalars as
+4-byte floats, 64-bit strides).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fusedaot
+from conftest import REPO
+from test_specs import _condition, specs
+
+PKG = pathlib.Path(fusedaot.__file__).resolve().parent
+SMS = 132  # the fake device's multiprocessor count
+ALIGNED, MISALIGNED, STREAM = 0x7F0000010000, 0x7F0000010002, 0x5000
+CC = shutil.which("cc") or shutil.which("gcc")
+
+pytestmark = pytest.mark.skipif(CC is None or not (PKG / "manifest.json").exists(),
+                                reason="needs a C compiler and an installed fusedaot with its libraries")
+
+
+@pytest.fixture(scope="module")
+def fake_driver(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("fake") / "libcuda.so.1"
+    subprocess.run([CC, "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1", "-o", str(out),
+                    str(REPO / "tests" / "fake_libcuda.c")], check=True)
+    return out
+
+
+def run(fake: pathlib.Path, arch: str, body: str) -> None:
+    """Run `body` in a fresh process with `fake` as the driver and `lib` the arch's library."""
+    prelude = f"""
+        import ctypes, json, struct
+        fake = ctypes.CDLL({str(fake)!r}, mode=ctypes.RTLD_GLOBAL)  # found by soname from now on
+        manifest = json.load(open({str(PKG / 'manifest.json')!r}))
+        lib = ctypes.CDLL({str(PKG / ('libfusedaot_' + arch + '.so'))!r})
+        lib.fusedaot_last_error.restype = ctypes.c_char_p
+        lib.fusedaot_load.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        C = {{"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}}
+        for op, info in manifest["ops"].items():
+            f = getattr(lib, "fusedaot_" + op)
+            f.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32] + [C[t] for _, t in info["params"]]
+        fake.fake_set.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        fake.fake_last_image.restype = ctypes.c_void_p
+
+        class Launch(ctypes.Structure):
+            _fields_ = [("symbol", ctypes.c_char * 128), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
+                        ("shared", ctypes.c_uint), ("stream", ctypes.c_void_p), ("nparams", ctypes.c_int),
+                        ("params", (ctypes.c_ubyte * 8) * 32)]
+        fake.fake_last_launch.restype = ctypes.POINTER(Launch)
+
+        def error():
+            return lib.fusedaot_last_error().decode()
+
+        def elf_size(address):
+            # bytes of the ELF64 image at address: the end of its last table or section
+            h = ctypes.string_at(address, 64)
+            phoff, shoff = struct.unpack_from("<QQ", h, 0x20)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", h, 0x36)
+            ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+            for i in range(shnum):
+                sh = ctypes.string_at(address + shoff + i * shentsize, shentsize)
+                kind, = struct.unpack_from("<I", sh, 4)
+                offset, size = struct.unpack_from("<QQ", sh, 0x18)
+                ends.append(offset + (0 if kind == 8 else size))  # SHT_NOBITS takes no file space
+            return max(ends)
+    """
+    code = textwrap.dedent(prelude) + textwrap.dedent(body)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+
+
+# --- what the dispatch should do, computed from the spec table ------------------------------
+
+def _op(name):
+    return next(op for op in specs.OPS if op.name == name)
+
+
+def _c_expr(expr: str, args: dict) -> int:
+    env = dict(args, fa_cdiv=lambda a, b: -(-a // b), fa_min=min, fa_max=max)
+    return int(eval(expr.replace("dev->sms", str(SMS)), {}, env))
+
+
+def expected_launch(arch: str, op_name: str, args: dict) -> dict:
+    op = _op(op_name)
+    hits = [v for v in op.variants if arch in v.arches and eval(_condition(op, v), {}, dict(args))]
+    assert len(hits) == 1, hits
+    v = hits[0]
+    k = next(k for k in json.load(open(PKG / "manifest.json"))["kernels"]
+             if k["variant"] == v.name and k["arch"] == arch)
+    ctypes_of = {p.name: p.ctype for p in op.params}
+    params = []  # (struct format, value) in launch order
+    for name in k["args"]:
+        fmt = {"ptr": "<Q", "i64": "<q", "i32": "<i", "f32": "<f"}[ctypes_of[name]]
+        params.append((fmt, args[name]))
+    if op.lang == "triton":
+        params += [("<Q", 0), ("<Q", 0)]  # global and profile scratch: none
+        block = [32 * k["num_warps"], 1, 1]
+    else:
+        block = [_c_expr(e, args) for e in v.block]
+    return {"variant": v.name, "symbol": k["symbol"], "grid": [_c_expr(e, args) for e in v.grid],
+            "block": block, "shared": k["shared"], "params": params, "image_bytes": k["image_bytes"]}
+
+
+def call_source(op_name: str, args: dict, stream: int = STREAM) -> str:
+    values = ", ".join(repr(args[p.name]) for p in _op(op_name).params)
+    return f"lib.fusedaot_{op_name}({stream}, 0, {args['dtype']}, {values})"
+
+
+CASES = [
+    ("rms_norm_fwd", dict(dtype=2, x=ALIGNED, y=ALIGNED + 0x100000, w=ALIGNED + 0x200000,
+                          stride_x=4096, stride_y=4096, M=37, N=4096, eps=1e-6)),
+    ("rms_norm_fwd", dict(dtype=0, x=MISALIGNED, y=ALIGNED, w=0, stride_x=1003, stride_y=1000,
+                          M=5, N=1000, eps=0.25)),
+    ("rms_norm_fwd", dict(dtype=1, x=ALIGNED, y=ALIGNED, w=ALIGNED, stride_x=131072, stride_y=131072,
+                          M=3, N=131072, eps=1e-5)),
+    ("rms_norm_bwd", dict(dtype=2, dy=ALIGNED, x=ALIGNED, w=ALIGNED, dx=ALIGNED, dw_partial=ALIGNED + 64,
+                          dw=ALIGNED + 128, stride_dy=3072, stride_x=3072, stride_dx=3072, M=1000, N=3072,
+                          eps=1e-6, G=125)),
+    ("rms_norm_dw", dict(dtype=2, dw_partial=ALIGNED, dw=ALIGNED, G=125, N=3072)),
+    ("bias_gelu_fwd", dict(dtype=2, x=ALIGNED, bias=ALIGNED, y=ALIGNED, stride_x=4096, M=4096, N=4096,
+                           approximate=1)),
+    ("bias_gelu_fwd", dict(dtype=1, x=ALIGNED, bias=ALIGNED, y=ALIGNED, stride_x=4097, M=2, N=4097,
+                           approximate=0)),
+    ("bias_gelu_bwd", dict(dtype=0, dy=ALIGNED, x=ALIGNED, bias=ALIGNED, dx=ALIGNED, dbias_partial=ALIGNED,
+                           stride_dy=1024, stride_x=1024, M=300, N=1024, approximate=0, G=17)),
+]
+
+
+@pytest.mark.parametrize("arch", specs.ARCHES)
+def test_dispatch_launches_the_selected_variant(fake_driver, arch):
+    checks = []
+    for op_name, args in CASES:
+        want = expected_launch(arch, op_name, args)
+        widths = bytes(8 if fmt in ("<Q", "<q") else 4 for fmt, _ in want["params"])
+        expected_bytes = [list(struct.pack(fmt, val)) for fmt, val in want["params"]]
+        checks.append(f"""
+            fake.fake_reset()
+            fake.fake_expect({len(widths)}, {widths!r})
+            rc = {call_source(op_name, args)}
+            assert rc == 0, ({want['variant']!r}, rc, error())
+            last = fake.fake_last_launch().contents
+            assert fake.fake_launches() == 1
+            assert last.symbol.decode() == {want['symbol']!r}, last.symbol
+            assert list(last.grid) == {want['grid']!r}, ({want['variant']!r}, list(last.grid))
+            assert list(last.block) == {want['block']!r}, ({want['variant']!r}, list(last.block))
+            assert last.shared == {want['shared']!r} and last.stream == {STREAM}
+            got = [list(last.params[i])[:n] for i, n in enumerate({list(widths)!r})]
+            assert got == {expected_bytes!r}, ({want['variant']!r}, got)
+            if {arch != 'ptx'!r} and fake.fake_loads():  # the image it loaded is the variant's cubin
+                assert elf_size(fake.fake_last_image()) == {want['image_bytes']!r}, {want['variant']!r}
+        """)
+    run(fake_driver, arch, "".join(textwrap.dedent(c) for c in checks))
+
+
+def test_capture_refused_until_loaded(fake_driver):
+    args = CASES[0][1]
+    run(fake_driver, "sm90", f"""
+        fake.fake_set(0, 0xCAFE, 0)
+        rc = {call_source('rms_norm_fwd', args, stream=0xCAFE)}
+        assert rc == 10004 and "call fusedaot.load() before capture" in error(), (rc, error())
+        assert fake.fake_launches() == 0 and fake.fake_loads() == 0
+        assert lib.fusedaot_load(0, 0) == 0, error()
+        assert fake.fake_loads() == len({{k["image"] for k in manifest["kernels"] if k["arch"] == "sm90"}})
+        rc = {call_source('rms_norm_fwd', args, stream=0xCAFE)}
+        assert rc == 0 and fake.fake_launches() == 1, (rc, error())
+    """)
+
+
+def test_driver_error_reaches_the_caller(fake_driver):
+    run(fake_driver, "sm90", f"""
+        fake.fake_set(1, 0, 0)
+        rc = {call_source(*CASES[0])}
+        assert rc == 209, rc
+        msg = error()
+        assert "no kernel image is available" in msg and "CUDA_ERROR_NO_BINARY_FOR_GPU" in msg, msg
+        assert "cuModuleLoadData" in msg and "rms_norm_fwd_bf16" in msg, msg
+    """)
+
+
+def test_device_context_pushed_and_popped(fake_driver):
+    run(fake_driver, "sm90", f"""
+        fake.fake_set(0, 0, 0)            # no current context: the device's is pushed, then popped
+        assert {call_source(*CASES[0])} == 0, error()
+        assert fake.fake_pushes() == fake.fake_pops() >= 1
+        fake.fake_reset()
+        fake.fake_set(0, 0, 0xC0C0)       # already current: left alone
+        assert {call_source(*CASES[0])} == 0, error()
+        assert fake.fake_pushes() == fake.fake_pops() == 0
+    """)
+
+
+def test_empty_inputs_and_bad_device(fake_driver):
+    empty = dict(CASES[0][1], M=0)
+    run(fake_driver, "sm90", f"""
+        assert {call_source('rms_norm_fwd', empty)} == 0, error()
+        assert fake.fake_launches() == 0
+        rc = lib.fusedaot_rms_norm_fwd({STREAM}, 3, 2, 0, 0, 0, 1, 1, 1, 1, 1e-6)
+        assert rc == 10002 and "CUDA device 3 does not exist (1 visible)" in error(), (rc, error())
+    """)
