@@ -21,6 +21,7 @@ static int launches, loads, pushes, pops, fail_load, nwidths;
 static unsigned char widths[MAX_PARAMS];
 static uintptr_t capturing_stream, current_ctx;
 static const void* last_image;
+static const void* images[4096];  /* every image loaded since the last reset */
 
 /* --- control, called by the test through ctypes ----------------------------------------- */
 void fake_reset(void) {
@@ -44,6 +45,7 @@ int fake_loads(void) { return loads; }
 int fake_pushes(void) { return pushes; }
 int fake_pops(void) { return pops; }
 const void* fake_last_image(void) { return last_image; }
+const void* fake_image(int i) { return i < loads && i < 4096 ? images[i] : NULL; }
 const struct fake_launch* fake_last_launch(void) { return &last; }
 
 /* --- driver API ---------------------------------------------------------------------------- */
@@ -71,6 +73,7 @@ CUresult cuCtxPushCurrent_v2(void* ctx) { pushes++; (void)ctx; return 0; }
 CUresult cuCtxPopCurrent_v2(void** ctx) { pops++; *ctx = (void*)DEVICE_CTX; return 0; }
 CUresult cuModuleLoadData(void** mod, const void* image) {
   if (fail_load) return 209;
+  if (loads < 4096) images[loads] = image;
   loads++;
   last_image = image;
   *mod = (void*)image;

@@ -57,6 +57,7 @@ def run(fake: pathlib.Path, arch: str, body: str) -> None:
             f.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32] + [C[t] for _, t in info["params"]]
         fake.fake_set.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         fake.fake_last_image.restype = ctypes.c_void_p
+        fake.fake_image.restype = ctypes.c_void_p
 
         class Launch(ctypes.Structure):
             _fields_ = [("symbol", ctypes.c_char * 128), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
@@ -212,4 +213,28 @@ def test_empty_inputs_and_bad_device(fake_driver):
         assert fake.fake_launches() == 0
         rc = lib.fusedaot_rms_norm_fwd({STREAM}, 3, 2, 0, 0, 0, 1, 1, 1, 1, 1e-6)
         assert rc == 10002 and "CUDA device 3 does not exist (1 visible)" in error(), (rc, error())
+    """)
+
+
+@pytest.mark.parametrize("arch", specs.ARCHES)
+def test_every_image_targets_its_arch(fake_driver, arch):
+    """fusedaot_load loads every image once; each is a cubin for exactly this arch (ELF e_flags
+    carry the SM version; sm90's are sm_90a), or for the PTX library, sm_80 PTX of an ISA
+    version no newer than the manifest's driver floor allows."""
+    cc = {"sm80": 80, "sm89": 89, "sm90": 90}.get(arch)
+    run(fake_driver, arch, f"""
+        assert lib.fusedaot_load(0, 0) == 0, error()
+        n = fake.fake_loads()
+        assert n == len({{k["image"] for k in manifest["kernels"] if k["arch"] == {arch!r}}}), n
+        for i in range(n):
+            head = ctypes.string_at(fake.fake_image(i), 64)
+            if {cc!r}:
+                machine, = struct.unpack_from("<H", head, 0x12)
+                flags, = struct.unpack_from("<I", head, 0x30)
+                assert head[:4] == b"\\x7fELF" and machine == 190, (i, head[:20])
+                assert flags & 0xFF == {cc!r}, (i, hex(flags))
+            else:
+                text = ctypes.string_at(fake.fake_image(i)).decode()
+                assert ".target sm_80" in text and ".version 8.7" in text, text[:300]
+        assert manifest["min_driver"][{arch!r}] == (570 if {arch == 'ptx'!r} else 525)
     """)
