@@ -238,3 +238,22 @@ def test_every_image_targets_its_arch(fake_driver, arch):
                 assert ".target sm_80" in text and ".version 8.7" in text, text[:300]
         assert manifest["min_driver"][{arch!r}] == (570 if {arch == 'ptx'!r} else 525)
     """)
+
+
+def test_public_header_declares_the_c_abi(tmp_path):
+    """fusedaot.h, installed beside the libraries, declares every op with the manifest's C types:
+    a C file assigning each function to a pointer of the expected type compiles cleanly."""
+    header = PKG / "fusedaot.h"
+    assert header.exists(), "fusedaot.h is not installed"
+    ctype = {"ptr": "void*", "i32": "int32_t", "i64": "int64_t", "f32": "float"}
+    lines = ['#include "fusedaot.h"']
+    for op, info in json.load(open(PKG / "manifest.json"))["ops"].items():
+        params = ", ".join(["void*", "int32_t", "int32_t"] + [ctype[t] for _, t in info["params"]])
+        lines.append(f"int (*check_{op})({params}) = fusedaot_{op};")
+    lines += ["const char* (*check_error)(void) = fusedaot_last_error;",
+              "int (*check_load)(void*, int32_t) = fusedaot_load;"]
+    src = tmp_path / "abi.c"
+    src.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([CC, "-fsyntax-only", "-Wall", "-Werror", "-I", str(PKG), str(src)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
