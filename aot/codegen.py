@@ -33,7 +33,7 @@ def write_image(path: Path, symbol: str, image: bytes, what: str) -> None:
     path.write_text("".join(lines))
 
 
-def public_header() -> str:
+def public_header(ops=None) -> str:
     out = [_header("every op"), "#pragma once\n#include <stdint.h>\n\n",
            "/* Every function returns 0 or an error code; fusedaot_last_error() says what went wrong\n"
            " * (the driver's own message included).  Pointers are device pointers; the caller\n"
@@ -45,7 +45,7 @@ def public_header() -> str:
            "int fusedaot_load(void* stream, int32_t device);\n",
            "int fusedaot_num_kernels(void);\n",
            "int fusedaot_num_loaded(int32_t device);\n\n"]
-    for op in specs.OPS:
+    for op in specs.OPS if ops is None else ops:
         out.append(f"/* {op.doc} */\n{c_signature(op)};\n")
     return "".join(out)
 
@@ -68,8 +68,9 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
             f"  }}\n")
 
 
-def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels: list[dict]) -> None:
-    """images: (C symbol, size) in table order; kernels: dicts with op, variant, image, meta."""
+def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels: list[dict], ops=None) -> None:
+    """images: (C symbol, size) in table order; kernels: dicts with op, variant, image, meta;
+    ops: the spec table's ops unless given (tests generate small tables of their own)."""
     out = [_header(f"dispatch for {arch}"), '#include "fa_runtime.h"\n\n',
            f'const char fa_arch_name[] = "{arch}";\n']
     for sym, size in images:
@@ -82,7 +83,7 @@ def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels
     out.append(f"}};\nconst int fa_num_kernels = {len(kernels)};\n")
 
     index = {(k["op"].name, k["variant"].name): i for i, k in enumerate(kernels)}
-    for op in specs.OPS:
+    for op in specs.OPS if ops is None else ops:
         if arch not in op.arches:
             out.append(f"\nFA_EXPORT {c_signature(op)} {{\n"
                        f'  return fa_unavailable("{op.name}", device);\n}}\n')

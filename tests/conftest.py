@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -174,3 +176,19 @@ def assert_close(actual, expected, tol, mag=None, what="output"):
 def make_tensor(shape, dtype, device, scale=1.0, offset=0.0):
     """randn * scale + offset, drawn in float32 and rounded once into `dtype`."""
     return (torch.randn(shape, device=device) * scale + offset).to(dtype)
+
+
+# --- a fake CUDA driver for testing the C runtime without a GPU (tests/fake_libcuda.c) ------
+
+CC = shutil.which("cc") or shutil.which("gcc")
+
+
+@pytest.fixture(scope="session")
+def fake_driver(tmp_path_factory) -> pathlib.Path:
+    """tests/fake_libcuda.c built as a libcuda.so.1 (its soname), or a skip without a C compiler."""
+    if CC is None:
+        pytest.skip("no C compiler to build the fake CUDA driver")
+    out = tmp_path_factory.mktemp("fake") / "libcuda.so.1"
+    subprocess.run([CC, "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1", "-o", str(out),
+                    str(REPO / "tests" / "fake_libcuda.c")], check=True)
+    return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import struct
 import subprocess
 import sys
@@ -22,24 +21,14 @@ import textwrap
 import pytest
 
 import fusedaot
-from conftest import REPO
+from conftest import CC
 from test_specs import _condition, specs
 
 PKG = pathlib.Path(fusedaot.__file__).resolve().parent
 SMS = 132  # the fake device's multiprocessor count
 ALIGNED, MISALIGNED, STREAM = 0x7F0000010000, 0x7F0000010002, 0x5000
-CC = shutil.which("cc") or shutil.which("gcc")
-
 pytestmark = pytest.mark.skipif(CC is None or not (PKG / "manifest.json").exists(),
                                 reason="needs a C compiler and an installed fusedaot with its libraries")
-
-
-@pytest.fixture(scope="module")
-def fake_driver(tmp_path_factory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("fake") / "libcuda.so.1"
-    subprocess.run([CC, "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1", "-o", str(out),
-                    str(REPO / "tests" / "fake_libcuda.c")], check=True)
-    return out
 
 
 def run(fake: pathlib.Path, arch: str, body: str) -> None:
