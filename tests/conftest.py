@@ -10,6 +10,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import textwrap
 import sys
 
 import pytest
@@ -192,3 +193,30 @@ def fake_driver(tmp_path_factory) -> pathlib.Path:
     subprocess.run([CC, "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1", "-o", str(out),
                     str(REPO / "tests" / "fake_libcuda.c")], check=True)
     return out
+
+
+_FAKE_PRELUDE = """
+import ctypes, json, struct
+fake = ctypes.CDLL({fake!r}, mode=ctypes.RTLD_GLOBAL)  # the runtime's dlopen finds it by soname
+lib = ctypes.CDLL({library!r})
+lib.fusedaot_last_error.restype = ctypes.c_char_p
+fake.fake_set.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+fake.fake_last_image.restype = ctypes.c_void_p
+fake.fake_image.restype = ctypes.c_void_p
+
+class Launch(ctypes.Structure):  # struct fake_launch
+    _fields_ = [("symbol", ctypes.c_char * 128), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
+                ("shared", ctypes.c_uint), ("stream", ctypes.c_void_p), ("nparams", ctypes.c_int),
+                ("params", (ctypes.c_ubyte * 8) * 32)]
+fake.fake_last_launch.restype = ctypes.POINTER(Launch)
+
+def error():
+    return lib.fusedaot_last_error().decode()
+"""
+
+
+def run_with_fake(fake: pathlib.Path, library: str, body: str) -> None:
+    """Run `body` in a fresh process where `fake` is the CUDA driver and `lib` the library."""
+    code = _FAKE_PRELUDE.format(fake=str(fake), library=str(library)) + textwrap.dedent(body)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"

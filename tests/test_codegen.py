@@ -11,11 +11,10 @@ import pathlib
 import struct
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from conftest import CC, REPO
+from conftest import CC, REPO, run_with_fake
 
 sys.path.insert(0, str(REPO))
 try:
@@ -66,22 +65,9 @@ def test_generated_library(fake_driver, demo_library):
     aligned, misaligned = 0x7F0000100000, 0x7F0000100004
     params = lambda x: [list(struct.pack(f, v)) for f, v in  # noqa: E731
                         (("<Q", x), ("<q", 1000), ("<f", 2.5), ("<Q", 0), ("<Q", 0))]
-    code = textwrap.dedent(f"""
-        import ctypes
-        fake = ctypes.CDLL({str(fake_driver)!r}, mode=ctypes.RTLD_GLOBAL)
-        lib = ctypes.CDLL({demo_library!r})
-        lib.fusedaot_last_error.restype = ctypes.c_char_p
+    run_with_fake(fake_driver, demo_library, f"""
         args = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float]
         lib.fusedaot_demo_scale.argtypes = lib.fusedaot_demo_other.argtypes = args
-        fake.fake_last_image.restype = ctypes.c_void_p
-
-        class Launch(ctypes.Structure):
-            _fields_ = [("symbol", ctypes.c_char * 128), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
-                        ("shared", ctypes.c_uint), ("stream", ctypes.c_void_p), ("nparams", ctypes.c_int),
-                        ("params", (ctypes.c_ubyte * 8) * 32)]
-        fake.fake_last_launch.restype = ctypes.POINTER(Launch)
-        error = lambda: lib.fusedaot_last_error().decode()
-
         for x, image, want in (({aligned}, b"demo_scale_fp32_a16", {params(aligned)!r}),
                                ({misaligned}, b"demo_scale_fp32_u", {params(misaligned)!r})):
             fake.fake_reset()
@@ -96,8 +82,6 @@ def test_generated_library(fake_driver, demo_library):
         assert lib.fusedaot_demo_other(0x77, 0, 0, {aligned}, 1000, 2.5) == 10005
         assert "demo_other is not available on the sm90 library" in error(), error()
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_generated_files_name_their_generator(demo_library):

@@ -15,13 +15,12 @@ import json
 import pathlib
 import struct
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import fusedaot
-from conftest import CC
+from conftest import CC, run_with_fake
 from test_specs import _condition, specs
 
 PKG = pathlib.Path(fusedaot.__file__).resolve().parent
@@ -32,30 +31,15 @@ pytestmark = pytest.mark.skipif(CC is None or not (PKG / "manifest.json").exists
 
 
 def run(fake: pathlib.Path, arch: str, body: str) -> None:
-    """Run `body` in a fresh process with `fake` as the driver and `lib` the arch's library."""
+    """Run `body` in a fresh process with `fake` as the driver and `lib` the arch's library,
+    its functions typed from the manifest."""
     prelude = f"""
-        import ctypes, json, struct
-        fake = ctypes.CDLL({str(fake)!r}, mode=ctypes.RTLD_GLOBAL)  # found by soname from now on
         manifest = json.load(open({str(PKG / 'manifest.json')!r}))
-        lib = ctypes.CDLL({str(PKG / ('libfusedaot_' + arch + '.so'))!r})
-        lib.fusedaot_last_error.restype = ctypes.c_char_p
         lib.fusedaot_load.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         C = {{"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}}
         for op, info in manifest["ops"].items():
             f = getattr(lib, "fusedaot_" + op)
             f.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32] + [C[t] for _, t in info["params"]]
-        fake.fake_set.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        fake.fake_last_image.restype = ctypes.c_void_p
-        fake.fake_image.restype = ctypes.c_void_p
-
-        class Launch(ctypes.Structure):
-            _fields_ = [("symbol", ctypes.c_char * 128), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
-                        ("shared", ctypes.c_uint), ("stream", ctypes.c_void_p), ("nparams", ctypes.c_int),
-                        ("params", (ctypes.c_ubyte * 8) * 32)]
-        fake.fake_last_launch.restype = ctypes.POINTER(Launch)
-
-        def error():
-            return lib.fusedaot_last_error().decode()
 
         def elf_size(address):
             # bytes of the ELF64 image at address: the end of its last table or section
@@ -70,9 +54,7 @@ def run(fake: pathlib.Path, arch: str, body: str) -> None:
                 ends.append(offset + (0 if kind == 8 else size))  # SHT_NOBITS takes no file space
             return max(ends)
     """
-    code = textwrap.dedent(prelude) + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    run_with_fake(fake, str(PKG / f"libfusedaot_{arch}.so"), textwrap.dedent(prelude) + textwrap.dedent(body))
 
 
 # --- what the dispatch should do, computed from the spec table ------------------------------
