@@ -188,8 +188,8 @@ def time_host(fn, args: tuple, calls=2000, graph=False) -> float:
             for _ in range(calls):
                 fn(*args)
         run, reps = g.replay, 5
-    else:
-        run, reps = (lambda: [fn(*args) for _ in range(calls)]), 1
+    else:  # five repetitions: one was seen to vary by 20-40% on a shared host
+        run, reps = (lambda: [fn(*args) for _ in range(calls)]), 5
     run()
     torch.cuda.synchronize()
     times = []
