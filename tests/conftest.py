@@ -220,3 +220,15 @@ def run_with_fake(fake: pathlib.Path, library: str, body: str) -> None:
     code = _FAKE_PRELUDE.format(fake=str(fake), library=str(library)) + textwrap.dedent(body)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+
+
+class _OnXla(torch.Tensor):
+    """A CPU tensor that reports an 'xla' device: what ops must refuse with a clear error."""
+
+    @property
+    def device(self):
+        return torch.device("xla", 0)
+
+
+def on_foreign_device(t: torch.Tensor) -> torch.Tensor:
+    return t.as_subclass(_OnXla)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import fusedaot
 import fusedaot.reference
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, poison, ref64
+from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
 
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close)
 # out:   computed in fp32, rounded once into the storage dtype: 2^-8 (bf16), 2^-11
@@ -138,12 +138,7 @@ def test_bias_on_other_device():
 
 
 def test_unsupported_device_type():
-    class OnXla(torch.Tensor):  # a CPU tensor that reports another device type
-        @property
-        def device(self):
-            return torch.device("xla", 0)
-
-    x = torch.randn(2, 8).as_subclass(OnXla)
+    x = on_foreign_device(torch.randn(2, 8))
     with pytest.raises(ValueError, match=r"bias_gelu: tensors on 'xla' are not supported; use CUDA or CPU tensors"):
         fusedaot.bias_gelu(x, torch.randn(8))
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, poison, ref64
+from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
 
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close)
 # out:   the kernel computes in fp32 and rounds once into the storage dtype: the unit
@@ -143,12 +143,7 @@ def test_weight_on_other_device():
 
 
 def test_unsupported_device_type():
-    class OnXla(torch.Tensor):  # a CPU tensor that reports another device type
-        @property
-        def device(self):
-            return torch.device("xla", 0)
-
-    x = torch.randn(2, 8).as_subclass(OnXla)
+    x = on_foreign_device(torch.randn(2, 8))
     with pytest.raises(ValueError, match=r"rms_norm: tensors on 'xla' are not supported; use CUDA or CPU tensors"):
         fusedaot.rms_norm(x)
 
