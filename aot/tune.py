@@ -5,7 +5,7 @@
 Needs a GPU, torch and Triton (the same Triton version the build pins: the JIT compiles
 exactly what the AOT build will).  For each row-width bucket of each tunable op it times
 every candidate (ROWS, num_warps, num_stages) at a bandwidth-bound size and keeps the fastest.  The
-build reads the table through aot/specs.py; arches without a table use its heuristics.
+build reads the table through aot/specs/; arches without a table use its heuristics.
 """
 from __future__ import annotations
 
@@ -94,13 +94,13 @@ def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
     # the backward loops over rows: let Triton's pipeliner try to prefetch the next rows
     stages = (1,) if direction == "fwd" else (1, 3)
     table, single = {}, {}
-    blocks = [b for b, _, _ in specs.RMS_NORM_BLOCKS]
+    blocks = [b for b, _, _ in specs.rms_norm.RMS_NORM_BLOCKS]
     for block in blocks[-3:] if quick else blocks:
         best = _best(direction, dtype, block, block, False, _candidates(block, False, stages))
         if best:
             single[block] = best
             table[str(block)] = list(best[1:])
-    chunk = specs.RMS_NORM_LOOP[0]
+    chunk = specs.rms_norm.RMS_NORM_LOOP[0]
     loop = _best(direction, dtype, 4 * chunk, chunk, True, _candidates(chunk, True, stages))
     table["loop"] = list(loop[1:])
     # Wide single blocks can lose to the looped form (registers run out): find the crossover.

@@ -6,7 +6,7 @@
 fwd: every impl, bf16 and fp16 over M x N (fp32: a few spot shapes). bwd: forward + backward,
 fusedaot vs eager vs torch.compile. host: host time per call at 1 x 4096, with and without a
 CUDA graph. The Triton-JIT baseline launches the same kernel (kernels/triton/rms_norm.py) with
-the variant aot/specs.py selects, i.e. the same code and config as the AOT build.
+the variant aot/specs selects, i.e. the same code and config as the AOT build.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def load_by_path(name: str, path: Path):
 def triton_jit_rms_norm():
     """(launch(x, w) -> y, None), or (None, reason) where Triton or the sources are missing.
 
-    Launches _rms_norm_fwd through Triton's JIT with the first variant of aot/specs.py's
+    Launches _rms_norm_fwd through Triton's JIT with the first variant of aot/specs's
     rms_norm_fwd whose `when` holds (the aligned ones come first; the JIT specialises on
     alignment by itself), so the JIT and the AOT build run the same kernel and config."""
     triton, why = H.import_triton()
@@ -53,10 +53,10 @@ def triton_jit_rms_norm():
     try:
         kernel = load_by_path("_bench_rms_norm_kernel",
                               H.ROOT / "kernels" / "triton" / "rms_norm.py")._rms_norm_fwd
-        specs = load_by_path("_bench_aot_specs", H.ROOT / "aot" / "specs.py")
+        specs = H.aot_specs()
         op = next(o for o in specs.OPS if o.name == "rms_norm_fwd")
     except Exception as e:
-        return None, f"cannot load kernels/triton/rms_norm.py or aot/specs.py: {H.first_line(e)}"
+        return None, f"cannot load kernels/triton/rms_norm.py or aot/specs: {H.first_line(e)}"
     configs = {}
 
     def config(dtype: str, M: int, N: int, has_w: bool):
@@ -65,7 +65,7 @@ def triton_jit_rms_norm():
         for v in op.variants:
             if v.dtype == dtype and eval(v.when.replace("&&", " and "), {}, scope):
                 return (eval(v.grid[0], {}, scope),), v
-        raise ValueError(f"no rms_norm_fwd variant in aot/specs.py for {dtype} N={N}")
+        raise ValueError(f"no rms_norm_fwd variant in aot/specs for {dtype} N={N}")
 
     def launch(x, w):
         N = x.shape[-1]

@@ -13,6 +13,7 @@ import json
 import math
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +59,15 @@ def import_triton():
         return triton, None
     except Exception as e:  # ImportError, or an install broken in some other way
         return None, f"import triton failed: {first_line(e)}"
+
+
+def aot_specs():
+    """The spec table (aot/specs/, standard library only), for baselines that launch the same
+    kernels through Triton's JIT with the configs the AOT build uses."""
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+    from aot import specs
+    return specs
 
 
 def import_fusedaot():

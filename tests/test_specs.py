@@ -22,7 +22,7 @@ finally:
     sys.path.remove(str(REPO))
 
 WIDTHS = sorted({1, 3, 7, 8, 127, 1000, 3072, 4097, 65536, 131072, 1 << 20}
-                | {b + d for b, _, _ in specs.RMS_NORM_BLOCKS for d in (-1, 0, 1)})
+                | {b + d for b, _, _ in specs.rms_norm.RMS_NORM_BLOCKS for d in (-1, 0, 1)})
 ALIGNED_PTR, MISALIGNED_PTR = 0x7F0000001000, 0x7F0000001002
 OPTIONAL_POINTERS = {"w"}  # may be NULL (rms_norm without weight)
 
@@ -41,11 +41,11 @@ def _condition(op, v) -> str:
     return _python_condition(cond)
 
 
-def _calls(op):
+def _calls(op, dtypes):
     """Argument dicts covering the cases the conditions distinguish."""
     pointers = [p.name for p in op.params if p.ctype == "ptr"]
     for dtype, n, misalign, stride_pad, null_w in itertools.product(
-            specs.DTYPES.values(), WIDTHS, (False, True), (0, 1), (False, True)):
+            dtypes, WIDTHS, (False, True), (0, 1), (False, True)):
         args = {"dtype": dtype, "N": n, "M": 64, "G": 4, "eps": 1e-6, "approximate": 0}
         for name in pointers:
             args[name] = MISALIGNED_PTR if misalign and name == pointers[0] else ALIGNED_PTR
@@ -63,9 +63,13 @@ def test_exactly_one_variant_matches(op, arch):
     variants = [v for v in op.variants if arch in v.arches]
     assert variants, f"{op.name} has no variant for {arch}"
     compiled = [(v.name, compile(_condition(op, v), v.name, "eval")) for v in variants]
-    for args in _calls(op):
+    for args in _calls(op, [specs.DTYPES[d] for d in op.dtypes]):
         hits = [name for name, code in compiled if eval(code, {}, dict(args))]
         assert len(hits) == 1, f"{op.name} on {arch} with {args}: variants {hits or 'none'} match"
+    # Other dtypes match nothing: the dispatch returns its "no variant for dtype" error.
+    for args in _calls(op, [c for d, c in specs.DTYPES.items() if d not in op.dtypes]):
+        hits = [name for name, code in compiled if eval(code, {}, dict(args))]
+        assert not hits, f"{op.name} on {arch} with {args}: {hits} match a dtype the op does not take"
 
 
 def test_conditions_use_only_op_parameters():
@@ -87,8 +91,8 @@ def test_variant_names_are_unique_and_say_their_dtype():
 def test_tuned_configs_are_well_formed():
     for arch in specs.ARCHES:
         for direction in ("fwd", "bwd"):
-            for dtype in specs.DTYPES:
-                configs = specs.rms_norm_configs(arch, direction, dtype)
+            for dtype in specs.FLOAT_DTYPES:
+                configs = specs.rms_norm.rms_norm_configs(arch, direction, dtype)
                 blocks = [b for b, _, _, _, looped in configs if not looped]
                 assert blocks == sorted(blocks) and configs[-1][-1], (arch, direction, dtype)
                 for block, rows, warps, stages, _ in configs:

@@ -20,7 +20,7 @@ import torch
 PACKAGE_DIR = Path(__file__).resolve().parent
 ARCHES = ("sm80", "sm89", "sm90", "ptx")
 REFERENCE = "reference"
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}
 
 

@@ -99,16 +99,16 @@ def native(x: torch.Tensor):
     return _lib.device_library(index), index
 
 
-def direct(x, v):
+def direct(x, v, dtypes=FLOAT_DTYPES):
     """(Library, device index) when an eager call may launch at once: x a CUDA tensor of a
-    supported dtype, v None or an (N,) vector of x's dtype on x's device, no autograd to
+    dtype in `dtypes`, v None or an (N,) vector of x's dtype on x's device, no autograd to
     record and no torch.compile tracing.  None otherwise: the caller then takes the checked
     path, which raises the precise error or goes through the torch.library op.
 
     This and launch_rows() are the whole per-call cost of the eager path besides the
     allocation and the launch: each attribute is read once and nothing is called that
     can be avoided."""
-    if type(x) not in _TENSORS or not x.is_cuda or x.dtype not in _CODES or not x.dim():
+    if type(x) not in _TENSORS or not x.is_cuda or x.dtype not in dtypes or not x.dim():
         return None
     index = x.get_device()
     if v is not None and (type(v) not in _TENSORS or v.dtype != x.dtype or v.dim() != 1
@@ -134,3 +134,37 @@ def launch_rows(x: torch.Tensor):
 
 def dtype_code(x: torch.Tensor) -> int:
     return _CODES[x.dtype]
+
+
+def register(name: str, forward, fake, backward, backward_fake, save, grad):
+    """Register `fusedaot::<name>` and `fusedaot::<name>_backward` as torch.library ops and
+    return (the forward op, an autograd.Function for eager training).
+
+    forward(*inputs) / backward(*args): the eager implementations; their annotations give the
+    schemas.  fake / backward_fake: the fake implementations (shapes only).
+    save(ctx, inputs, output): stores what the gradient needs on ctx.
+    grad(ctx, backward, *grad_outputs) -> one gradient (or None) per input, calling `backward`,
+    which is the traceable torch.ops backward op under torch.compile and the plain Python
+    function in the eager autograd.Function.  The eager Function runs the same formula
+    without the dispatcher's per-call cost; torch.compile traces the torch.library op.
+    """
+    op = torch.library.custom_op(f"fusedaot::{name}", forward, mutates_args=())
+    op.register_fake(fake)
+    backward_op = torch.library.custom_op(f"fusedaot::{name}_backward", backward, mutates_args=())
+    backward_op.register_fake(backward_fake)
+    traced = getattr(torch.ops.fusedaot, f"{name}_backward")
+    op.register_autograd(lambda ctx, *grads: grad(ctx, traced, *grads), setup_context=save)
+
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = forward(*inputs)
+            save(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return grad(ctx, backward, *grads)
+
+    Eager.__name__ = Eager.__qualname__ = f"{name}_eager_autograd"
+    return op, Eager

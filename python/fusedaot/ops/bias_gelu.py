@@ -10,7 +10,7 @@ import torch
 
 from .. import _lib, reference
 from ._common import (autograd_needed, check_input, check_vector, direct, dtype_code, is_compiling, launch_rows,
-                      native, row_stride, rows)
+                      native, register, row_stride, rows)
 
 OP = "bias_gelu"
 _APPROXIMATE = {"none": 0, "tanh": 1}
@@ -36,7 +36,8 @@ def _launch(lib, dev: int, x: torch.Tensor, bias: torch.Tensor, approximate: str
     return y
 
 
-def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate: str):
+def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
+              approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
     lib, dev = native(x)
     if lib is None:
         return reference.bias_gelu_backward(dy, x, bias, approximate)
@@ -56,55 +57,27 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate
     return dx.view(x.shape), partial.sum(0).to(bias.dtype)
 
 
-@torch.library.custom_op("fusedaot::bias_gelu", mutates_args=())
-def _bias_gelu_op(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
-    return _forward(x, bias, approximate)
-
-
-@_bias_gelu_op.register_fake
-def _(x, bias, approximate):
+def _fake(x, bias, approximate):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("fusedaot::bias_gelu_backward", mutates_args=())
-def _bias_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
-                           approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _backward(dy, x, bias, approximate)
-
-
-@_bias_gelu_backward_op.register_fake
-def _(dy, x, bias, approximate):
+def _backward_fake(dy, x, bias, approximate):
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(bias)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output):
     x, bias, approximate = inputs
     ctx.save_for_backward(x, bias)
     ctx.approximate = approximate
 
 
-def _grad_with(backward):
-    """The autograd formula, with `backward` the torch.ops op (traceable) or _backward (eager)."""
-    def grad(ctx, dy):
-        x, bias = ctx.saved_tensors
-        dx, dbias = backward(dy, x, bias, ctx.approximate)
-        return dx, dbias, None
-    return grad
+def _grad(ctx, backward, dy):
+    x, bias = ctx.saved_tensors
+    dx, dbias = backward(dy, x, bias, ctx.approximate)
+    return dx, dbias, None
 
 
-_bias_gelu_op.register_autograd(_grad_with(lambda *a: torch.ops.fusedaot.bias_gelu_backward(*a)),
-                                setup_context=_setup_context)
-
-
-class _EagerAutograd(torch.autograd.Function):
-    """Eager training without the dispatcher's per-call cost (see ops/rms_norm.py)."""
-
-    @staticmethod
-    def forward(ctx, x, bias, approximate):
-        _setup_context(ctx, (x, bias, approximate), None)
-        return _forward(x, bias, approximate)
-
-    backward = staticmethod(_grad_with(_backward))
+_op, _EagerAutograd = register(OP, _forward, _fake, _backward, _backward_fake, _save, _grad)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -121,7 +94,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
     if approximate not in _APPROXIMATE:
         raise ValueError(f"{OP}: approximate must be 'none' or 'tanh', got {approximate!r}")
     if is_compiling():
-        return torch.ops.fusedaot.bias_gelu(x, bias, approximate)
+        return _op(x, bias, approximate)
     if autograd_needed(x, bias):
         return _EagerAutograd.apply(x, bias, approximate)
     return _forward(x, bias, approximate)

@@ -13,7 +13,7 @@ import torch
 
 from .. import _lib, reference
 from ._common import (autograd_needed, check_eps, check_input, check_vector, direct, dtype_code, is_compiling,
-                      launch_rows, native, row_stride, rows)
+                      launch_rows, native, register, row_stride, rows)
 
 OP = "rms_norm"
 
@@ -38,7 +38,8 @@ def _launch(lib, dev: int, x: torch.Tensor, weight: Optional[torch.Tensor], eps:
     return y
 
 
-def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], eps: float):
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     lib, dev = native(x)
     if lib is None:
         return reference.rms_norm_backward(dy, x, weight, eps)
@@ -70,57 +71,28 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     return dx.view(x.shape), dw
 
 
-@torch.library.custom_op("fusedaot::rms_norm", mutates_args=())
-def _rms_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
-    return _forward(x, weight, eps)
-
-
-@_rms_norm_op.register_fake
-def _(x, weight, eps):
+def _fake(x, weight, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("fusedaot::rms_norm_backward", mutates_args=())
-def _rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
-                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _backward(dy, x, weight, eps)
-
-
-@_rms_norm_backward_op.register_fake
-def _(dy, x, weight, eps):
+def _backward_fake(dy, x, weight, eps):
     dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), dw
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output):
     x, weight, eps = inputs
     ctx.save_for_backward(x, weight)
     ctx.eps = eps
 
 
-def _grad_with(backward):
-    """The autograd formula, with `backward` the torch.ops op (traceable) or _backward (eager)."""
-    def grad(ctx, dy):
-        x, weight = ctx.saved_tensors
-        dx, dw = backward(dy, x, weight, ctx.eps)
-        return dx, (dw if weight is not None and ctx.needs_input_grad[1] else None), None
-    return grad
+def _grad(ctx, backward, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw = backward(dy, x, weight, ctx.eps)
+    return dx, (dw if weight is not None and ctx.needs_input_grad[1] else None), None
 
 
-_rms_norm_op.register_autograd(_grad_with(lambda *a: torch.ops.fusedaot.rms_norm_backward(*a)),
-                               setup_context=_setup_context)
-
-
-class _EagerAutograd(torch.autograd.Function):
-    """Eager training without the dispatcher's per-call cost: the op's own forward and
-    autograd formula, called directly.  torch.compile traces torch.ops.fusedaot.rms_norm."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        _setup_context(ctx, (x, weight, eps), None)
-        return _forward(x, weight, eps)
-
-    backward = staticmethod(_grad_with(_backward))
+_op, _EagerAutograd = register(OP, _forward, _fake, _backward, _backward_fake, _save, _grad)
 
 
 def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Optional[float] = 1e-6) -> torch.Tensor:
@@ -139,7 +111,7 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: Option
     if weight is not None:
         check_vector(OP, x, weight, "weight")
     if is_compiling():
-        return torch.ops.fusedaot.rms_norm(x, weight, eps)
+        return _op(x, weight, eps)
     if autograd_needed(x, weight):
         return _EagerAutograd.apply(x, weight, eps)
     return _forward(x, weight, eps)

@@ -1,0 +1,33 @@
+"""The spec table: every kernel variant fusedaot ships, and the rule that selects it.
+
+The build (aot/build.py), the generated C dispatch, manifest.json, the tests and
+`python -m fusedaot` all read this table; nothing about a kernel is written twice.
+Each op family has one module here, named like its kernel source (aot/specs/rms_norm.py
+for kernels/triton/rms_norm.py) and exporting `OPS`; FAMILIES lists them in table order.
+
+The package imports nothing beyond the standard library, so that the tests can
+enumerate the table on a machine without Triton.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .core import *  # noqa: F401,F403  (the vocabulary: Op, Variant, Param, DTYPES, ...)
+from .core import ARCHES, Op
+
+FAMILIES = (
+    "rms_norm",
+    "bias_gelu",
+)
+
+OPS: tuple[Op, ...] = tuple(op for family in FAMILIES
+                            for op in importlib.import_module(f"{__name__}.{family}").OPS)
+
+
+def enumerate_kernels(arches=ARCHES):
+    """(op, variant, arch) for every image the build must produce."""
+    for op in OPS:
+        for v in op.variants:
+            for arch in arches:
+                if arch in op.arches and arch in v.arches:
+                    yield op, v, arch

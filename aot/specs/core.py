@@ -1,0 +1,112 @@
+"""The spec table's vocabulary: ops, variants, parameters, dtype codes, alignment tests.
+
+An `Op` is one exported C function, `fusedaot_<op>(stream, device, dtype, <params>)`.
+Each `Variant` is one compiled kernel; the generated dispatch tries the variants of
+an op in table order and launches the first whose `when` condition (a C expression
+over the op's parameters) holds.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ARCHES = ("sm80", "sm89", "sm90", "ptx")
+# Triton target for each library; the PTX library carries compute_80 PTX that the
+# driver JIT-compiles for GPUs newer than sm90.
+ARCH_CC = {"sm80": 80, "sm89": 89, "sm90": 90, "ptx": 80}
+
+# dtype codes of the C ABI (the Python layer maps torch dtypes onto them).
+DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2, "fp64": 3}
+ELEM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
+CUDA_TYPE = {"fp32": "float", "fp16": "half_t", "bf16": "bf16_t", "fp64": "double"}
+FLOAT_DTYPES = ("bf16", "fp16", "fp32")   # what every op takes; fp64 only where an op says so
+
+C_TYPES = {"ptr": "void*", "i32": "int32_t", "i64": "int64_t", "f32": "float"}
+TRITON_SCALAR = {"i32": "i32", "i64": "i64", "f32": "fp32"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument of an op's C function after (stream, device, dtype).
+
+    ctype: ptr | i32 | i64 | f32.  elem: for pointers, the element type: "T" is the
+    variant's dtype, anything else ("fp32") is fixed.
+    """
+
+    name: str
+    ctype: str
+    elem: str = "T"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str                      # unique, names the generated file: rms_norm_fwd_bf16_b4096_w8_a16
+    dtype: str                     # fp16 | bf16 | fp32
+    kernel: str                    # Triton function name or CUDA C++ symbol
+    when: str                      # C condition on the op's params that selects this variant
+    grid: tuple[str, str, str]     # C expressions; `dev->sms` is the device's SM count
+    constexprs: dict = field(default_factory=dict)
+    num_warps: int = 4             # Triton only
+    num_stages: int = 1            # Triton only
+    block: tuple[str, str, str] | None = None   # CUDA C++ only: threads per block
+    shared: int = 0                # CUDA C++ only: dynamic shared memory bytes
+    aligned: tuple[str, ...] = ()  # params that must be 16-byte aligned (pointers) or
+                                   # multiples of 16 bytes (row strides, widths) for this variant
+    unaligned: bool = False        # the fallback for calls that fail the `aligned` test: the
+                                   # test is negated in `when` and no alignment is assumed
+    arches: tuple[str, ...] = ARCHES
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    lang: str                      # triton | cuda
+    source: str                    # path from the repository root
+    params: tuple[Param, ...]
+    variants: tuple[Variant, ...]
+    arches: tuple[str, ...] = ARCHES
+    doc: str = ""
+    dtypes: tuple[str, ...] = FLOAT_DTYPES  # the dtype codes the C function accepts
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+
+def alignment_condition(op: Op, v: Variant) -> str:
+    """The C test that a call meets `v.aligned`: pointers 16-byte aligned, integers
+    (strides, widths in elements) a multiple of 16 bytes' worth of elements.  For an
+    `unaligned` variant, the negation."""
+    terms = []
+    for name in v.aligned:
+        p = op.param(name)
+        if p.ctype == "ptr":
+            terms.append(f"FA_ALIGNED16({name})")
+        else:
+            terms.append(f"({name} % {16 // ELEM_BYTES[v.dtype]} == 0)")
+    test = " && ".join(terms) or "1"
+    return f"!({test})" if v.unaligned else test
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+TUNING_DIR = Path(__file__).resolve().parent.parent / "tuning"
+
+
+def tuning(arch: str) -> dict:
+    """The arch's tuning table (aot/tuning/<arch>.json, written by `python -m aot.tune`), or {}."""
+    path = TUNING_DIR / f"{arch}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def merge_arches(variants):
+    """One Variant per name, valid on every arch that produced it (same config)."""
+    merged = {}
+    for v in variants:
+        old = merged.get(v.name)
+        merged[v.name] = v if old is None else replace(old, arches=old.arches + v.arches)
+    return tuple(merged.values())
+
+

@@ -1,0 +1,117 @@
+"""rms_norm (Triton): forward, backward and the dweight reduction."""
+from __future__ import annotations
+
+from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, merge_arches, tuning
+
+# ---------------------------------------------------------------------------------
+# rms_norm (Triton): y = x * rsqrt(mean(x^2) + eps) * w, rows of x strided.
+#
+# Single-block variants hold a [ROWS, BLOCK_N] tile in registers; BLOCK_N is the next
+# power of two >= N.  Rows wider than the largest single block use the looped variant,
+# which reads the row twice (the second read mostly hits L2).
+# ---------------------------------------------------------------------------------
+
+# (BLOCK_N, ROWS per program, num_warps): the heuristic for arches without a tuning table.
+# Keep the tile at >= 4K elements so that a program has enough loads in flight, and 8-32
+# elements per thread so that the row stays in registers without spilling.
+RMS_NORM_BLOCKS = (
+    (16, 128, 4),
+    (64, 64, 4),
+    (256, 16, 4),
+    (1024, 4, 4),
+    (2048, 2, 4),
+    (4096, 1, 8),
+    (8192, 1, 8),
+    (16384, 1, 16),
+    (32768, 1, 16),
+)
+RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
+
+def rms_norm_configs(arch: str, direction: str, dtype: str):
+    """[(BLOCK_N, ROWS, num_warps, num_stages, looped)] for one arch: tuned where measured,
+    else heuristic.  A tuning entry is [ROWS, num_warps] or [ROWS, num_warps, num_stages];
+    "loop_above" is the widest single block worth using (the looped form is faster beyond)."""
+    table = tuning(arch).get(f"rms_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
+
+    def entry(key, default):
+        rows, warps, *stages = table.get(key, default)
+        return rows, warps, (stages[0] if stages else 1)
+
+    widest = table.get("loop_above", RMS_NORM_BLOCKS[-1][0])  # wider rows take the looped form
+    out = [(block, *entry(str(block), (rows, warps)), False) for block, rows, warps in RMS_NORM_BLOCKS
+           if block <= widest]
+    out.append((RMS_NORM_LOOP[0], *entry("loop", (1, RMS_NORM_LOOP[1])), True))
+    return out
+
+
+_RMS_FWD_PARAMS = (
+    Param("x", "ptr"), Param("y", "ptr"), Param("w", "ptr"),
+    Param("stride_x", "i64"), Param("stride_y", "i64"),
+    Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"),
+)
+_RMS_BWD_PARAMS = (
+    Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("dx", "ptr"),
+    Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"),
+    Param("stride_dy", "i64"), Param("stride_x", "i64"), Param("stride_dx", "i64"),
+    Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"), Param("G", "i32"),
+)
+
+
+_RMS_DW_PARAMS = (Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("G", "i32"), Param("N", "i32"))
+RMS_NORM_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
+
+
+def _rms_norm_dw_variants() -> tuple[Variant, ...]:
+    block_n, block_g, warps = RMS_NORM_DW
+    return tuple(Variant(
+        name=f"rms_norm_dw_{dtype}_b{block_n}_g{block_g}_w{warps}",
+        dtype=dtype,
+        kernel="_rms_norm_dw",
+        when=f"dtype == {DTYPES[dtype]}",
+        grid=(f"fa_cdiv(N, {block_n})", "1", "1"),
+        constexprs=dict(BLOCK_N=block_n, BLOCK_G=block_g),
+        num_warps=warps,
+    ) for dtype in ("bf16", "fp16", "fp32"))
+
+
+def _rms_norm_variants(direction: str) -> tuple[Variant, ...]:
+    """The conditions of an op's variants are disjoint (width ranges, aligned or not, weight
+    or not), so the dispatch order does not matter and each arch may have its own configs."""
+    ptrs = ("x", "y", "w") if direction == "fwd" else ("dy", "x", "w", "dx")
+    strides = ("stride_x", "stride_y") if direction == "fwd" else ("stride_dy", "stride_x", "stride_dx")
+    out = []
+    for arch in ARCHES:
+        for dtype in ("bf16", "fp16", "fp32"):
+            lower = 0
+            for block, rows, warps, stages, looped in rms_norm_configs(arch, direction, dtype):
+                width = f"N > {lower}" if looped else f"N > {lower} && N <= {block}"
+                lower = block
+                tag = (f"loop{block}" if looped else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
+                for aligned in (True, False):
+                    for has_w in (True, False):
+                        cond = [f"dtype == {DTYPES[dtype]}", "w != 0" if has_w else "w == 0", width]
+                        out.append(Variant(
+                            name=f"rms_norm_{direction}_{dtype}_{tag}"
+                                 f"{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
+                            dtype=dtype,
+                            kernel=f"_rms_norm_{direction}",
+                            when=" && ".join(cond),
+                            grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
+                            constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped),
+                            num_warps=warps,
+                            num_stages=stages,
+                            aligned=ptrs + strides + ("N",),
+                            unaligned=not aligned,
+                            arches=(arch,),
+                        ))
+    return merge_arches(out)
+
+
+OPS = (
+    Op("rms_norm_fwd", "triton", "kernels/triton/rms_norm.py", _RMS_FWD_PARAMS,
+       _rms_norm_variants("fwd"), doc="y = x * rsqrt(mean(x^2) + eps) [* w]"),
+    Op("rms_norm_bwd", "triton", "kernels/triton/rms_norm.py", _RMS_BWD_PARAMS,
+       _rms_norm_variants("bwd"), doc="dx, and dw: per-program partial sums (G, N) fp32, or dw itself when G == 1"),
+    Op("rms_norm_dw", "triton", "kernels/triton/rms_norm.py", _RMS_DW_PARAMS,
+       _rms_norm_dw_variants(), doc="dw = sum of the partial rows, in the weight's dtype"),
+)
