@@ -1,6 +1,7 @@
 """The AOT step: compile every spec for every arch, generate C, write the manifest.
 
     python -m aot.build --out DIR [--arch sm80,sm89,sm90,ptx] [--jobs N] [--cache DIR]
+                              [--families rms_norm,...]
 
 Writes DIR/<arch>/{images/*.c, dispatch_<arch>.c}, DIR/include/fusedaot.h,
 DIR/manifest.json and DIR/sources.cmake (the file lists CMake builds from).
@@ -127,7 +128,14 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusedaot-aot"
     ap.add_argument("--cache", type=Path, default=default_cache)
+    ap.add_argument("--families", default="",
+                    help="build only these op families (a partial library, for kernel development)")
     args = ap.parse_args(argv)
+    if args.families:
+        try:
+            specs.OPS = specs.ops_of(args.families.split(","))  # read by every step below
+        except ValueError as e:
+            ap.error(str(e))
     arches = [a for a in args.arch.split(",") if a]
     bad = [a for a in arches if a not in specs.ARCHES]
     if bad:

@@ -20,8 +20,18 @@ FAMILIES = (
     "bias_gelu",
 )
 
-OPS: tuple[Op, ...] = tuple(op for family in FAMILIES
-                            for op in importlib.import_module(f"{__name__}.{family}").OPS)
+
+
+def ops_of(families) -> tuple[Op, ...]:
+    """The ops of the given families, in table order."""
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown op families {sorted(unknown)}; expected some of {list(FAMILIES)}")
+    return tuple(op for family in FAMILIES if family in families
+                 for op in importlib.import_module(f"{__name__}.{family}").OPS)
+
+
+OPS: tuple[Op, ...] = ops_of(FAMILIES)
 
 
 def enumerate_kernels(arches=ARCHES):
