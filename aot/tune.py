@@ -65,17 +65,19 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
     w = torch.randn(n, device="cuda", dtype=dtype)
     out = torch.empty_like(x)
     dy = torch.randn_like(x)
-    g = min(m, 2 * sms) if n > 16384 else max(1, min(8 * sms, m // 8))  # as ops/rms_norm.py
+    # as python/fusedaot/ops/rms_norm.py's _programs()
+    g = min(m, 2 * sms) if n > 16384 or m <= 2 * sms else max(2 * sms, min(8 * sms, m // 8))
     part = torch.empty(g, n, device="cuda", dtype=torch.float32)
     best = None
     for rows, warps, stages in candidates:
         consts = dict(BLOCK_N=block, ROWS=rows, HAS_W=True, LOOPED=looped, num_warps=warps, num_stages=stages)
         if direction == "fwd":
             def run():
-                kernel[(triton.cdiv(m, rows),)](x, out, w, n, n, m, n, 1e-6, **consts)
+                kernel[(triton.cdiv(m, rows),)](x, out, w, n, n, m, n, 1e-6, None, None, 0, 0,
+                                                HAS_RES=False, **consts)
         else:
             def run():
-                kernel[(g,)](dy, x, w, out, part, w, n, n, n, m, n, 1e-6, g, **consts)
+                kernel[(g,)](dy, x, w, out, part, w, n, n, n, m, n, 1e-6, g, None, 0, HAS_DRES=False, **consts)
         try:
             us = _time_us(run)
         except Exception as e:  # a config the compiler rejects (e.g. out of resources)

@@ -57,6 +57,20 @@ _RMS_BWD_PARAMS = (
 )
 
 
+# fused_add_rms_norm: s = x + r is written and normalized; its backward adds dres, the gradient
+# that reached s directly, to dx.  The weight is required (w != 0 is not a condition).
+_ADD_FWD_PARAMS = (
+    Param("x", "ptr"), Param("r", "ptr"), Param("w", "ptr"), Param("y", "ptr"), Param("s", "ptr"),
+    Param("stride_x", "i64"), Param("stride_r", "i64"), Param("stride_y", "i64"), Param("stride_s", "i64"),
+    Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"),
+)
+_ADD_BWD_PARAMS = _RMS_BWD_PARAMS[:6] + (Param("dres", "ptr"),) + _RMS_BWD_PARAMS[6:9] + (
+    Param("stride_dres", "i64"),) + _RMS_BWD_PARAMS[9:]
+# What the plain rms_norm variants pass for the residual arguments: nothing (constexpr).
+_NO_RESIDUAL = {"fwd": dict(r=None, s=None, stride_r=0, stride_s=0, HAS_RES=False),
+                "bwd": dict(dres=None, stride_dres=0, HAS_DRES=False)}
+_RESIDUAL = {"fwd": dict(HAS_RES=True), "bwd": dict(HAS_DRES=True)}
+
 _RMS_DW_PARAMS = (Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("G", "i32"), Param("N", "i32"))
 RMS_NORM_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
 
@@ -74,11 +88,16 @@ def _rms_norm_dw_variants() -> tuple[Variant, ...]:
     ) for dtype in ("bf16", "fp16", "fp32"))
 
 
-def _rms_norm_variants(direction: str) -> tuple[Variant, ...]:
+def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ...]:
     """The conditions of an op's variants are disjoint (width ranges, aligned or not, weight
-    or not), so the dispatch order does not matter and each arch may have its own configs."""
+    or not), so the dispatch order does not matter and each arch may have its own configs.
+    fused: the fused_add_rms_norm op, the same kernel with its residual flag set."""
     ptrs = ("x", "y", "w") if direction == "fwd" else ("dy", "x", "w", "dx")
     strides = ("stride_x", "stride_y") if direction == "fwd" else ("stride_dy", "stride_x", "stride_dx")
+    if fused:
+        ptrs += ("r", "s") if direction == "fwd" else ("dres",)
+        strides += ("stride_r", "stride_s") if direction == "fwd" else ("stride_dres",)
+    op = ("fused_add_rms_norm_" if fused else "rms_norm_") + direction
     out = []
     for arch in ARCHES:
         for dtype in ("bf16", "fp16", "fp32"):
@@ -88,16 +107,18 @@ def _rms_norm_variants(direction: str) -> tuple[Variant, ...]:
                 lower = block
                 tag = (f"loop{block}" if looped else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
                 for aligned in (True, False):
-                    for has_w in (True, False):
-                        cond = [f"dtype == {DTYPES[dtype]}", "w != 0" if has_w else "w == 0", width]
+                    for has_w in ((True,) if fused else (True, False)):
+                        cond = [f"dtype == {DTYPES[dtype]}", width]
+                        if not fused:
+                            cond.insert(1, "w != 0" if has_w else "w == 0")
                         out.append(Variant(
-                            name=f"rms_norm_{direction}_{dtype}_{tag}"
-                                 f"{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
+                            name=f"{op}_{dtype}_{tag}{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
                             dtype=dtype,
                             kernel=f"_rms_norm_{direction}",
                             when=" && ".join(cond),
                             grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
-                            constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped),
+                            constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped,
+                                            **(_RESIDUAL if fused else _NO_RESIDUAL)[direction]),
                             num_warps=warps,
                             num_stages=stages,
                             aligned=ptrs + strides + ("N",),
@@ -112,6 +133,10 @@ OPS = (
        _rms_norm_variants("fwd"), doc="y = x * rsqrt(mean(x^2) + eps) [* w]"),
     Op("rms_norm_bwd", "triton", "kernels/triton/rms_norm.py", _RMS_BWD_PARAMS,
        _rms_norm_variants("bwd"), doc="dx, and dw: per-program partial sums (G, N) fp32, or dw itself when G == 1"),
+    Op("fused_add_rms_norm_fwd", "triton", "kernels/triton/rms_norm.py", _ADD_FWD_PARAMS,
+       _rms_norm_variants("fwd", fused=True), doc="s = x + r; y = s * rsqrt(mean(s^2) + eps) * w"),
+    Op("fused_add_rms_norm_bwd", "triton", "kernels/triton/rms_norm.py", _ADD_BWD_PARAMS,
+       _rms_norm_variants("bwd", fused=True), doc="rms_norm_bwd over s, plus dres added to dx"),
     Op("rms_norm_dw", "triton", "kernels/triton/rms_norm.py", _RMS_DW_PARAMS,
        _rms_norm_dw_variants(), doc="dw = sum of the partial rows, in the weight's dtype"),
 )

@@ -1,8 +1,12 @@
-"""RMSNorm forward and backward (Triton).
+"""RMSNorm forward and backward (Triton), with an optional fused residual add.
 
     y  = x * rstd * w,                 rstd = 1 / sqrt(mean(x^2) + eps)
     dx = rstd * (w*dy - x_hat * mean(x_hat * w*dy)),   x_hat = x * rstd
     dw = sum over rows of dy * x_hat
+
+With HAS_RES (fused_add_rms_norm) the forward first forms s = x + r, rounded to the storage
+dtype as the unfused `x + r` would be, writes s and normalizes it.  The backward then takes s
+as its x and adds the gradient that reached s directly (dres) to dx: d(x) = d(r) = dx + dres.
 
 Rows may be strided (`stride_*` elements apart); the last dimension is contiguous.
 All arithmetic is fp32 whatever the storage dtype.  Variants are constexpr flags:
@@ -29,6 +33,14 @@ def _load_weight(w, cols, N, HAS_W: tl.constexpr):
 
 
 @triton.jit
+def _add_residual(x_rows, r_rows, s_rows, cols, mask):
+    """s = x + r in the storage dtype (stored), returned as fp32."""
+    sv = tl.load(x_rows + cols, mask=mask, other=0.0) + tl.load(r_rows + cols, mask=mask, other=0.0)
+    tl.store(s_rows + cols, sv, mask=mask)
+    return sv.to(tl.float32)
+
+
+@triton.jit
 def _rms_norm_fwd(
     x,            # (M, N) input, rows stride_x elements apart
     y,            # (M, N) output, rows stride_y elements apart
@@ -38,15 +50,31 @@ def _rms_norm_fwd(
     M,            # number of rows
     N,            # row width
     eps,          # added to mean(x^2)
+    r,            # (M, N) residual, rows stride_r apart; HAS_RES only
+    s,            # (M, N) output x + r, rows stride_s apart; HAS_RES only
+    stride_r,
+    stride_s,
     BLOCK_N: tl.constexpr,   # columns per block (>= N unless LOOPED)
     ROWS: tl.constexpr,      # rows per program
     HAS_W: tl.constexpr,
     LOOPED: tl.constexpr,
+    HAS_RES: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
     x_rows = x + rows.to(tl.int64)[:, None] * stride_x
     y_rows = y + rows.to(tl.int64)[:, None] * stride_y
+    if HAS_RES:
+        if LOOPED:
+            # phase 0: s = x + r, chunk by chunk; phases 1-2 below then read s (from L2)
+            r_rows = r + rows.to(tl.int64)[:, None] * stride_r
+            s_rows = s + rows.to(tl.int64)[:, None] * stride_s
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = row_ok[:, None] & (cols[None, :] < N)
+                _add_residual(x_rows, r_rows, s_rows, cols[None, :], mask)
+            tl.debug_barrier()  # the program's own stores of s are visible to its loads below
+            x_rows = s_rows
     if LOOPED:
         # phase 1: sum of squares over the row, chunk by chunk
         acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
@@ -66,7 +94,12 @@ def _rms_norm_fwd(
         # the whole row is one block held in registers
         cols = tl.arange(0, BLOCK_N)
         mask = row_ok[:, None] & (cols[None, :] < N)
-        xv = _load_row(x_rows, cols[None, :], mask, False)
+        if HAS_RES:
+            r_rows = r + rows.to(tl.int64)[:, None] * stride_r
+            s_rows = s + rows.to(tl.int64)[:, None] * stride_s
+            xv = _add_residual(x_rows, r_rows, s_rows, cols[None, :], mask)
+        else:
+            xv = _load_row(x_rows, cols[None, :], mask, False)
         rstd = tl.rsqrt(tl.sum(xv * xv, axis=1) / N + eps)
         yv = xv * rstd[:, None] * _load_weight(w, cols, N, HAS_W)[None, :]
         tl.store(y_rows + cols[None, :], yv.to(y.dtype.element_ty), mask=mask)
@@ -87,10 +120,13 @@ def _rms_norm_bwd(
     N,            # row width
     eps,
     G,            # number of programs; program g takes rows g*ROWS + k*G*ROWS
+    dres,         # (M, N) gradient that reached x directly, added to dx; HAS_DRES only
+    stride_dres,
     BLOCK_N: tl.constexpr,
     ROWS: tl.constexpr,
     HAS_W: tl.constexpr,
     LOOPED: tl.constexpr,
+    HAS_DRES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     dw_row = dw_partial + pid.to(tl.int64) * N
@@ -124,6 +160,8 @@ def _rms_norm_bwd(
                 dyv = _load_row(dy + r64 * stride_dy, cols, mask, False)
                 x_hat = xv * rstd
                 dxv = rstd * (dyv * _load_weight(w, cols, N, HAS_W) - x_hat * c)
+                if HAS_DRES:
+                    dxv += _load_row(dres + r64 * stride_dres, cols, mask, False)
                 tl.store(dx + r64 * stride_dx + cols, dxv.to(dx.dtype.element_ty), mask=mask)
                 if HAS_W:
                     acc = tl.load(dw_row + cols, mask=mask, other=0.0)
@@ -154,6 +192,8 @@ def _rms_norm_bwd(
             c = rstd * sum_xwdy / N
             x_hat = xv * rstd[:, None]
             dxv = rstd[:, None] * (wdy - x_hat * c[:, None])
+            if HAS_DRES:
+                dxv += _load_row(dres + r64 * stride_dres, cols[None, :], mask, False)
             tl.store(dx + r64 * stride_dx + cols[None, :], dxv.to(dx.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dyv * x_hat, axis=0)
         if HAS_W:

@@ -12,10 +12,10 @@ import torch
 
 from . import nn, reference
 from ._lib import FusedAOTError, arch_for
-from .ops import bias_gelu, rms_norm
+from .ops import bias_gelu, fused_add_rms_norm, rms_norm
 
 __version__ = (Path(__file__).resolve().parent / "VERSION").read_text().strip()
-__all__ = ["FusedAOTError", "arch_for", "bias_gelu", "load", "nn", "reference", "rms_norm"]
+__all__ = ["FusedAOTError", "arch_for", "bias_gelu", "fused_add_rms_norm", "load", "nn", "reference", "rms_norm"]
 
 
 def load(device=None) -> None:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import numbers
+from typing import Optional
 
 import torch
 
+from .ops.fused_add_rms_norm import fused_add_rms_norm
 from .ops.rms_norm import rms_norm
 
 __all__ = ["RMSNorm"]
@@ -37,15 +39,25 @@ class RMSNorm(torch.nn.Module):
         if self.weight is not None:
             torch.nn.init.ones_(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        """rms_norm(x), or with `residual` the pre-norm decoder's fused step:
+        (rms_norm(x + residual), x + residual) in one pass (fusedaot.fused_add_rms_norm)."""
         k = len(self.normalized_shape)
         if tuple(x.shape[x.dim() - k:]) != self.normalized_shape:
             raise ValueError(f"RMSNorm: expected input with trailing dimensions {self.normalized_shape}, "
                              f"got shape {tuple(x.shape)}")
-        if k == 1:
-            return rms_norm(x, self.weight, self.eps)
         w = None if self.weight is None else self.weight.reshape(-1)
-        return rms_norm(x.reshape(*x.shape[:-k], -1), w, self.eps).view(x.shape)
+        rows = x if k == 1 else x.reshape(*x.shape[:-k], -1)
+        if residual is None:
+            return rms_norm(rows, w, self.eps).view(x.shape)
+        if residual.shape != x.shape:
+            raise ValueError(f"RMSNorm: residual has shape {tuple(residual.shape)} but x has shape {tuple(x.shape)}")
+        res = residual if k == 1 else residual.reshape(rows.shape)
+        if w is None:  # no weight to fuse with: the sum, then the norm
+            s = rows + res
+            return rms_norm(s, None, self.eps).view(x.shape), s.view(x.shape)
+        y, s = fused_add_rms_norm(rows, res, w, self.eps)
+        return y.view(x.shape), s.view(x.shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -34,8 +34,9 @@ def _sum_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1]).sum(0)
 
 
-def rms_norm_backward(dy, x, weight, eps):
-    """dx = rstd * (w*dy - x_hat * mean(x_hat * w*dy)),  dw = sum over rows of dy * x_hat."""
+def _rms_norm_grads(dy, x, weight, eps):
+    """dx = rstd * (w*dy - x_hat * mean(x_hat * w*dy)),  dw = sum over rows of dy * x_hat;
+    dx in the compute dtype (not rounded yet)."""
     dt = _compute_dtype(x.dtype)
     xf, dyf = x.to(dt), dy.to(dt)
     rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
@@ -43,7 +44,24 @@ def rms_norm_backward(dy, x, weight, eps):
     wdy = dyf * weight.to(dt) if weight is not None else dyf
     dx = rstd * (wdy - x_hat * (x_hat * wdy).mean(-1, keepdim=True))
     dw = _sum_rows(dyf * x_hat).to(weight.dtype) if weight is not None else x.new_empty(0)
+    return dx, dw
+
+
+def rms_norm_backward(dy, x, weight, eps):
+    dx, dw = _rms_norm_grads(dy, x, weight, eps)
     return dx.to(x.dtype).contiguous(), dw
+
+
+def fused_add_rms_norm(x, residual, weight, eps=1e-6):
+    """(rms_norm(s) * weight, s) with s = x + residual rounded to x's dtype, as the unfused add."""
+    s = (x + residual).contiguous()
+    return rms_norm(s, weight, eps), s
+
+
+def fused_add_rms_norm_backward(dy, ds, s, weight, eps):
+    """d(s) = rms_norm's dx + ds (the gradient that reached s directly), and dweight."""
+    dx, dw = _rms_norm_grads(dy, s, weight, eps)
+    return (dx + ds.to(dx.dtype)).to(s.dtype).contiguous(), dw
 
 
 def _gelu_grad(u: torch.Tensor, approximate: str) -> torch.Tensor:

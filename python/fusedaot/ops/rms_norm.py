@@ -43,6 +43,13 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     lib, dev = native(x)
     if lib is None:
         return reference.rms_norm_backward(dy, x, weight, eps)
+    return launch_backward(lib, dev, dy, x, weight, eps)
+
+
+def launch_backward(lib, dev: int, dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+                    eps: float, dres: Optional[torch.Tensor] = None, op: str = OP):
+    """(dx, dweight) of rms_norm on a CUDA device; with dres (fused_add_rms_norm's backward, x
+    being the sum it normalized, weight required), dx also carries dres."""
     if x.numel() == 0:
         dw = torch.zeros_like(weight) if weight is not None else x.new_empty(0)
         return torch.empty_like(x, memory_format=torch.contiguous_format), dw
@@ -50,25 +57,37 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     w = None if weight is None else weight.contiguous()
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    # One fp32 row of partial dw per program: up to 8 programs per SM for occupancy, at least
-    # 8 rows per program so the partial sums stay small next to x; rows too wide for one
-    # block get one program per row (up to 2 per SM), since each row is much work already.
-    sms = _lib.sm_count(dev)
-    g = min(m, 2 * sms) if n > 16384 else max(1, min(8 * sms, m // 8))
+    g = _programs(m, n, _lib.sm_count(dev))
     dw = None if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
     partial = torch.empty((g, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
-    rc = lib.rms_norm_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
-                          0 if w is None else w.data_ptr(), dx.data_ptr(), partial.data_ptr(),
-                          0 if dw is None else dw.data_ptr(), row_stride(dy2), row_stride(x2), n, m, n, eps, g)
+    stream, code = _lib.current_stream(dev), dtype_code(x)
+    ptrs = (dy2.data_ptr(), x2.data_ptr(), 0 if w is None else w.data_ptr(), dx.data_ptr(), partial.data_ptr(),
+            0 if dw is None else dw.data_ptr())
+    if dres is None:
+        rc = lib.rms_norm_bwd(stream, dev, code, *ptrs, row_stride(dy2), row_stride(x2), n, m, n, eps, g)
+    else:
+        dres2 = rows(dres)
+        rc = lib.fused_add_rms_norm_bwd(stream, dev, code, *ptrs, dres2.data_ptr(), row_stride(dy2),
+                                        row_stride(x2), n, row_stride(dres2), m, n, eps, g)
     if rc:
-        raise lib.error(rc, OP + " backward")
+        raise lib.error(rc, op + " backward")
     if dw is None:
         return dx.view(x.shape), x.new_empty(0)
     if g > 1:  # with one program the kernel wrote dw itself
-        rc = lib.rms_norm_dw(_lib.current_stream(dev), dev, dtype_code(x), partial.data_ptr(), dw.data_ptr(), g, n)
+        rc = lib.rms_norm_dw(stream, dev, code, partial.data_ptr(), dw.data_ptr(), g, n)
         if rc:
-            raise lib.error(rc, OP + " backward")
+            raise lib.error(rc, op + " backward")
     return dx.view(x.shape), dw
+
+
+def _programs(m: int, n: int, sms: int) -> int:
+    """Programs of the backward, each writing one fp32 row of partial dw.  Up to 2 per SM, one
+    row each, while rows are few (latency-bound: parallelism first); beyond, at least 8 rows per
+    program up to 8 programs per SM, so the partial sums stay small next to x.  Rows too wide
+    for one block get one program per row, up to 2 per SM: each row is much work already."""
+    if n > 16384 or m <= 2 * sms:
+        return min(m, 2 * sms)
+    return max(2 * sms, min(8 * sms, m // 8))
 
 
 def _fake(x, weight, eps):
