@@ -66,7 +66,7 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
     out = torch.empty_like(x)
     dy = torch.randn_like(x)
     # as python/fusedaot/ops/rms_norm.py's _programs()
-    g = min(m, 2 * sms) if n > 16384 or m <= 2 * sms else max(2 * sms, min(8 * sms, m // 8))
+    g = m if m <= 2 * sms else max(2 * sms, min(8 * sms, m // 8))
     part = torch.empty(g, n, device="cuda", dtype=torch.float32)
     best = None
     for rows, warps, stages in candidates:

@@ -64,24 +64,24 @@ def _rms_norm_fwd(
     row_ok = rows < M
     x_rows = x + rows.to(tl.int64)[:, None] * stride_x
     y_rows = y + rows.to(tl.int64)[:, None] * stride_y
-    if HAS_RES:
-        if LOOPED:
-            # phase 0: s = x + r, chunk by chunk; phases 1-2 below then read s (from L2)
+    if LOOPED:
+        acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
+        if HAS_RES:
+            # phase 1: s = x + r, stored, and its sum of squares; phase 2 reads s back (from L2)
             r_rows = r + rows.to(tl.int64)[:, None] * stride_r
             s_rows = s + rows.to(tl.int64)[:, None] * stride_s
             for start in range(0, N, BLOCK_N):
                 cols = start + tl.arange(0, BLOCK_N)
-                mask = row_ok[:, None] & (cols[None, :] < N)
-                _add_residual(x_rows, r_rows, s_rows, cols[None, :], mask)
+                sv = _add_residual(x_rows, r_rows, s_rows, cols[None, :], row_ok[:, None] & (cols[None, :] < N))
+                acc += sv * sv
             tl.debug_barrier()  # the program's own stores of s are visible to its loads below
             x_rows = s_rows
-    if LOOPED:
-        # phase 1: sum of squares over the row, chunk by chunk
-        acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
-        for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            xv = _load_row(x_rows, cols[None, :], row_ok[:, None] & (cols[None, :] < N), True)
-            acc += xv * xv
+        else:
+            # phase 1: sum of squares over the row, chunk by chunk
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                xv = _load_row(x_rows, cols[None, :], row_ok[:, None] & (cols[None, :] < N), True)
+                acc += xv * xv
         rstd = tl.rsqrt(tl.sum(acc, axis=1) / N + eps)
         # phase 2: re-read (from L2), scale, store
         for start in range(0, N, BLOCK_N):
@@ -221,3 +221,83 @@ def _rms_norm_dw(
         mask = (rows < G)[:, None] & col_ok[None, :]
         acc += tl.load(dw_partial + rows.to(tl.int64)[:, None] * N + cols[None, :], mask=mask, other=0.0)
     tl.store(dw + cols, tl.sum(acc, axis=0).to(dw.dtype.element_ty), mask=col_ok)
+
+
+# --- the backward of rows too wide for one block --------------------------------------------
+# A row of 65536 does not fit in registers, and neither does its dw.  Two kernels: the row
+# statistics first (one program per row), then a (row group x column chunk) grid in which each
+# program walks its group's rows over one chunk, writing dx and keeping its chunk of dw in
+# registers.  x and dy are read twice; nothing else is.
+
+@triton.jit
+def _rms_norm_bwd_stats(
+    dy,           # (M, N) upstream gradient, rows stride_dy apart
+    x,            # (M, N) forward input, rows stride_x apart
+    w,            # (N,) weight; not read unless HAS_W
+    stats,        # (M, 2) fp32 out: rstd and c = rstd * mean(x * w*dy) per row
+    stride_dy,
+    stride_x,
+    M,
+    N,
+    eps,
+    BLOCK_N: tl.constexpr,   # chunk width
+    HAS_W: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    sq = tl.zeros([BLOCK_N], tl.float32)
+    xwdy = tl.zeros([BLOCK_N], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = cols < N
+        xv = _load_row(x + row * stride_x, cols, mask, False)
+        dyv = _load_row(dy + row * stride_dy, cols, mask, False)
+        sq += xv * xv
+        xwdy += xv * dyv * _load_weight(w, cols, N, HAS_W)
+    rstd = tl.rsqrt(tl.sum(sq, axis=0) / N + eps)
+    tl.store(stats + 2 * row, rstd)
+    tl.store(stats + 2 * row + 1, rstd * tl.sum(xwdy, axis=0) / N)
+
+
+@triton.jit
+def _rms_norm_bwd_wide(
+    dy,           # (M, N) upstream gradient, rows stride_dy apart
+    x,            # (M, N) forward input, rows stride_x apart
+    w,            # (N,) weight; not read unless HAS_W
+    dx,           # (M, N) output gradient, rows stride_dx apart
+    dw_partial,   # (G, N) fp32: program (g, chunk) writes its chunk of row g
+    dw,           # (N,) weight gradient, written directly when G == 1
+    dres,         # (M, N) gradient added to dx; HAS_DRES only
+    stats,        # (M, 2) fp32 from _rms_norm_bwd_stats
+    stride_dy,
+    stride_x,
+    stride_dx,
+    stride_dres,
+    M,
+    N,
+    G,            # row groups; group g takes rows g, g + G, ...
+    BLOCK_N: tl.constexpr,   # columns per program
+    HAS_W: tl.constexpr,
+    HAS_DRES: tl.constexpr,
+):
+    g = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = cols < N
+    wv = _load_weight(w, cols, N, HAS_W)
+    dw_acc = tl.zeros([BLOCK_N], tl.float32)
+    for row in range(g, M, G):
+        r64 = row.to(tl.int64)
+        rstd = tl.load(stats + 2 * r64)
+        c = tl.load(stats + 2 * r64 + 1)
+        xv = _load_row(x + r64 * stride_x, cols, mask, False)
+        dyv = _load_row(dy + r64 * stride_dy, cols, mask, False)
+        x_hat = xv * rstd
+        dxv = rstd * (dyv * wv - x_hat * c)
+        if HAS_DRES:
+            dxv += _load_row(dres + r64 * stride_dres, cols, mask, False)
+        tl.store(dx + r64 * stride_dx + cols, dxv.to(dx.dtype.element_ty), mask=mask)
+        dw_acc += dyv * x_hat
+    if HAS_W:
+        if G == 1:
+            tl.store(dw + cols, dw_acc.to(dw.dtype.element_ty), mask=mask)
+        else:
+            tl.store(dw_partial + g.to(tl.int64) * N + cols, dw_acc, mask=mask)

@@ -49,7 +49,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
 def launch_backward(lib, dev: int, dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
                     eps: float, dres: Optional[torch.Tensor] = None, op: str = OP):
     """(dx, dweight) of rms_norm on a CUDA device; with dres (fused_add_rms_norm's backward, x
-    being the sum it normalized, weight required), dx also carries dres."""
+    being the sum it normalized), dx also carries dres."""
     if x.numel() == 0:
         dw = torch.zeros_like(weight) if weight is not None else x.new_empty(0)
         return torch.empty_like(x, memory_format=torch.contiguous_format), dw
@@ -57,36 +57,51 @@ def launch_backward(lib, dev: int, dy: torch.Tensor, x: torch.Tensor, weight: Op
     w = None if weight is None else weight.contiguous()
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    g = _programs(m, n, _lib.sm_count(dev))
     dw = None if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
+    stream, code, sms = _lib.current_stream(dev), dtype_code(x), _lib.sm_count(dev)
+    ptrs = (dy2.data_ptr(), x2.data_ptr(), 0 if w is None else w.data_ptr(), dx.data_ptr())
+    dres2 = None if dres is None else rows(dres)
+    wide = n * x.element_size() > _WIDE_BYTES
+    g = max(1, min(m, 8 * sms // -(-n // _WIDE_CHUNK))) if wide else _programs(m, n, sms)
     partial = torch.empty((g, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
-    stream, code = _lib.current_stream(dev), dtype_code(x)
-    ptrs = (dy2.data_ptr(), x2.data_ptr(), 0 if w is None else w.data_ptr(), dx.data_ptr(), partial.data_ptr(),
-            0 if dw is None else dw.data_ptr())
-    if dres is None:
+    ptrs += (partial.data_ptr(), 0 if dw is None else dw.data_ptr())
+    if wide:
+        stats = torch.empty((m, 2), dtype=torch.float32, device=x.device)
+        rc = lib.rms_norm_bwd_stats(stream, dev, code, *ptrs[:3], stats.data_ptr(), row_stride(dy2),
+                                    row_stride(x2), m, n, eps)
+        if not rc:
+            rc = lib.rms_norm_bwd_wide(stream, dev, code, *ptrs, 0 if dres2 is None else dres2.data_ptr(),
+                                       stats.data_ptr(), row_stride(dy2), row_stride(x2), n,
+                                       0 if dres2 is None else row_stride(dres2), m, n, g)
+    elif dres2 is None:
         rc = lib.rms_norm_bwd(stream, dev, code, *ptrs, row_stride(dy2), row_stride(x2), n, m, n, eps, g)
     else:
-        dres2 = rows(dres)
         rc = lib.fused_add_rms_norm_bwd(stream, dev, code, *ptrs, dres2.data_ptr(), row_stride(dy2),
                                         row_stride(x2), n, row_stride(dres2), m, n, eps, g)
     if rc:
         raise lib.error(rc, op + " backward")
     if dw is None:
         return dx.view(x.shape), x.new_empty(0)
-    if g > 1:  # with one program the kernel wrote dw itself
+    if g > 1:  # with one program (row group) the kernel wrote dw itself
         rc = lib.rms_norm_dw(stream, dev, code, partial.data_ptr(), dw.data_ptr(), g, n)
         if rc:
             raise lib.error(rc, op + " backward")
     return dx.view(x.shape), dw
 
 
+# Rows wider than this many bytes take the two-kernel wide backward, in chunks of _WIDE_CHUNK
+# columns (aot/specs/rms_norm.py: WIDE_BYTES, RMS_NORM_WIDE).
+_WIDE_BYTES = 32768
+_WIDE_CHUNK = 2048
+
+
 def _programs(m: int, n: int, sms: int) -> int:
-    """Programs of the backward, each writing one fp32 row of partial dw.  Up to 2 per SM, one
-    row each, while rows are few (latency-bound: parallelism first); beyond, at least 8 rows per
-    program up to 8 programs per SM, so the partial sums stay small next to x.  Rows too wide
-    for one block get one program per row, up to 2 per SM: each row is much work already."""
-    if n > 16384 or m <= 2 * sms:
-        return min(m, 2 * sms)
+    """Programs of the one-kernel backward, each writing one fp32 row of partial dw.  Up to 2
+    per SM, one row each, while rows are few (latency-bound: parallelism first); beyond, at
+    least 8 rows per program, between 2 and 8 programs per SM, so the partial sums stay small
+    next to x."""
+    if m <= 2 * sms:
+        return m
     return max(2 * sms, min(8 * sms, m // 8))
 
 
