@@ -74,7 +74,7 @@ _RESIDUAL = {"fwd": dict(HAS_RES=True), "bwd": dict(HAS_DRES=True)}
 # The backward of rows wider than WIDE_BYTES (python/fusedaot/ops/rms_norm.py picks it): row
 # statistics, then a (row group x column chunk) grid; see kernels/triton/rms_norm.py.
 WIDE_BYTES = 32768
-RMS_NORM_WIDE = (8192, 16, 2048, 4)   # stats: chunk, warps; dx/dw: columns per program, warps
+RMS_NORM_WIDE = (8192, 16, 2048, 4)   # stats: columns per program, warps; dx/dw: the same
 _STATS_PARAMS = (
     Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("stats", "ptr", "fp32"),
     Param("stride_dy", "i64"), Param("stride_x", "i64"), Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"),
@@ -83,7 +83,7 @@ _WIDE_PARAMS = (
     Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("dx", "ptr"),
     Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("dres", "ptr"), Param("stats", "ptr", "fp32"),
     Param("stride_dy", "i64"), Param("stride_x", "i64"), Param("stride_dx", "i64"), Param("stride_dres", "i64"),
-    Param("M", "i32"), Param("N", "i32"), Param("G", "i32"),
+    Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"), Param("G", "i32"),
 )
 
 
@@ -101,14 +101,15 @@ def _rms_norm_wide_variants(kind: str) -> tuple[Variant, ...]:
                     consts = dict(BLOCK_N=stats_block if kind == "stats" else block, HAS_W=has_w)
                     if kind == "wide":
                         cond.append("dres != 0" if has_dres else "dres == 0")
-                        consts["HAS_DRES"] = has_dres
+                        consts.update(HAS_DRES=has_dres, STATS_N=stats_block)
                     out.append(Variant(
                         name=f"rms_norm_bwd_{kind}_{dtype}_b{consts['BLOCK_N']}"
                              f"{'' if has_w else '_nw'}{'_dres' if has_dres else ''}{'_a16' if aligned else '_u'}",
                         dtype=dtype,
                         kernel=f"_rms_norm_bwd_{kind}",
                         when=" && ".join(cond),
-                        grid=("M", "1", "1") if kind == "stats" else ("G", f"fa_cdiv(N, {block})", "1"),
+                        grid=(("M", f"fa_cdiv(N, {stats_block})", "1") if kind == "stats"
+                              else ("G", f"fa_cdiv(N, {block})", "1")),
                         constexprs=consts,
                         num_warps=stats_warps if kind == "stats" else warps,
                         aligned=ptrs + strides + ("N",),
@@ -184,7 +185,7 @@ OPS = (
     Op("fused_add_rms_norm_bwd", "triton", "kernels/triton/rms_norm.py", _ADD_BWD_PARAMS,
        _rms_norm_variants("bwd", fused=True), doc="rms_norm_bwd over s, plus dres added to dx"),
     Op("rms_norm_bwd_stats", "triton", "kernels/triton/rms_norm.py", _STATS_PARAMS,
-       _rms_norm_wide_variants("stats"), doc="wide rows: rstd and c = rstd * mean(x * w*dy) per row, (M, 2) fp32"),
+       _rms_norm_wide_variants("stats"), doc="wide rows: sum(x^2) and sum(x * w*dy) per 8192-column chunk, (M, cdiv(N, 8192), 2) fp32"),
     Op("rms_norm_bwd_wide", "triton", "kernels/triton/rms_norm.py", _WIDE_PARAMS,
        _rms_norm_wide_variants("wide"), doc="wide rows: dx [+ dres] and dw partial sums (G, N) fp32, or dw when G == 1"),
     Op("rms_norm_dw", "triton", "kernels/triton/rms_norm.py", _RMS_DW_PARAMS,

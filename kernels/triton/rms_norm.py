@@ -224,38 +224,35 @@ def _rms_norm_dw(
 
 
 # --- the backward of rows too wide for one block --------------------------------------------
-# A row of 65536 does not fit in registers, and neither does its dw.  Two kernels: the row
-# statistics first (one program per row), then a (row group x column chunk) grid in which each
+# A row of 65536 does not fit in registers, and neither does its dw.  Two kernels: partial row
+# statistics over (row, chunk) programs, then a (row group x column chunk) grid in which each
 # program walks its group's rows over one chunk, writing dx and keeping its chunk of dw in
-# registers.  x and dy are read twice; nothing else is.
+# registers.  x and dy are read twice; nothing else is, and both grids spread even a single
+# row over the whole GPU.
 
 @triton.jit
 def _rms_norm_bwd_stats(
     dy,           # (M, N) upstream gradient, rows stride_dy apart
     x,            # (M, N) forward input, rows stride_x apart
     w,            # (N,) weight; not read unless HAS_W
-    stats,        # (M, 2) fp32 out: rstd and c = rstd * mean(x * w*dy) per row
+    stats,        # (M, S, 2) fp32 out, S = cdiv(N, BLOCK_N): sum(x^2) and sum(x * w*dy) per chunk
     stride_dy,
     stride_x,
     M,
     N,
-    eps,
-    BLOCK_N: tl.constexpr,   # chunk width
+    eps,          # unused here (the consumer applies it); keeps the two wide ops' signatures alike
+    BLOCK_N: tl.constexpr,   # chunk width: program (row, s) sums columns s*BLOCK_N ...
     HAS_W: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    sq = tl.zeros([BLOCK_N], tl.float32)
-    xwdy = tl.zeros([BLOCK_N], tl.float32)
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        mask = cols < N
-        xv = _load_row(x + row * stride_x, cols, mask, False)
-        dyv = _load_row(dy + row * stride_dy, cols, mask, False)
-        sq += xv * xv
-        xwdy += xv * dyv * _load_weight(w, cols, N, HAS_W)
-    rstd = tl.rsqrt(tl.sum(sq, axis=0) / N + eps)
-    tl.store(stats + 2 * row, rstd)
-    tl.store(stats + 2 * row + 1, rstd * tl.sum(xwdy, axis=0) / N)
+    chunk = tl.program_id(1)
+    cols = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = cols < N
+    xv = _load_row(x + row * stride_x, cols, mask, False)
+    dyv = _load_row(dy + row * stride_dy, cols, mask, False)
+    out = stats + (row * tl.num_programs(1) + chunk) * 2
+    tl.store(out, tl.sum(xv * xv, axis=0))
+    tl.store(out + 1, tl.sum(xv * dyv * _load_weight(w, cols, N, HAS_W), axis=0))
 
 
 @triton.jit
@@ -267,15 +264,17 @@ def _rms_norm_bwd_wide(
     dw_partial,   # (G, N) fp32: program (g, chunk) writes its chunk of row g
     dw,           # (N,) weight gradient, written directly when G == 1
     dres,         # (M, N) gradient added to dx; HAS_DRES only
-    stats,        # (M, 2) fp32 from _rms_norm_bwd_stats
+    stats,        # (M, S, 2) fp32 partial sums from _rms_norm_bwd_stats
     stride_dy,
     stride_x,
     stride_dx,
     stride_dres,
     M,
     N,
+    eps,
     G,            # row groups; group g takes rows g, g + G, ...
     BLOCK_N: tl.constexpr,   # columns per program
+    STATS_N: tl.constexpr,   # the stats kernel's chunk width
     HAS_W: tl.constexpr,
     HAS_DRES: tl.constexpr,
 ):
@@ -284,10 +283,18 @@ def _rms_norm_bwd_wide(
     mask = cols < N
     wv = _load_weight(w, cols, N, HAS_W)
     dw_acc = tl.zeros([BLOCK_N], tl.float32)
+    S = tl.cdiv(N, STATS_N)
     for row in range(g, M, G):
         r64 = row.to(tl.int64)
-        rstd = tl.load(stats + 2 * r64)
-        c = tl.load(stats + 2 * r64 + 1)
+        # rstd = rsqrt(mean(x^2) + eps);  c = mean(x_hat * w*dy) = rstd * mean(x * w*dy)
+        row_stats = stats + r64 * (2 * S)
+        sq = tl.load(row_stats)
+        xwdy = tl.load(row_stats + 1)
+        for k in range(1, S):
+            sq += tl.load(row_stats + 2 * k)
+            xwdy += tl.load(row_stats + 2 * k + 1)
+        rstd = tl.rsqrt(sq / N + eps)
+        c = rstd * xwdy / N
         xv = _load_row(x + r64 * stride_x, cols, mask, False)
         dyv = _load_row(dy + r64 * stride_dy, cols, mask, False)
         x_hat = xv * rstd

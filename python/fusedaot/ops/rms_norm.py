@@ -66,13 +66,13 @@ def launch_backward(lib, dev: int, dy: torch.Tensor, x: torch.Tensor, weight: Op
     partial = torch.empty((g, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
     ptrs += (partial.data_ptr(), 0 if dw is None else dw.data_ptr())
     if wide:
-        stats = torch.empty((m, 2), dtype=torch.float32, device=x.device)
+        stats = torch.empty((m, -(-n // _STATS_CHUNK), 2), dtype=torch.float32, device=x.device)
         rc = lib.rms_norm_bwd_stats(stream, dev, code, *ptrs[:3], stats.data_ptr(), row_stride(dy2),
                                     row_stride(x2), m, n, eps)
         if not rc:
             rc = lib.rms_norm_bwd_wide(stream, dev, code, *ptrs, 0 if dres2 is None else dres2.data_ptr(),
                                        stats.data_ptr(), row_stride(dy2), row_stride(x2), n,
-                                       0 if dres2 is None else row_stride(dres2), m, n, g)
+                                       0 if dres2 is None else row_stride(dres2), m, n, eps, g)
     elif dres2 is None:
         rc = lib.rms_norm_bwd(stream, dev, code, *ptrs, row_stride(dy2), row_stride(x2), n, m, n, eps, g)
     else:
@@ -89,9 +89,11 @@ def launch_backward(lib, dev: int, dy: torch.Tensor, x: torch.Tensor, weight: Op
     return dx.view(x.shape), dw
 
 
-# Rows wider than this many bytes take the two-kernel wide backward, in chunks of _WIDE_CHUNK
-# columns (aot/specs/rms_norm.py: WIDE_BYTES, RMS_NORM_WIDE).
+# Rows wider than this many bytes take the two-kernel wide backward: statistics per chunk of
+# _STATS_CHUNK columns, dx and dw per chunk of _WIDE_CHUNK (aot/specs/rms_norm.py: WIDE_BYTES,
+# RMS_NORM_WIDE).
 _WIDE_BYTES = 32768
+_STATS_CHUNK = 8192
 _WIDE_CHUNK = 2048
 
 
