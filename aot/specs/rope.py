@@ -1,0 +1,82 @@
+"""rope (Triton, kernels/triton/rope.py): rotary embedding of q and k in one launch, fwd and bwd."""
+from __future__ import annotations
+
+from .core import DTYPES, Op, Param, Variant
+
+# ---------------------------------------------------------------------------------
+# One program rotates HEADS heads of one token (q's heads, then k's) through a tile of
+# [HEADS, BLOCK_N] pairs; heads whose pairs exceed BLOCK_N take several steps.  The
+# backward is the same kernel with backward=1 (the rotation by -theta).
+#
+# The layout (half-split or interleaved) is a constexpr: one C function per layout.
+#
+# (largest N = rotary_dim/2, BLOCK_N, HEADS, num_warps): the tile holds 512 pairs (1024
+# values, 16 per thread: one 16-byte access of each half in 16-bit dtypes), so that the common
+# head counts (8, 32, 40, 72 = Hq + Hk) fill whole tiles at head_dim 128.  Measured on an H100
+# (docs/benchmarks.md): 83-85% of copy bandwidth at head_dim 128 and 256, 57% at 64; the sm90
+# cubins use 64 registers per thread (16 programs of 2 warps per SM).  Not tuned yet: the next
+# GPU run should time other HEADS / num_warps.  sm80/sm89 (not measured) use the same table.
+# ---------------------------------------------------------------------------------
+ROPE_BLOCKS = (
+    (16, 16, 32, 2),     # head_dim <= 32
+    (32, 32, 16, 2),     # head_dim <= 64
+    (64, 64, 8, 2),      # head_dim <= 128 (80, 96, 112, 128)
+    (None, 128, 4, 2),   # wider: head_dim 256 in one step, wider heads in several
+)
+ROPE_UNALIGNED = (64, 8, 2)   # BLOCK_N, HEADS, num_warps for layouts without 16-byte alignment
+
+_ROPE_PARAMS = (
+    Param("q", "ptr"), Param("k", "ptr"), Param("cos", "ptr"), Param("sin", "ptr"),
+    Param("pos", "ptr", "i64"), Param("q_out", "ptr"), Param("k_out", "ptr"),
+    Param("stride_qb", "i64"), Param("stride_qs", "i64"), Param("stride_qh", "i64"),
+    Param("stride_kb", "i64"), Param("stride_ks", "i64"), Param("stride_kh", "i64"),
+    Param("stride_oqb", "i64"), Param("stride_oqs", "i64"), Param("stride_oqh", "i64"),
+    Param("stride_okb", "i64"), Param("stride_oks", "i64"), Param("stride_okh", "i64"),
+    Param("stride_cb", "i64"), Param("stride_cs", "i64"), Param("stride_pb", "i64"),
+    Param("M", "i32"), Param("S", "i32"), Param("Hq", "i32"), Param("Hk", "i32"),
+    Param("N", "i32"), Param("D", "i32"), Param("P", "i32"),
+    Param("flags", "i32"),   # 1: positions given, 2: half tables (rotary_dim/2 columns), 4: backward
+)
+_ALIGNED = ("q", "k", "cos", "sin", "q_out", "k_out",
+            "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
+            "stride_oqb", "stride_oqs", "stride_oqh", "stride_okb", "stride_oks", "stride_okh",
+            "stride_cb", "stride_cs", "N")
+
+
+def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, warps: int, width: str,
+             aligned: bool) -> Variant:
+    return Variant(
+        name=f"{op}_{dtype}_n{block_n}_h{heads}_w{warps}{'_a16' if aligned else '_u'}",
+        dtype=dtype,
+        kernel="_rope",
+        when=f"dtype == {DTYPES[dtype]} && {width}",
+        # one program per (token, chunk of HEADS heads)
+        grid=(f"M * fa_cdiv(Hq + Hk, {heads})", "1", "1"),
+        constexprs=dict(BLOCK_N=block_n, HEADS=heads, INTERLEAVED=interleaved),
+        num_warps=warps,
+        aligned=_ALIGNED,
+        unaligned=not aligned,
+    )
+
+
+def _rope_variants(op: str, interleaved: bool) -> tuple[Variant, ...]:
+    """Disjoint conditions: aligned calls by ranges of N, every unaligned call to one fallback."""
+    out = []
+    for dtype in ("bf16", "fp16", "fp32"):
+        lower = 0
+        for upper, block_n, heads, warps in ROPE_BLOCKS:
+            width = f"N > {lower}" + (f" && N <= {upper}" if upper else "")
+            out.append(_variant(op, dtype, interleaved, block_n, heads, warps, width, True))
+            lower = upper
+        out.append(_variant(op, dtype, interleaved, *ROPE_UNALIGNED, "N > 0", False))
+    return tuple(out)
+
+
+# The layout is a constexpr of the kernel, so each layout is its own C function.
+OPS = (
+    Op("rope", "triton", "kernels/triton/rope.py", _ROPE_PARAMS, _rope_variants("rope", False),
+       doc="rotary embedding of q and k, half-split layout (rotate_half); backward=1: by -theta"),
+    Op("rope_interleaved", "triton", "kernels/triton/rope.py", _ROPE_PARAMS,
+       _rope_variants("rope_interleaved", True),
+       doc="rotary embedding of q and k, interleaved layout (pairs 2i, 2i+1); backward=1: by -theta"),
+)
