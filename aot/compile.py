@@ -79,7 +79,7 @@ def triton_signature(op: specs.Op, v: specs.Variant, arg_names) -> tuple[dict, d
         else:
             signature[name] = specs.TRITON_SCALAR[p.ctype]
         if name in v.aligned and not v.unaligned:
-            div = 16 if p.ctype == "ptr" else 16 // specs.ELEM_BYTES[v.dtype]
+            div = 16 if p.ctype == "ptr" else specs.align_elements(p, v)
             attrs[(i,)] = [["tt.divisibility", div]]
         args.append(name)
     return signature, attrs, args

@@ -18,7 +18,7 @@ ARCH_CC = {"sm80": 80, "sm89": 89, "sm90": 90, "ptx": 80}
 
 # dtype codes of the C ABI (the Python layer maps torch dtypes onto them).
 DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2, "fp64": 3}
-ELEM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
+ELEM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8, "u8": 1}  # u8: FP8 data passed as bytes
 CUDA_TYPE = {"fp32": "float", "fp16": "half_t", "bf16": "bf16_t", "fp64": "double"}
 FLOAT_DTYPES = ("bf16", "fp16", "fp32")   # what every op takes; fp64 only where an op says so
 
@@ -31,7 +31,8 @@ class Param:
     """One argument of an op's C function after (stream, device, dtype).
 
     ctype: ptr | i32 | i64 | f32.  elem: for pointers, the element type: "T" is the
-    variant's dtype, anything else ("fp32") is fixed.
+    variant's dtype, anything else ("fp32") is fixed.  For an integer in `aligned` (a
+    stride or width), the type of the elements it counts, which sets its alignment test.
     """
 
     name: str
@@ -73,6 +74,11 @@ class Op:
         return next(p for p in self.params if p.name == name)
 
 
+def align_elements(p: Param, v: Variant) -> int:
+    """16 bytes in elements of what the integer parameter `p` counts."""
+    return 16 // ELEM_BYTES[v.dtype if p.elem == "T" else p.elem]
+
+
 def alignment_condition(op: Op, v: Variant) -> str:
     """The C test that a call meets `v.aligned`: pointers 16-byte aligned, integers
     (strides, widths in elements) a multiple of 16 bytes' worth of elements.  For an
@@ -83,7 +89,7 @@ def alignment_condition(op: Op, v: Variant) -> str:
         if p.ctype == "ptr":
             terms.append(f"FA_ALIGNED16({name})")
         else:
-            terms.append(f"({name} % {16 // ELEM_BYTES[v.dtype]} == 0)")
+            terms.append(f"({name} % {align_elements(p, v)} == 0)")
     test = " && ".join(terms) or "1"
     return f"!({test})" if v.unaligned else test
 
