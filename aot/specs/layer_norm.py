@@ -1,0 +1,174 @@
+"""layer_norm (Triton): forward (+ ReLU), fused backward, the wide-row backward pair, and the
+dweight/dbias reduction."""
+from __future__ import annotations
+
+from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, merge_arches, tuning
+
+# ---------------------------------------------------------------------------------
+# layer_norm (Triton): y = act((x - mean) * rstd * w + b), rows of x strided.
+#
+# Single-block variants hold a [ROWS, BLOCK_N] tile in registers; BLOCK_N is the next power of
+# two >= N.  Wider rows take the looped variant (two passes over x in the forward, the second
+# mostly from L2).  The fused backward covers every width (looped beyond the widest single
+# block, with dw/db accumulated in the program's own partial row); the Python layer sends rows
+# wider than LAYER_NORM_SPLIT_ABOVE to the two-kernel backward instead (bwd_stats, then bwd_dx
+# over a 2-D grid), which keeps dw/db in registers and reads the partial sums once.
+# ---------------------------------------------------------------------------------
+
+# (BLOCK_N, ROWS per program, num_warps): the heuristic for arches without a tuning table
+# (sm80, sm89).  The tile stays at >= 4K elements so that a program has enough loads in flight,
+# and at 8-32 elements per thread so that x (and dy in the backward) stay in registers without
+# spilling; the same rule rms_norm's table follows, since the memory pattern is the same.
+LAYER_NORM_BLOCKS = (
+    (16, 128, 4),
+    (64, 64, 4),
+    (256, 16, 4),
+    (1024, 4, 4),
+    (2048, 2, 4),
+    (4096, 1, 8),
+    (8192, 1, 8),
+    (16384, 1, 16),
+)
+LAYER_NORM_LOOP = (8192, 16)        # chunk width and warps of the looped variants
+LAYER_NORM_SPLIT_ABOVE = 16384      # python/fusedaot/ops/layer_norm.py: wider rows use bwd_stats + bwd_dx
+LAYER_NORM_DX = (1024, 4, 8)        # bwd_dx: columns per program, rows per step, warps
+LAYER_NORM_DW = (32, 64, 4)         # dw: columns per program, partial rows per step, warps
+
+
+def layer_norm_configs(arch: str, direction: str, dtype: str):
+    """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None)] for one arch, narrowest
+    rows first: tuned where measured (aot/tuning/<arch>.json, key layer_norm_<direction>), else
+    the heuristic above.  Table entries: "<BLOCK_N>": [ROWS, num_warps(, num_stages)] for single
+    blocks; "loop_above": the widest single block worth using; "loop": [ROWS, num_warps(,
+    num_stages)] of the looped form (LAYER_NORM_LOOP's chunk) beyond; and optionally
+    "loop_mid": [ROWS, num_warps, num_stages, chunk, widest N], a looped form with a smaller
+    chunk for the rows between, where more programs per SM hide the latency of each row's two
+    reductions while the rows they hold still fit in L2 for the second pass."""
+    table = tuning(arch).get(f"layer_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
+
+    def entry(key, default):
+        rows, warps, *stages = table.get(key, default)
+        return rows, warps, (stages[0] if stages else 1)
+
+    widest = table.get("loop_above", LAYER_NORM_BLOCKS[-1][0])
+    out = [(block, *entry(str(block), (rows, warps)), False, block) for block, rows, warps in LAYER_NORM_BLOCKS
+           if block <= widest]
+    if "loop_mid" in table:
+        rows, warps, stages, chunk, upto = table["loop_mid"]
+        out.append((chunk, rows, warps, stages, True, upto))
+    out.append((LAYER_NORM_LOOP[0], *entry("loop", (1, LAYER_NORM_LOOP[1])), True, None))
+    return out
+
+
+_FLAGS = Param("flags", "i32")   # 1 weight, 2 bias, 4 weight/bias stored in fp32, 8 ReLU
+_FWD_PARAMS = (
+    Param("x", "ptr"), Param("y", "ptr"), Param("w", "ptr"), Param("b", "ptr"),
+    Param("stride_x", "i64"), Param("stride_y", "i64"),
+    Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"), _FLAGS,
+)
+_BWD_PARAMS = (
+    Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("b", "ptr"), Param("dx", "ptr"),
+    Param("dwb_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("db", "ptr"),
+    Param("stride_dy", "i64"), Param("stride_x", "i64"), Param("stride_dx", "i64"),
+    Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"), _FLAGS, Param("G", "i32"),
+)
+_STATS_PARAMS = (
+    Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("b", "ptr"),
+    Param("stats", "ptr", "fp32"), Param("stride_dy", "i64"), Param("stride_x", "i64"),
+    Param("M", "i32"), Param("N", "i32"), Param("eps", "f32"), _FLAGS,
+)
+_DX_PARAMS = (
+    Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("b", "ptr"),
+    Param("stats", "ptr", "fp32"), Param("dx", "ptr"),
+    Param("dwb_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("db", "ptr"),
+    Param("stride_dy", "i64"), Param("stride_x", "i64"), Param("stride_dx", "i64"),
+    Param("M", "i32"), Param("N", "i32"), _FLAGS, Param("G", "i32"),
+)
+_DW_PARAMS = (Param("dwb_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("db", "ptr"),
+              Param("G", "i32"), Param("N", "i32"), _FLAGS)
+
+_DTYPES = ("bf16", "fp16", "fp32")
+
+
+def _pointers(op_params) -> tuple[str, ...]:
+    return tuple(p.name for p in op_params if p.ctype == "ptr")
+
+
+def _strides(op_params) -> tuple[str, ...]:
+    return tuple(p.name for p in op_params if p.name.startswith("stride_"))
+
+
+def _aligned_pair(op: str, dtype: str, tag: str, when: list[str], params, **kw):
+    """The 16-byte-aligned variant (vector accesses) and its unaligned fallback."""
+    for aligned in (True, False):
+        yield Variant(name=f"{op}_{dtype}_{tag}{'_a16' if aligned else '_u'}", dtype=dtype,
+                      when=" && ".join([f"dtype == {DTYPES[dtype]}", *when]),
+                      aligned=_pointers(params) + _strides(params) + ("N",), unaligned=not aligned, **kw)
+
+
+def _row_variants(direction: str) -> tuple[Variant, ...]:
+    """fwd / bwd: width buckets per arch.  Conditions are disjoint (width ranges, aligned or
+    not), so the dispatch order does not matter and each arch may have its own configs."""
+    params = _FWD_PARAMS if direction == "fwd" else _BWD_PARAMS
+    out = []
+    for arch in ARCHES:
+        for dtype in _DTYPES:
+            lower = 0
+            for block, rows, warps, stages, looped, upper in layer_norm_configs(arch, direction, dtype):
+                width = f"N > {lower}" + ("" if upper is None else f" && N <= {upper}")
+                tag = ((f"loop{block}" + ("" if upper is None else f"_n{lower + 1}_{upper}")) if looped
+                       else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
+                lower = upper
+                out += _aligned_pair(
+                    f"layer_norm_{direction}", dtype, tag, [width], params,
+                    kernel=f"_layer_norm_{direction}",
+                    grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
+                    constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped),
+                    num_warps=warps, num_stages=stages, arches=(arch,))
+    return merge_arches(out)
+
+
+def _split_variants() -> tuple[tuple[Variant, ...], tuple[Variant, ...]]:
+    """bwd_stats (one looped program per row) and bwd_dx (column blocks x row groups): any width."""
+    chunk, warps = LAYER_NORM_LOOP
+    dx_cols, dx_rows, dx_warps = LAYER_NORM_DX
+    stats, dx = [], []
+    for dtype in _DTYPES:
+        stats += _aligned_pair("layer_norm_bwd_stats", dtype, f"loop{chunk}_r1_w{warps}", [], _STATS_PARAMS,
+                               kernel="_layer_norm_bwd_stats", grid=("M", "1", "1"),
+                               constexprs=dict(BLOCK_N=chunk, ROWS=1), num_warps=warps)
+        dx += _aligned_pair("layer_norm_bwd_dx", dtype, f"b{dx_cols}_r{dx_rows}_w{dx_warps}", [], _DX_PARAMS,
+                            kernel="_layer_norm_bwd_dx", grid=(f"fa_cdiv(N, {dx_cols})", "G", "1"),
+                            constexprs=dict(BLOCK_N=dx_cols, ROWS=dx_rows), num_warps=dx_warps)
+    return tuple(stats), tuple(dx)
+
+
+def _dw_variants() -> tuple[Variant, ...]:
+    """dtype is the weight's (fp32 weights of a 16-bit x included)."""
+    block_n, block_g, warps = LAYER_NORM_DW
+    return tuple(Variant(
+        name=f"layer_norm_dw_{dtype}_b{block_n}_g{block_g}_w{warps}",
+        dtype=dtype,
+        kernel="_layer_norm_dw",
+        when=f"dtype == {DTYPES[dtype]}",
+        grid=(f"fa_cdiv(N, {block_n})", "2", "1"),
+        constexprs=dict(BLOCK_N=block_n, BLOCK_G=block_g),
+        num_warps=warps,
+    ) for dtype in _DTYPES)
+
+
+_STATS_VARIANTS, _DX_VARIANTS = _split_variants()
+_SRC = "kernels/triton/layer_norm.py"
+
+OPS = (
+    Op("layer_norm_fwd", "triton", _SRC, _FWD_PARAMS, _row_variants("fwd"),
+       doc="y = act((x - mean) * rstd [* w] [+ b]); flags: 1 weight, 2 bias, 4 fp32 weight/bias, 8 ReLU"),
+    Op("layer_norm_bwd", "triton", _SRC, _BWD_PARAMS, _row_variants("bwd"),
+       doc="dx, and dw/db: per-program partial sums (G, 2N) fp32, or dw/db themselves when G == 1"),
+    Op("layer_norm_bwd_stats", "triton", _SRC, _STATS_PARAMS, _STATS_VARIANTS,
+       doc="wide-row backward, step 1: per-row (mean, rstd, mean(g), mean(g * x_hat)) into stats (M, 4) fp32"),
+    Op("layer_norm_bwd_dx", "triton", _SRC, _DX_PARAMS, _DX_VARIANTS,
+       doc="wide-row backward, step 2: dx and per-row-group partial dw/db (G, 2N) fp32 (or dw/db when G == 1)"),
+    Op("layer_norm_dw", "triton", _SRC, _DW_PARAMS, _dw_variants(),
+       doc="dw, db = sums of the partial rows' two halves, in the weight's dtype"),
+)

@@ -1,0 +1,370 @@
+// Adaptive LayerNorm (the DiT / Flux modulation), forward and backward.
+//
+//   y      = x_hat * (1 + scale) + shift,   x_hat = (x - mean) * rstd,   rstd = 1 / sqrt(var + eps)
+//   g      = dy * (1 + scale)
+//   dx     = rstd * (g - mean(g) - x_hat * mean(g * x_hat))
+//   dscale = sum of dy * x_hat,   dshift = sum of dy   (over the rows that share a scale row)
+//
+// Layout: x is (M, N), rows stride_x elements apart; row r is token r % S of sample r / S.
+// The scale row of row r starts at (r / S) * stride_sb + (r % S) * stride_ss (likewise shift with
+// stride_hb, stride_hs): per tensor both strides are 0, per sample stride_ss is 0, per token
+// neither is.  Outputs y and dx are contiguous (M, N).
+//
+// A block normalises one row at a time.  Thread t owns NPT vectors of VEC consecutive columns per
+// tile (vector k at column base + (t + k * blockDim.x) * VEC), so a warp reads contiguous 16-byte
+// pieces.  Resident variants hold the whole row in registers (one tile; blockDim.x is sized from
+// N by the dispatch); looped variants walk the row tile by tile and read it again per phase (the
+// re-reads mostly hit L2).  Mean and variance are Chan's merge of per-thread exact two-pass
+// statistics, so rows with a large mean lose nothing to cancellation.  Every sum is reduced in a
+// fixed order: results are deterministic.
+//
+// scale and shift are stored either like x or in fp32 (flags & 1): each entry point holds both
+// bodies and picks one per launch.
+#include "fa_common.cuh"
+
+#define MAX_WARPS 32
+#define FLAG_PARAMS_FP32 1
+
+// ------------------------------------------------------------------ VEC elements as fp32
+// Accesses are at most 16 bytes, so a vector of 8 fp32 values is two accesses.
+template <typename P, int VEC>
+__device__ __forceinline__ void load_f32(const P* __restrict__ p, float (&out)[VEC]) {
+  constexpr int C = (16 / (int)sizeof(P)) < VEC ? (16 / (int)sizeof(P)) : VEC;
+#pragma unroll
+  for (int c = 0; c < VEC / C; ++c) {
+    const Vec<P, C> v = load_vec<P, C>(p + c * C);
+#pragma unroll
+    for (int i = 0; i < C; ++i) out[c * C + i] = to_float(v.v[i]);
+  }
+}
+
+template <typename P, int VEC>
+__device__ __forceinline__ void store_f32(P* __restrict__ p, const float (&in)[VEC]) {
+  constexpr int C = (16 / (int)sizeof(P)) < VEC ? (16 / (int)sizeof(P)) : VEC;
+#pragma unroll
+  for (int c = 0; c < VEC / C; ++c) {
+    Vec<P, C> v;
+#pragma unroll
+    for (int i = 0; i < C; ++i) v.v[i] = from_float<P>(in[c * C + i]);
+    store_vec<P, C>(p + c * C, v);
+  }
+}
+
+// ------------------------------------------------------------------ tiles
+// Column of this thread's vector k in the tile starting at `base`.  Aligned variants have
+// N % VEC == 0, so a vector is either wholly inside the row or wholly outside.
+__device__ __forceinline__ i64 col_of(i64 base, int k, int vec) {
+  return base + ((i64)threadIdx.x + (i64)k * blockDim.x) * vec;
+}
+
+template <typename T, int VEC, int NPT>
+__device__ __forceinline__ void load_tile(const T* __restrict__ row, i64 base, i64 N, float (&v)[NPT][VEC]) {
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) {
+    const i64 c = col_of(base, k, VEC);
+    if (c < N) {
+      load_f32<T, VEC>(row + c, v[k]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[k][i] = 0.0f;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ reductions
+struct Stats {  // count, mean and sum of squared deviations of a set of values
+  float n, mean, m2;
+};
+
+// Chan et al.'s pairwise update: exact in exact arithmetic, no cancellation in floating point.
+// Empty sets are {0, 0, 0}; then f is 0 or 1 and the update returns the other operand exactly,
+// without a branch.  (__fdividef: 2 ulp, far below what the statistics need.)
+__device__ __forceinline__ Stats merge(Stats a, Stats b) {
+  const float n = a.n + b.n;
+  const float d = b.mean - a.mean, f = __fdividef(b.n, fmaxf(n, 1.0f));
+  return {n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
+}
+
+template <int VEC, int NPT>
+__device__ __forceinline__ Stats tile_stats(const float (&v)[NPT][VEC], i64 base, i64 N) {
+  float sum = 0.0f, n = 0.0f;
+#pragma unroll
+  for (int k = 0; k < NPT; ++k)
+    if (col_of(base, k, VEC) < N) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) sum += v[k][i];
+      n += VEC;
+    }
+  if (n == 0.0f) return {0.0f, 0.0f, 0.0f};
+  const float mean = __fdividef(sum, n);
+  float m2 = 0.0f;
+#pragma unroll
+  for (int k = 0; k < NPT; ++k)
+    if (col_of(base, k, VEC) < N) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) m2 += (v[k][i] - mean) * (v[k][i] - mean);
+    }
+  return {n, mean, m2};
+}
+
+// The block's merged Stats, in every thread: a tree within each warp, then every thread merges
+// the warps' results in warp order (the same order everywhere: one deterministic answer).
+__device__ __forceinline__ Stats block_stats(Stats s, float* shm) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    Stats other = {__shfl_down_sync(0xffffffffu, s.n, o), __shfl_down_sync(0xffffffffu, s.mean, o),
+                   __shfl_down_sync(0xffffffffu, s.m2, o)};
+    s = merge(s, other);
+  }
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+    shm[warp] = s.n;
+    shm[MAX_WARPS + warp] = s.mean;
+    shm[2 * MAX_WARPS + warp] = s.m2;
+  }
+  __syncthreads();
+  Stats r = {shm[0], shm[MAX_WARPS], shm[2 * MAX_WARPS]};
+  for (int w = 1; w < warps; ++w) r = merge(r, Stats{shm[w], shm[MAX_WARPS + w], shm[2 * MAX_WARPS + w]});
+  __syncthreads();  // shm is reused by the next reduction
+  return r;
+}
+
+// Two sums over the block, in every thread (a warp tree, then the warps in order).
+__device__ __forceinline__ void block_sum2(float& a, float& b, float* shm) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_down_sync(0xffffffffu, a, o);
+    b += __shfl_down_sync(0xffffffffu, b, o);
+  }
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+    shm[warp] = a;
+    shm[MAX_WARPS + warp] = b;
+  }
+  __syncthreads();
+  a = shm[0];
+  b = shm[MAX_WARPS];
+  for (int w = 1; w < warps; ++w) {
+    a += shm[w];
+    b += shm[MAX_WARPS + w];
+  }
+  __syncthreads();
+}
+
+// Row statistics (mean, rstd) of one row: one tile resident in v, or every tile of a wide row
+// (LOOPED; v holds the last tile afterwards).
+template <typename T, int VEC, int NPT, bool LOOPED>
+__device__ __forceinline__ void row_stats(const T* __restrict__ xr, i64 N, float eps, float (&v)[NPT][VEC],
+                                          float* shm, float& mean, float& rstd) {
+  const i64 tile = (i64)blockDim.x * VEC * NPT;
+  Stats s = {0.0f, 0.0f, 0.0f};
+  for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
+    load_tile<T, VEC, NPT>(xr, base, N, v);
+    s = merge(s, tile_stats<VEC, NPT>(v, base, N));
+  }
+  s = block_stats(s, shm);
+  mean = s.mean;
+  rstd = rsqrtf(fmaxf(s.m2, 0.0f) / (float)N + eps);
+}
+
+// ------------------------------------------------------------------ forward
+template <typename T, typename P, int VEC, int NPT, bool LOOPED>
+__device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __restrict__ scale,
+                                        const P* __restrict__ shift, T* __restrict__ y, i64 stride_x,
+                                        i64 stride_sb, i64 stride_ss, i64 stride_hb, i64 stride_hs, i64 M,
+                                        i64 N, i64 S, float eps) {
+  __shared__ float shm[3 * MAX_WARPS];
+  const i64 tile = (i64)blockDim.x * VEC * NPT;
+  for (i64 row = blockIdx.x; row < M; row += gridDim.x) {
+    const T* xr = x + row * stride_x;
+    float v[NPT][VEC], mean, rstd;
+    // phase 1: mean and rstd
+    row_stats<T, VEC, NPT, LOOPED>(xr, N, eps, v, shm, mean, rstd);
+    const i64 sample = row / S, token = row - sample * S;
+    const P* sc = scale + sample * stride_sb + token * stride_ss;
+    const P* sh = shift + sample * stride_hb + token * stride_hs;
+    // phase 2: modulate and store (looped: read the row again, mostly from L2)
+    for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
+      if (LOOPED) load_tile<T, VEC, NPT>(xr, base, N, v);
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(base, k, VEC);
+        if (c >= N) continue;
+        float a[VEC], b[VEC], out[VEC];
+        load_f32<P, VEC>(sc + c, a);
+        load_f32<P, VEC>(sh + c, b);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) out[i] = (v[k][i] - mean) * rstd * (1.0f + a[i]) + b[i];
+        store_f32<T, VEC>(y + row * N + c, out);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ backward
+// Block (group, part): rows group * R + part + j * J of the R rows that share one scale row
+// (R = M per tensor, S per sample, 1 per token).  Per token, dscale and dshift of a row are the
+// row's own and are written directly (in scale's dtype; dshift = dy, skipped when null).  Otherwise the block's sums go to its
+// row of partial ((groups, J, 2, N) fp32: [dscale | dshift]), added over J by the caller; a
+// resident block keeps them in registers, a looped one in that row of partial.
+template <typename T, typename P, int VEC, int NPT, bool LOOPED>
+__device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __restrict__ x,
+                                        const P* __restrict__ scale, T* __restrict__ dx,
+                                        P* __restrict__ dscale, P* __restrict__ dshift,
+                                        float* __restrict__ partial, i64 stride_dy, i64 stride_x,
+                                        i64 stride_sb, i64 stride_ss, i64 N, i64 S, i64 R, float eps, int J) {
+  __shared__ float shm[3 * MAX_WARPS];
+  const i64 tile = (i64)blockDim.x * VEC * NPT;
+  const i64 group = blockIdx.x;
+  const int part = blockIdx.y;
+  float* prow = partial + ((i64)group * J + part) * 2 * N;
+  float ds[NPT][VEC], dh[NPT][VEC];  // resident, R > 1: this block's sums
+#pragma unroll
+  for (int k = 0; k < NPT; ++k)
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) ds[k][i] = dh[k][i] = 0.0f;
+
+  for (i64 j = part; j < R; j += J) {
+    const i64 row = group * R + j;
+    const T* xr = x + row * stride_x;
+    const T* gr = dy + row * stride_dy;
+    float xv[NPT][VEC], gv[NPT][VEC], mean, rstd;
+    // phase 1: mean and rstd
+    row_stats<T, VEC, NPT, LOOPED>(xr, N, eps, xv, shm, mean, rstd);
+    const i64 sample = row / S, token = row - sample * S;
+    const P* sc = scale + sample * stride_sb + token * stride_ss;
+    // phase 2: sum(g) and sum(g * x_hat)
+    float s1 = 0.0f, s2 = 0.0f;
+    for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
+      if (LOOPED) load_tile<T, VEC, NPT>(xr, base, N, xv);
+      load_tile<T, VEC, NPT>(gr, base, N, gv);
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(base, k, VEC);
+        if (c >= N) continue;
+        float a[VEC];
+        load_f32<P, VEC>(sc + c, a);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const float g = gv[k][i] * (1.0f + a[i]);
+          s1 += g;
+          s2 += g * (xv[k][i] - mean) * rstd;
+        }
+      }
+    }
+    block_sum2(s1, s2, shm);
+    const float c1 = s1 / (float)N, c2 = s2 / (float)N;
+    // phase 3: dx, dscale and dshift
+    for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
+      if (LOOPED) {
+        load_tile<T, VEC, NPT>(xr, base, N, xv);
+        load_tile<T, VEC, NPT>(gr, base, N, gv);
+      }
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(base, k, VEC);
+        if (c >= N) continue;
+        float a[VEC], d[VEC], xh[VEC];
+        load_f32<P, VEC>(sc + c, a);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          xh[i] = (xv[k][i] - mean) * rstd;
+          d[i] = rstd * (gv[k][i] * (1.0f + a[i]) - c1 - xh[i] * c2);
+        }
+        store_f32<T, VEC>(dx + row * N + c, d);
+        if (R == 1) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) xh[i] *= gv[k][i];
+          store_f32<P, VEC>(dscale + row * N + c, xh);
+          if (dshift) store_f32<P, VEC>(dshift + row * N + c, gv[k]);  // null: the caller uses dy itself
+        } else if (!LOOPED) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            ds[k][i] += gv[k][i] * xh[i];
+            dh[k][i] += gv[k][i];
+          }
+        } else {
+          // this thread owns these columns of prow on every row: no other thread touches them
+          float pd[VEC], ph[VEC];
+          if (j == part) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) pd[i] = ph[i] = 0.0f;
+          } else {
+            load_f32<float, VEC>(prow + c, pd);
+            load_f32<float, VEC>(prow + N + c, ph);
+          }
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            pd[i] += gv[k][i] * xh[i];
+            ph[i] += gv[k][i];
+          }
+          store_f32<float, VEC>(prow + c, pd);
+          store_f32<float, VEC>(prow + N + c, ph);
+        }
+      }
+    }
+  }
+  if (!LOOPED && R > 1) {
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) {
+      const i64 c = col_of(0, k, VEC);
+      if (c >= N) continue;
+      store_f32<float, VEC>(prow + c, ds[k]);
+      store_f32<float, VEC>(prow + N + c, dh[k]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ entry points
+// One per (direction, dtype, vector width, elements per thread E = VEC * NPT, or loop): the names
+// the spec table (aot/specs/ada_layer_norm.py) uses.  Launch bounds of 1024 threads keep every
+// variant launchable at any block size the dispatch picks (at most 64 registers a thread).  For
+// fp32 x the flag changes nothing, so only one body is compiled.
+#define ADA_PARAMS_FP32(T, flags) (sizeof(T) != sizeof(float) && ((flags) & FLAG_PARAMS_FP32))
+
+#define ADA_FWD(T, NAME, VEC, NPT, LOOPED, TAG)                                                        \
+  extern "C" __global__ void __launch_bounds__(1024) ada_layer_norm_fwd_##NAME##_v##VEC##_##TAG(      \
+      const T* x, const void* scale, const void* shift, T* y, i64 stride_x, i64 stride_sb,             \
+      i64 stride_ss, i64 stride_hb, i64 stride_hs, i64 M, i64 N, i64 S, float eps, int flags) {        \
+    if (ADA_PARAMS_FP32(T, flags))                                                                     \
+      ada_fwd<T, float, VEC, NPT, LOOPED>(x, (const float*)scale, (const float*)shift, y, stride_x,    \
+                                          stride_sb, stride_ss, stride_hb, stride_hs, M, N, S, eps);   \
+    else                                                                                               \
+      ada_fwd<T, T, VEC, NPT, LOOPED>(x, (const T*)scale, (const T*)shift, y, stride_x, stride_sb,     \
+                                      stride_ss, stride_hb, stride_hs, M, N, S, eps);                  \
+  }
+
+// M only sizes the grid (M / R groups of rows).
+#define ADA_BWD(T, NAME, VEC, NPT, LOOPED, TAG)                                                        \
+  extern "C" __global__ void __launch_bounds__(1024) ada_layer_norm_bwd_##NAME##_v##VEC##_##TAG(      \
+      const T* dy, const T* x, const void* scale, T* dx, void* dscale, void* dshift, float* partial,   \
+      i64 stride_dy, i64 stride_x, i64 stride_sb, i64 stride_ss, i64 M, i64 N, i64 S, i64 R,           \
+      float eps, int flags, int J) {                                                                   \
+    if (ADA_PARAMS_FP32(T, flags))                                                                     \
+      ada_bwd<T, float, VEC, NPT, LOOPED>(dy, x, (const float*)scale, dx, (float*)dscale,              \
+                                          (float*)dshift, partial, stride_dy, stride_x, stride_sb,     \
+                                          stride_ss, N, S, R, eps, J);                                 \
+    else                                                                                               \
+      ada_bwd<T, T, VEC, NPT, LOOPED>(dy, x, (const T*)scale, dx, (T*)dscale, (T*)dshift, partial,     \
+                                      stride_dy, stride_x, stride_sb, stride_ss, N, S, R, eps, J);     \
+  }
+
+// 16-byte vectors (V elements): forward E = 8, 16, 32 resident (up to 512 threads) and looped
+// with E = 16 a tile; backward E = 8 resident (x, dy and the two sums stay in registers; up to
+// 1024 threads) and looped with E = 16.  Single elements (any alignment): E = 8 resident, and
+// looped with E = 4 a tile.
+#define ADA_DTYPE(T, NAME, V)              \
+  ADA_FWD(T, NAME, V, 8 / V, false, e8)    \
+  ADA_FWD(T, NAME, V, 16 / V, false, e16)  \
+  ADA_FWD(T, NAME, V, 32 / V, false, e32)  \
+  ADA_FWD(T, NAME, V, 16 / V, true, loop)  \
+  ADA_BWD(T, NAME, V, 8 / V, false, e8)    \
+  ADA_BWD(T, NAME, V, 16 / V, true, loop)  \
+  ADA_FWD(T, NAME, 1, 8, false, e8)        \
+  ADA_FWD(T, NAME, 1, 4, true, loop)       \
+  ADA_BWD(T, NAME, 1, 8, false, e8)        \
+  ADA_BWD(T, NAME, 1, 4, true, loop)
+
+ADA_DTYPE(bf16_t, bf16, 8)
+ADA_DTYPE(half_t, fp16, 8)
+ADA_DTYPE(float, fp32, 4)
