@@ -1,0 +1,177 @@
+// Shared machinery of the elementwise CUDA C++ kernels (add_relu, mul_tanh, gelu_dropout,
+// reduce's backward): the fp32/fp64 arithmetic type, 16-byte stores, and two loops.
+//
+// An elementwise kernel visits an index space (D0, D1, D2) in row-major order, VEC consecutive
+// elements of the last dimension at a time: one 16-byte access in the aligned variants, one
+// element (VEC = 1) in the unaligned ones.  Thread t of T visits groups t, t + T, t + 2T, ...
+// (coalesced: neighbouring threads, neighbouring groups), Body::UNROLL groups per trip with every
+// load issued before any arithmetic.  Coordinates are 64-bit and advanced by a step decomposed
+// once per thread, so no index is divided inside the loop.
+#pragma once
+#include "fa_common.cuh"
+
+#define EW_THREADS 256
+#define EW_UNROLL 4  // rows in flight per thread in colsum_loop
+// At least 4 blocks (1024 threads) per SM: 64 registers a thread, which holds a trip's loads
+// without spilling, and enough warps to hide the memory latency.
+#define EW_MIN_BLOCKS 4
+// Groups per trip of ew_loop for a body reading INPUTS tensors: about four 16-byte loads in
+// flight per thread (64 KiB per SM at 1024 threads, several times what HBM3 latency needs);
+// scalar variants take two to four elements per trip.
+#define EW_UNROLL_FOR(VEC, INPUTS) ((INPUTS) >= 3 ? ((VEC) == 1 ? 2 : 1) : ((VEC) == 1 ? 4 : 2))
+
+// The arithmetic type: fp32 for fp16, bf16 and fp32 data; fp64 for fp64 data.
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) { return to_float(v); }
+template <> __device__ __forceinline__ double to_acc<double>(double v) { return v; }
+template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type v) { return from_float<T>(v); }
+template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
+
+// fp32 and fp64 forms of the math the kernels use (NVRTC has no <cmath> overloads).
+__device__ __forceinline__ float m_tanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double m_tanh(double v) { return tanh(v); }
+
+// Stores one vector.  A 16-byte vector goes out as one st.global.v4: left to itself the compiler
+// sometimes splits it into four 4-byte stores when the packed registers are not a quad.
+template <typename T, int VEC>
+__device__ __forceinline__ void store_out(T* p, const Vec<T, VEC>& v) {
+  if (sizeof(Vec<T, VEC>) == 16) {
+    union {
+      Vec<T, VEC> v;
+      unsigned u[4];
+    } w;
+    w.v = v;
+    // no outputs, so implicitly volatile; no "memory" clobber: no kernel reads what it stores
+    asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.u[0]), "r"(w.u[1]), "r"(w.u[2]),
+        "r"(w.u[3]));
+  } else {
+    store_vec<T, VEC>(p, v);
+  }
+}
+
+// A position (o, r, c) in a (D0, D1, D2) space.
+struct Pos {
+  i64 o, r, c;
+};
+
+// Moves a Pos forward by a fixed number of elements `step`, decomposed once into (so, sr, sc):
+// c + sc < 2 D2 and r + sr + 1 < 2 D1, so one conditional subtraction per level suffices.
+// One flat row (D0 = D1 = 1) and two levels (D1 = 1) skip the divisions they do not need.
+struct Stepper {
+  i64 D1, D2, so, sr, sc;
+  bool flat;
+
+  __device__ __forceinline__ Stepper(i64 d0, i64 d1, i64 d2, i64 step)
+      : D1(d1), D2(d2), so(0), sr(0), sc(step), flat(d0 == 1 && d1 == 1) {
+    if (flat) return;
+    sc = step % D2;
+    const i64 q = step / D2;
+    if (D1 == 1) {
+      so = q;
+    } else {
+      sr = q % D1;
+      so = q / D1;
+    }
+  }
+
+  __device__ __forceinline__ Pos at(i64 e) const {
+    Pos p = {0, 0, e};
+    if (flat) return p;
+    p.c = e % D2;
+    const i64 q = e / D2;
+    if (D1 == 1) {
+      p.o = q;
+    } else {
+      p.r = q % D1;
+      p.o = q / D1;
+    }
+    return p;
+  }
+
+  __device__ __forceinline__ void advance(Pos& p) const {
+    p.c += sc;
+    if (flat) return;
+    const i64 cc = p.c >= D2;
+    p.c -= cc * D2;
+    p.r += sr + cc;
+    const i64 rc = p.r >= D1;
+    p.r -= rc * D1;
+    p.o += so + rc;
+  }
+};
+
+// Runs Body<T, VEC> over every VEC-group of a (D0, D1, D2) space.  Requires D2 % VEC == 0, or
+// D0 * D1 == 1 (one flat row), where the last D2 % VEC elements go through Body<T, 1>.
+//
+// Body<T, W>(params) provides UNROLL (groups per trip), a fragment type `Frag` and
+//   load(Frag&, const Pos&)  issue the loads of the W elements at the position (and keep in
+//                            the fragment what store needs, e.g. the output offset)
+//   store(const Frag&)       compute and store them
+template <template <typename, int> class Body, typename T, int VEC, typename Params>
+__device__ __forceinline__ void ew_loop(const Params& prm, i64 D0, i64 D1, i64 D2) {
+  const i64 groups = D0 * D1 * (D2 / VEC);
+  const i64 T_ = (i64)gridDim.x * blockDim.x;
+  const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const Body<T, VEC> body(prm);
+  const Stepper st(D0, D1, D2, T_ * VEC);
+  Pos p = st.at(tid * VEC);
+  constexpr int U = Body<T, VEC>::UNROLL;
+  for (i64 g = tid; g < groups; g += U * T_) {
+    typename Body<T, VEC>::Frag f[U];
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      if (g + k * T_ < groups) body.load(f[k], p);
+      st.advance(p);
+    }
+#pragma unroll
+    for (int k = 0; k < U; ++k)
+      if (g + k * T_ < groups) body.store(f[k]);
+  }
+  if (VEC > 1 && D2 % VEC != 0) {  // the tail of a single flat row
+    const Body<T, 1> tail(prm);
+    for (i64 c = groups * VEC + tid; c < D2; c += T_) {
+      typename Body<T, 1>::Frag f;
+      const Pos q = {0, 0, c};
+      tail.load(f, q);
+      tail.store(f);
+    }
+  }
+}
+
+// Column sums of a row-major (M, N) computation for a broadcast operand: a thread owns VEC
+// consecutive columns and walks rows blockIdx.y, blockIdx.y + G, ... (EW_UNROLL rows' loads in
+// flight), so the partial sum of each column over this row group is a register; it lands in
+// partial[blockIdx.y, col] (G x N, the caller adds the G rows in a fixed order: deterministic).
+//
+// Body<T, VEC>(params, col) provides `Frag`, load(Frag&, row, col) and
+// store(Frag&, row, col, acc[VEC]) which stores the elementwise outputs and adds each
+// column's contribution to acc.
+template <template <typename, int> class Body, typename T, int VEC, typename Params>
+__device__ __forceinline__ void colsum_loop(const Params& prm, typename Acc<T>::type* __restrict__ partial,
+                                            i64 M, i64 N, int G) {
+  typedef typename Acc<T>::type A;
+  const i64 col = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+  if (col >= N) return;  // vector variants have N % VEC == 0: a whole vector is in range
+  Body<T, VEC> body(prm, col);
+  A acc[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) acc[i] = 0;
+  for (i64 row0 = blockIdx.y; row0 < M; row0 += (i64)G * EW_UNROLL) {
+    typename Body<T, VEC>::Frag f[EW_UNROLL];
+#pragma unroll
+    for (int k = 0; k < EW_UNROLL; ++k) {
+      const i64 row = row0 + (i64)k * G;
+      if (row < M) body.load(f[k], row, col);
+    }
+#pragma unroll
+    for (int k = 0; k < EW_UNROLL; ++k) {
+      const i64 row = row0 + (i64)k * G;
+      if (row < M) body.store(f[k], row, col, acc);
+    }
+  }
+  A* part = partial + (i64)blockIdx.y * N + col;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) part[i] = acc[i];
+}

@@ -1,0 +1,338 @@
+"""fusedaot.add_relu: reference path, argument errors, kernels over shapes, dtypes, broadcast
+forms and layouts (misaligned pointers included), backward, opcheck, torch.compile, CUDA graphs.
+
+Every result is compared with a float64 evaluation on the same inputs:
+    y = relu(a + b),  b of a's shape or (N,) broadcast over a's rows
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import fusedaot
+import fusedaot.reference
+from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+
+DTYPES4 = DTYPES + (torch.float64,)
+# |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close), mag = |a| + |b|
+# out:   one rounding into the storage dtype: 2^-8 (bf16), 2^-11 (fp16), 2^-24 (fp32), 2^-53 (fp64).
+# comp:  a + b in fp32 before that rounding errs by 2^-24 (|a| + |b|) when the exponents of two
+#        16-bit values are far apart; for fp32 and fp64 that addition is the output's rounding.
+# floor: fp16 results below 2^-14 are subnormal; rounding there errs by at most 2^-25.
+TOLERANCES = {
+    torch.bfloat16: dict(out=2**-8, comp=2**-24, floor=0.0),
+    torch.float16: dict(out=2**-11, comp=2**-24, floor=2**-25),
+    torch.float32: dict(out=2**-24, comp=0.0, floor=0.0),
+    torch.float64: dict(out=2**-53, comp=0.0, floor=0.0),
+}
+# db of a broadcast b: da summed over the rows, in fp32 (fp64) partial sums per row group, then
+# over the groups, then rounded: mag = sum of |da|.  comp bounds a chain of ~170 dependent
+# additions (2^-24 each; 2^-53 in fp64), more than the kernel's rows per group plus the groups'
+# sum for every shape here; out is the final rounding.
+DB_TOLERANCES = {
+    torch.bfloat16: dict(out=2**-8, comp=1e-5, floor=0.0),
+    torch.float16: dict(out=2**-11, comp=1e-5, floor=2**-25),
+    torch.float32: dict(out=2**-24, comp=1e-5, floor=0.0),
+    torch.float64: dict(out=2**-53, comp=2e-14, floor=0.0),
+}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.requires_cuda)]
+
+
+def oracle(a, b):
+    return torch.relu(a + b)
+
+
+def inputs(shape, dtype, device, broadcast=False):
+    a = make_tensor(shape, dtype, device)
+    return a, make_tensor(shape[-1:] if broadcast else shape, dtype, device)
+
+
+def check_forward(a, b, poisoned=True):
+    if poisoned and a.is_cuda:
+        poison(nbytes_of(a))
+    y = fusedaot.add_relu(a, b)
+    assert y.shape == a.shape and y.dtype == a.dtype and y.device == a.device
+    assert y.is_contiguous()
+    assert_written(y)
+    assert_close(y, ref64(oracle, a, b), TOLERANCES[a.dtype], a.double().abs() + b.double().abs())
+    return y
+
+
+def check_backward(a, b, dy):
+    a = a.detach().requires_grad_()
+    b = b.detach().requires_grad_()
+    y = fusedaot.add_relu(a, b)
+    if a.is_cuda:
+        poison(nbytes_of(a))
+    y.backward(dy)
+    _, (da_ref, db_ref) = ref64(oracle, a, b, dy=dy)
+    assert a.grad.shape == a.shape and a.grad.dtype == a.dtype and b.grad.shape == b.shape
+    assert_written(a.grad, b.grad)
+    # da is dy or 0, exactly: y > 0 exactly where a + b > 0 (rounding keeps the sign)
+    assert torch.equal(a.grad.double(), da_ref), "da is not dy * [a + b > 0]"
+    mag = (dy.double() * (da_ref != 0)).abs().reshape(-1, a.shape[-1]).sum(0) if b.shape != a.shape else None
+    assert_close(b.grad, db_ref, DB_TOLERANCES[a.dtype] if mag is not None else TOLERANCES[a.dtype], mag, "db")
+    return a.grad, b.grad
+
+
+# --- CPU: the reference path ------------------------------------------------------------
+
+@pytest.mark.parametrize("broadcast", (False, True), ids=("full", "bcast"))
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+@pytest.mark.parametrize("shape", [(0, 8), (1, 1), (7,), (3, 7), (2, 3, 4097)], ids=str)
+def test_cpu_matches_float64(shape, dtype, broadcast):
+    a, b = inputs(shape, dtype, "cpu", broadcast)
+    check_forward(a, b)
+    check_backward(a, b, make_tensor(shape, dtype, "cpu"))
+
+
+def test_reference_is_float64_exact():
+    a, b = inputs((5, 300), torch.float64, "cpu")
+    assert torch.equal(fusedaot.reference.add_relu(a, b), oracle(a, b))
+
+
+# --- argument errors --------------------------------------------------------------------
+
+def _bad_calls(dev):
+    bf = torch.bfloat16
+    a = torch.randn(2, 4096, device=dev, dtype=bf)
+    return [
+        ((torch.ones(2, 8, dtype=torch.int32, device=dev), torch.ones(8, dtype=torch.int32, device=dev)), TypeError,
+         r"add_relu: a must be float16, bfloat16, float32 or float64, got torch\.int32"),
+        ((a, torch.ones(4096, dtype=torch.float32, device=dev)), TypeError,
+         r"add_relu: b dtype torch\.float32 does not match a dtype torch\.bfloat16"),
+        ((a, torch.ones(4095, dtype=bf, device=dev)), ValueError,
+         r"add_relu: b has shape \(4095,\) but must be a's shape \(2, 4096\) or \(4096,\)"),
+        ((a, torch.ones(1, 4096, dtype=bf, device=dev)), ValueError,
+         r"add_relu: b has shape \(1, 4096\) but must be a's shape \(2, 4096\) or \(4096,\)"),
+        ((a, torch.ones(3, 4096, dtype=bf, device=dev)), ValueError,
+         r"add_relu: b has shape \(3, 4096\) but must be a's shape"),
+        ((torch.tensor(1.0, device=dev), torch.tensor(1.0, device=dev)), ValueError,
+         r"add_relu: a must have at least one dimension, got a scalar"),
+        ((a, 1.0), TypeError, r"add_relu: b must be a torch\.Tensor, got float"),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", range(7))
+def test_bad_arguments(device, case):
+    args, exc, msg = _bad_calls(device)[case]
+    with pytest.raises(exc, match=msg):
+        fusedaot.add_relu(*args)
+
+
+@pytest.mark.requires_cuda
+def test_b_on_other_device():
+    a = torch.randn(2, 64, device="cuda")
+    with pytest.raises(ValueError, match=rf"add_relu: b is on cpu but a is on {a.device}"):
+        fusedaot.add_relu(a, torch.ones(64))
+
+
+def test_unsupported_device_type():
+    with pytest.raises(ValueError, match=r"add_relu: tensors on 'xla' are not supported; use CUDA or CPU tensors"):
+        fusedaot.add_relu(on_foreign_device(torch.randn(2, 8)), torch.randn(8))
+
+
+# --- GPU forward --------------------------------------------------------------------------
+
+SHAPES = [(0, 8), (1,), (7,), (1, 7), (4097,), (3, 4097), (64, 1000), (2, 3, 4097), (1024, 4096),
+          ((1 << 20) + 3,), (513, 2048)]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("broadcast", (False, True), ids=("full", "bcast"))
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward(shape, dtype, broadcast):
+    check_forward(*inputs(shape, dtype, "cuda", broadcast))
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+@pytest.mark.parametrize("shape", [(8,), (1, 8), (7, 1000), (33, 4096), (4097,)], ids=str)
+def test_forward_misaligned(shape, dtype):
+    # pointers one element past a 16-byte boundary: the vectorised variants must not run
+    n = 1
+    for s in shape:
+        n *= s
+    abuf, bbuf = make_tensor((1 + n,), dtype, "cuda"), make_tensor((1 + n,), dtype, "cuda")
+    a, b = abuf[1:].view(shape), bbuf[1:].view(shape)
+    assert a.data_ptr() % 16 and b.data_ptr() % 16
+    check_forward(a, b)
+    check_forward(a, inputs(shape, dtype, "cuda")[1])                       # a misaligned only
+    check_forward(inputs(shape, dtype, "cuda")[0], b)                       # b misaligned only
+    check_forward(a, bbuf[1:1 + shape[-1]])                                 # misaligned broadcast b
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+@pytest.mark.parametrize("n", (3, 8, 1000, 4097))
+def test_forward_layouts(n, dtype):
+    a = make_tensor((37, n + 5), dtype, "cuda")
+    before = a.clone()
+    b = make_tensor((n,), dtype, "cuda")
+    check_forward(a[:, :n], b)                                                   # odd row stride
+    check_forward(a[:, :n], make_tensor((37, n + 64), dtype, "cuda")[:, 8:8 + n])  # both strided
+    assert torch.equal(a, before), "the input was written to"
+    check_forward(make_tensor((5, 7, n), dtype, "cuda").transpose(0, 1), b)      # leading dims transposed
+    check_forward(make_tensor((n, 6), dtype, "cuda").t(), make_tensor((6, n), dtype, "cuda"))  # copied
+    check_forward(make_tensor((1, n), dtype, "cuda").expand(6, n), b)            # a's row stride 0
+    check_forward(make_tensor((6, n), dtype, "cuda"), b.expand(6, n))            # b of a's shape, stride 0
+    check_forward(make_tensor((6, n), dtype, "cuda"), make_tensor((2 * n,), dtype, "cuda")[::2])  # strided b
+
+
+@pytest.mark.requires_cuda
+def test_nan_propagates():
+    a = torch.tensor([float("nan"), -1.0, 2.0, float("inf"), -float("inf")], device="cuda")
+    y = fusedaot.add_relu(a, torch.zeros_like(a))
+    assert torch.equal(y.isnan(), torch.relu(a).isnan()) and torch.equal(y[1:], torch.relu(a)[1:])
+
+
+@pytest.mark.requires_cuda
+def test_direct_path_equals_torch_op():
+    for broadcast in (False, True):
+        a, b = inputs((64, 3072), torch.bfloat16, "cuda", broadcast)
+        assert torch.equal(fusedaot.add_relu(a, b), torch.ops.fusedaot.add_relu(a, b))
+
+
+@pytest.mark.slow
+@pytest.mark.requires_cuda
+def test_forward_beyond_2_31_elements():
+    n = (1 << 31) + 96
+    if torch.cuda.mem_get_info()[0] < 3 * n * 2 + (1 << 30):
+        pytest.skip("not enough free GPU memory for three > 2^31-element tensors")
+    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    y = fusedaot.add_relu(a, b)
+    for part in (slice(0, 4096), slice(n - 4096, n)):  # the tail sits past 2^31 elements
+        assert_close(y[part], ref64(oracle, a[part], b[part]), TOLERANCES[torch.bfloat16],
+                     a[part].double().abs() + b[part].double().abs())
+    del a, b, y
+    torch.cuda.empty_cache()
+
+
+# --- GPU backward -------------------------------------------------------------------------
+
+BWD = [(0, 8), (1, 1), (7,), (37, 7), (4097,), (300, 1000), (1024, 4096), (16, 65536), ((1 << 20) + 3,)]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("broadcast", (False, True), ids=("full", "bcast"))
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+@pytest.mark.parametrize("shape", BWD, ids=str)
+def test_backward(shape, dtype, broadcast):
+    a, b = inputs(shape, dtype, "cuda", broadcast)
+    _, db = check_backward(a, b, make_tensor(shape, dtype, "cuda"))
+    if a.numel() == 0:
+        assert torch.equal(db, torch.zeros_like(db))
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+@pytest.mark.parametrize("n", (7, 1000, 4096))
+def test_backward_strided_and_misaligned(n, dtype):
+    a = make_tensor((19, n + 8), dtype, "cuda")[:, 3:3 + n]
+    dy = make_tensor((1 + 19 * n,), dtype, "cuda")[1:].view(19, n)
+    check_backward(a, make_tensor((n + 1,), dtype, "cuda")[1:], dy)
+    check_backward(a, make_tensor((19, n + 1), dtype, "cuda")[:, 1:], dy)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+def test_backward_of_a_sum(dtype):
+    # y.sum().backward() hands the op an expanded dy (every stride 0)
+    for broadcast in (False, True):
+        a, b = inputs((21, 3000), dtype, "cuda", broadcast)
+        check_backward(a, b, torch.ones(()).to(dtype).cuda().expand(21, 3000))
+
+
+@pytest.mark.requires_cuda
+def test_backward_op_equals_autograd_and_is_deterministic():
+    a, b = inputs((4096, 4096), torch.bfloat16, "cuda", True)
+    y = fusedaot.add_relu(a, b)
+    dy = torch.randn_like(a)
+    first = torch.ops.fusedaot.add_relu_backward(dy, y, True)
+    for _ in range(2):
+        again = torch.ops.fusedaot.add_relu_backward(dy, y, True)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    a.requires_grad_(), b.requires_grad_()
+    fusedaot.add_relu(a, b).backward(dy)
+    assert torch.equal(a.grad, first[0]) and torch.equal(b.grad, first[1])
+
+
+# --- torch.library integration ----------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float64), ids=str)
+@pytest.mark.parametrize("broadcast", (False, True), ids=("full", "bcast"))
+def test_opcheck(device, dtype, broadcast):
+    a, b = inputs((6, 257), dtype, device, broadcast)
+    for grad in (False, True):
+        torch.library.opcheck(torch.ops.fusedaot.add_relu.default,
+                              (a.clone().requires_grad_(grad), b.clone().requires_grad_(grad)))
+    torch.library.opcheck(torch.ops.fusedaot.add_relu_backward.default,
+                          (torch.randn_like(a), fusedaot.add_relu(a, b), broadcast))
+
+
+def _backends(device):
+    out = ["aot_eager"]
+    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
+        out.append("inductor")
+    if device == "cuda":
+        import torch.utils._triton
+        if torch.utils._triton.has_triton():
+            out.append("inductor")
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_fullgraph(device):
+    for backend in _backends(device):
+        for broadcast in (False, True):
+            torch._dynamo.reset()
+
+            def f(a, b):
+                return fusedaot.add_relu(a * 0.5, b) * 3.0
+
+            cf = torch.compile(f, fullgraph=True, backend=backend, dynamic=True)
+            for m in (5, 17):
+                a, b = inputs((m, 1000), torch.float32, device, broadcast)
+                a.requires_grad_(), b.requires_grad_()
+                got, want = cf(a, b), f(a, b)
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+                dy = torch.randn_like(got)
+                for g, e in zip(torch.autograd.grad(got, (a, b), dy), torch.autograd.grad(want, (a, b), dy)):
+                    torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("shape", [(1, 4096), (37, 4097), (1024, 1000)], ids=str)
+def test_cuda_graph_replay(shape):
+    fusedaot.load()
+    dtype = torch.bfloat16
+    a, b = inputs(shape, dtype, "cuda")
+    v = make_tensor(shape[-1:], dtype, "cuda")
+    dy = make_tensor(shape, dtype, "cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the capture
+        fusedaot.add_relu(a, b)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = fusedaot.add_relu(a, b)
+        yv = fusedaot.add_relu(a, v)
+        da, db = torch.ops.fusedaot.add_relu_backward(dy, yv, True)
+    for _ in range(2):
+        for t in (a, b, v, dy):
+            t.copy_(make_tensor(t.shape, dtype, "cuda"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert_close(y, ref64(oracle, a, b), TOLERANCES[dtype], a.double().abs() + b.double().abs())
+        assert_close(yv, ref64(oracle, a, v), TOLERANCES[dtype], a.double().abs() + v.double().abs())
+        _, (da_ref, db_ref) = ref64(oracle, a, v, dy=dy)
+        assert torch.equal(da.double(), da_ref)
+        mag = (dy.double() * (da_ref != 0)).abs().reshape(-1, shape[-1]).sum(0)
+        assert_close(db, db_ref, DB_TOLERANCES[dtype], mag, "db")
