@@ -83,18 +83,18 @@ def generate(out: Path, arches, results) -> dict:
     for arch in arches:
         img_dir = out / arch / "images"
         img_dir.mkdir(parents=True, exist_ok=True)
-        images, image_index, kernels, sources, ptx_versions = [], {}, [], [], set()
+        images, image_index, kernels, sources, ptx_versions, embedded = [], {}, [], [], set(), []
         for op, v, a in specs.enumerate_kernels((arch,)):
             key = ("cuda", op.source, arch) if op.lang == "cuda" else (op.name, v.name, arch)
             image, meta = results[key]
             if key not in image_index:
                 stem = Path(op.source).stem if op.lang == "cuda" else v.name
                 sym = f"fa_image_{stem}_{arch}"
-                path = img_dir / f"{stem}_{arch}.c"
-                codegen.write_image(path, sym, image, f"{op.lang} {op.source}, {'all kernels' if op.lang == 'cuda' else v.name}, {arch}")
+                path = img_dir / f"{stem}_{arch}.bin"
+                path.write_bytes(image)
+                embedded.append((sym, path))
                 image_index[key] = len(images)
                 images.append((sym, len(image)))
-                sources.append(path)
                 if meta.get("ptx_version"):
                     ptx_versions.add(meta["ptx_version"])
             if op.lang == "cuda":
@@ -109,6 +109,9 @@ def generate(out: Path, arches, results) -> dict:
                                         "symbol": meta["symbol"], "args": meta["args"], "num_warps": meta["num_warps"],
                                         "shared": meta["shared"]})
             manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
+        embed = out / arch / f"images_{arch}.S"
+        codegen.write_images(embed, embedded, f"the {len(embedded)} images of {arch}")
+        sources.append(embed)
         dispatch = out / arch / f"dispatch_{arch}.c"
         codegen.write_dispatch(dispatch, arch, images, kernels)
         sources.append(dispatch)

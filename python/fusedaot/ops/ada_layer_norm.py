@@ -76,12 +76,17 @@ def _launch(lib, dev: int, x, scale, shift, eps: float, form: str) -> torch.Tens
     return y
 
 
-def _backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, eps: float,
-              dshift_is_dy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dx, dscale, dshift (dscale and dshift shaped like scale, in its dtype).
+def _dshift_is_dy(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Per token with scale in dy's dtype, dshift is dy itself: the backward returns it empty
+    instead of writing a full tensor's worth of copy, and the gradient formula takes dy."""
+    return scale.shape == x.shape and scale.dtype == dy.dtype
 
-    dshift_is_dy: per token with scale in dy's dtype, dshift is dy itself; the caller takes dy,
-    and dshift comes back empty instead of being written (a full tensor's worth of traffic)."""
+
+def _backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
+              eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dx, dscale, dshift (dscale and dshift shaped like scale, in its dtype; dshift empty
+    when it is dy itself, see _dshift_is_dy)."""
+    dshift_is_dy = _dshift_is_dy(dy, x, scale)
     lib, dev = native(x)
     if lib is None:
         dx, dscale, dshift = reference.ada_layer_norm_backward(dy, x, scale, eps)
@@ -129,7 +134,8 @@ def _fake(x, scale, shift, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _backward_fake(dy, x, scale, eps, dshift_is_dy):
+def _backward_fake(dy, x, scale, eps):
+    dshift_is_dy = _dshift_is_dy(dy, x, scale)
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(scale, memory_format=torch.contiguous_format),
             x.new_empty(0) if dshift_is_dy else torch.empty_like(scale, memory_format=torch.contiguous_format))
@@ -143,10 +149,8 @@ def _save(ctx, inputs, output):
 
 def _grad(ctx, backward, dy):
     x, scale = ctx.saved_tensors
-    # per token (scale shaped like x) in dy's dtype, the gradient of the shift is dy itself
-    dshift_is_dy = scale.shape == x.shape and scale.dtype == dy.dtype
-    dx, dscale, dshift = backward(dy, x, scale, ctx.eps, dshift_is_dy)
-    return dx, dscale, (dy if dshift_is_dy else dshift), None
+    dx, dscale, dshift = backward(dy, x, scale, ctx.eps)
+    return dx, dscale, (dy if _dshift_is_dy(dy, x, scale) else dshift), None
 
 
 _op, _EagerAutograd = register(OP, _forward, _fake, _backward, _backward_fake, _save, _grad)
