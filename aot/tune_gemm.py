@@ -172,11 +172,11 @@ def tune(ops, jobs: int, log=print, save=lambda result: None) -> dict:
                 tensors, ref, flops = problem(op, shape)
                 for cfg in list(scores):
                     try:
-                        out = tensors[-3 if op == "fp8_gemm" else -1]
-                        out.fill_(float("nan"))   # an element the candidate does not write fails the check
+                        result = tensors[-3 if op == "fp8_gemm" else -1]
+                        result.fill_(float("nan"))   # an element the candidate does not write fails the check
                         launch(op, kernel, cfg, tensors)
                         torch.cuda.synchronize()
-                        err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+                        err = ((result.float() - ref).abs().max() / ref.abs().max()).item()
                         if not err <= 2e-2:
                             raise ValueError(f"wrong output: max error {err:.3g} of max |ref|")
                         ms = triton.testing.do_bench(lambda c=cfg, t=tensors: launch(op, kernel, c, t), warmup=10,

@@ -155,6 +155,16 @@ def test_forward_llama_size(m, activation):
     check_forward(*inputs((m, 4096), 14336, torch.bfloat16, "cuda"), activation)
 
 
+def _same(got, want):
+    """The kernel reads every layout into the same tiles: bit-identical results.  The CPU path is
+    torch's matmul, whose blocking (and so its rounding) may follow the layout and the core
+    count: there, one rounding of the output dtype either way."""
+    if got.is_cuda:
+        return torch.equal(got, want)
+    eps = torch.finfo(want.dtype).eps
+    return torch.allclose(got.float(), want.float(), rtol=eps, atol=eps * want.float().abs().max().item())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_layouts(dtype, device):
@@ -162,18 +172,18 @@ def test_layouts(dtype, device):
     want = fusedaot.fused_gated_mlp(x, wg, wu)
     big = make_tensor((37, 1024 + 40), dtype, device)
     big[:, 8:8 + 1024] = x
-    assert torch.equal(fusedaot.fused_gated_mlp(big[:, 8:8 + 1024], wg, wu), want)     # strided rows
+    assert _same(fusedaot.fused_gated_mlp(big[:, 8:8 + 1024], wg, wu), want)     # strided rows
     big[:, 3:3 + 1024] = x
     check_forward(big[:, 3:3 + 1024], wg, wu, "silu")                                 # misaligned rows
     merged = torch.cat([wg, wu])                                                      # a gate_up weight
-    assert torch.equal(fusedaot.fused_gated_mlp(x, merged[:768], merged[768:]), want)
+    assert _same(fusedaot.fused_gated_mlp(x, merged[:768], merged[768:]), want)
     wide = make_tensor((768, 1024 + 64), dtype, device)
     wide[:, :1024] = wg
-    assert torch.equal(fusedaot.fused_gated_mlp(x, wide[:, :1024], wu), want)          # strided weight rows
-    assert torch.equal(fusedaot.fused_gated_mlp(x, wg.t().contiguous().t(), wu), want) # column-major: copied
+    assert _same(fusedaot.fused_gated_mlp(x, wide[:, :1024], wu), want)          # strided weight rows
+    assert _same(fusedaot.fused_gated_mlp(x, wg.t().contiguous().t(), wu), want) # column-major: copied
     x3 = x.reshape(1, 37, 1024).expand(2, 37, 1024)                                   # leading dims, stride 0
     y3 = fusedaot.fused_gated_mlp(x3, wg, wu)
-    assert y3.shape == (2, 37, 768) and torch.equal(y3[1], want)
+    assert y3.shape == (2, 37, 768) and _same(y3[1], want)
 
 
 @pytest.mark.requires_cuda

@@ -18,6 +18,19 @@ from .core import ARCHES, Op
 FAMILIES = (
     "rms_norm",
     "bias_gelu",
+    "add_relu",
+    "mul_tanh",
+    "gelu_dropout",
+    "reduce",
+    "fp8",
+    "fp8_gemm",
+    "gated_mlp",
+    "attention_scores",
+    "layer_norm",
+    "ada_layer_norm",
+    "swiglu",
+    "rope",
+    "rms_norm_rope",
 )
 
 

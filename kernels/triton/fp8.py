@@ -66,6 +66,20 @@ def _quantize(x, scale, HW_CVT: tl.constexpr):
 
 
 @triton.jit
+def _abs_bits(v):
+    """The fp32 bits of |v| as int32 (sign cleared).  Non-negative floats order like their bits,
+    and a NaN's bits exceed every number's: an integer max is a float max that keeps NaN, which
+    the float max instructions drop."""
+    return v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+
+
+@triton.jit
+def _amax(bits, axis):
+    """max |v| along axis, as fp32, from _abs_bits(v)."""
+    return tl.max(bits, axis=axis).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _fp8_amax(
     x,            # (M, N) input, rows stride_x elements apart
     amax,         # (1,) int32: the bits of the fp32 amax, zeroed by the caller
@@ -81,8 +95,7 @@ def _fp8_amax(
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows < M)[:, None] & (cols < N)[None, :]
     xv = tl.load(x + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    m = tl.max(tl.max(tl.abs(xv.to(tl.float32)), axis=1), axis=0)
-    tl.atomic_max(amax, m.to(tl.int32, bitcast=True), sem="relaxed")
+    tl.atomic_max(amax, tl.max(tl.max(_abs_bits(xv), axis=1), axis=0), sem="relaxed")
 
 
 @triton.jit
@@ -130,13 +143,13 @@ def _fp8_quantize_row(
     q_rows = q + rows.to(tl.int64)[:, None] * stride_q
     if LOOPED:
         # pass 1: the row's amax, chunk by chunk (keep x in L2 for pass 2)
-        acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
+        acc = tl.zeros([ROWS, BLOCK_N], tl.int32)
         for start in range(0, N, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             mask = row_ok[:, None] & (cols < N)[None, :]
             xv = tl.load(x_rows + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_last")
-            acc = tl.maximum(acc, tl.abs(xv.to(tl.float32)))
-        s = _scale_of(tl.max(acc, axis=1))
+            acc = tl.maximum(acc, _abs_bits(xv))
+        s = _scale_of(_amax(acc, 1))
         tl.store(scale + rows, s, mask=row_ok)
         # pass 2: re-read, quantize, store
         for start in range(0, N, BLOCK_N):
@@ -149,7 +162,7 @@ def _fp8_quantize_row(
         cols = tl.arange(0, BLOCK_N)
         mask = row_ok[:, None] & (cols < N)[None, :]
         xv = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = _scale_of(tl.max(tl.abs(xv), axis=1))
+        s = _scale_of(_amax(_abs_bits(xv), 1))
         tl.store(scale + rows, s, mask=row_ok)
         tl.store(q_rows + cols[None, :], _quantize(xv, s[:, None], HW_CVT), mask=mask)
 

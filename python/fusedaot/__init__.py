@@ -12,10 +12,15 @@ import torch
 
 from . import nn, reference
 from ._lib import FusedAOTError, arch_for
+from .ops import attention_scores, dequantize_fp8, fp8_gemm, fused_gated_mlp, quantize_fp8
 from .ops import bias_gelu, fused_add_rms_norm, rms_norm
+from .ops import add_relu, gelu_dropout, mul_tanh, reduce_mean_abs, reduce_sum_squared
+from .ops import apply_rope, apply_rope_, rms_norm_rope
+from .ops import ada_layer_norm, layer_norm, layer_norm_relu
+from .ops import geglu, gelu_and_mul, silu_and_mul, swiglu
 
 __version__ = (Path(__file__).resolve().parent / "VERSION").read_text().strip()
-__all__ = ["FusedAOTError", "arch_for", "bias_gelu", "fused_add_rms_norm", "load", "nn", "reference", "rms_norm"]
+__all__ = ["FusedAOTError", "add_relu", "gelu_dropout", "mul_tanh", "reduce_mean_abs", "reduce_sum_squared", "apply_rope", "apply_rope_", "rms_norm_rope", "ada_layer_norm", "layer_norm", "layer_norm_relu", "arch_for", "attention_scores", "dequantize_fp8", "fp8_gemm", "fused_gated_mlp", "quantize_fp8", "bias_gelu", "fused_add_rms_norm", "geglu", "gelu_and_mul", "load", "nn", "reference", "rms_norm", "silu_and_mul", "swiglu"]
 
 
 def load(device=None) -> None:

@@ -105,7 +105,10 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
     r = {_TENSOR: m, _SAMPLE: s, _TOKEN: 1}[form]
     groups = m // r
     j = 1 if r == 1 else max(1, min(65535, r // 8, -(-2 * _lib.sm_count(dev) // groups)))
-    if form == _TOKEN:
+    # One row per scale row (per token; per tensor of one row, per sample of one token): the
+    # kernel writes each row's dscale and dshift directly, there is nothing to sum.
+    per_row = r == 1
+    if per_row:
         dscale = torch.empty((m, n), dtype=scale.dtype, device=x.device)
         dshift = None if dshift_is_dy else torch.empty((m, n), dtype=scale.dtype, device=x.device)
         partial = x.new_empty(0, dtype=torch.float32)
@@ -119,7 +122,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
                                 _PARAMS_FP32 if scale.dtype != x.dtype else 0, j)
     if rc:
         raise lib.error(rc, OP + " backward")
-    if form == _TOKEN:
+    if per_row:
         return (dx.view(x.shape), dscale.view(scale.shape),
                 x.new_empty(0) if dshift is None else dshift.view(scale.shape))
     sums = partial.sum(1)  # (groups, 2, N): over the J partial rows, in a fixed order

@@ -156,7 +156,7 @@ def gelu_dropout(x: torch.Tensor, p: float, training: bool = True, generator: Op
         p = _check_p(p)
     if not training:
         p = 0.0
-    if (type(x) in _TENSORS and x.is_cuda and x.dtype in DTYPES and generator is None and not is_compiling()
+    if (type(x) in _TENSORS and x.is_cuda and x.dtype in DTYPES and x.dim() and generator is None and not is_compiling()
             and not (x.requires_grad and torch.is_grad_enabled())):
         lib = _lib.device_library(x.get_device())
         if lib is not None:  # the direct path
