@@ -236,7 +236,7 @@ def test_wheel(wheel):
         names = set(zf.namelist())
         for arch in ARCH_LIBRARIES:
             assert f"fusedaot/libfusedaot_{arch}.so" in names, f"{wheel.name} lacks libfusedaot_{arch}.so"
-        assert {"fusedaot/manifest.json", "fusedaot/__init__.py", "fusedaot/reference.py"} <= names
+        assert {"fusedaot/manifest.json", "fusedaot/__init__.py", "fusedaot/reference/__init__.py"} <= names
         assert not [n for n in names if n.startswith(("triton/", "aot/", "tests/", "kernels/"))]
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         wheel_info = zf.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()

@@ -20,7 +20,7 @@ from ._common import (_DEVICE_TYPES, _TENSORS, FLOAT_DTYPES, _names, autograd_ne
 # Activation codes: the kernel's ACT constexpr; geglu's C `approximate` is code - 1.
 SILU, GELU, GELU_TANH = 0, 1, 2
 _APPROXIMATE = {"none": GELU, "tanh": GELU_TANH}
-_REF_ACT = {SILU: "silu", GELU: "none", GELU_TANH: "tanh"}   # reference.py's activation names
+_REF_ACT = {SILU: "silu", GELU: "none", GELU_TANH: "tanh"}   # fusedaot.reference's activation names
 
 
 # --- argument checks (the checked path; the direct path has already failed) -------------------
