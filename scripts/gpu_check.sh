@@ -8,8 +8,8 @@
 # quick (default) runs the benchmarks' --quick shapes, a few minutes; full runs every shape,
 # which takes longer than ten minutes: where a command has a time limit, run the benchmark
 # scripts on their own instead (bench_rms_norm.py --dtype bf16, then --dtype fp16, ...).
-# RESULTS_DIR receives check.log, tests.log, tests_ptx.log, bench_rms_norm.log,
-# bench_bias_gelu.log, bench_cold_start.log and results.jsonl (the benchmarks' JSON lines).
+# RESULTS_DIR receives check.log, tests.log, tests_ptx.log, one bench_<name>.log per script in
+# benchmarks/ and results.jsonl (the benchmarks' JSON lines).
 # Exit status: 0 when every step passed; 1 when a step failed (the benchmarks run regardless);
 # 2 on bad usage or when dist/ holds no wheel. PYTHON picks the interpreter (default python3).
 set -u
@@ -40,8 +40,8 @@ hidden="$site:$blocker${PYTHONPATH:+:$PYTHONPATH}"
 visible="$site${PYTHONPATH:+:$PYTHONPATH}"
 unset FUSEDAOT_ARCH FUSEDAOT_DISABLE  # the default library unless a step sets one
 
-for f in check.log tests.log tests_ptx.log bench_rms_norm.log bench_bias_gelu.log \
-         bench_cold_start.log results.jsonl; do
+benches=(benchmarks/bench_*.py)
+for f in check.log tests.log tests_ptx.log results.jsonl; do
   : > "$res/$f"
 done
 failed=()
@@ -87,9 +87,10 @@ step tests tests.log env PYTHONPATH="$hidden" "$py" -m pytest tests "${pytest_ar
 step tests-ptx tests_ptx.log env PYTHONPATH="$hidden" FUSEDAOT_ARCH=ptx \
   "$py" -m pytest tests "${pytest_args[@]}" -k "not slow"
 
-for b in rms_norm bias_gelu cold_start; do
-  step "bench_$b" "bench_$b.log" env PYTHONPATH="$visible" \
-    "$py" "benchmarks/bench_$b.py" "${bench_args[@]}" --out "$res/results.jsonl"
+for path in "${benches[@]}"; do
+  b=$(basename "$path" .py)
+  : > "$res/$b.log"
+  step "$b" "$b.log" env PYTHONPATH="$visible" "$py" "$path" "${bench_args[@]}" --out "$res/results.jsonl"
 done
 
 if [ ${#failed[@]} -eq 0 ]; then

@@ -108,3 +108,16 @@ def dtype_code(t: torch.Tensor) -> int:
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The type of the kernels' partial sums: fp64 for fp64, else fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def launch_forward(lib, fn, op: str, dev: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """y = f(a, b) through the C function `fn` (add_relu_fwd, mul_tanh_fwd: the same arguments),
+    b of a's shape or broadcast as (N,)."""
+    y = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+    if a.numel() == 0:
+        return y
+    m, n, ((a2, sa), (b2, sb)) = vector_layout(a, b) if is_broadcast(a, b) else layout(a, b)
+    rc = fn(_lib.current_stream(dev), dev, dtype_code(a), a2.data_ptr(), b2.data_ptr(), y.data_ptr(), sa, sb, m, n)
+    if rc:
+        raise lib.error(rc, op)
+    return y

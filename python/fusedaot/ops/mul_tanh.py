@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from .. import _lib, reference
-from ._binary import (acc_dtype, check_pair, direct, dtype_code, is_broadcast, layout, row_groups,
-                      row_stride_or_0, vector_layout)
+from ._binary import (acc_dtype, check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
+                      row_groups, row_stride_or_0)
 from ._common import autograd_needed, is_compiling, native, register, rows
 
 OP = "mul_tanh"
@@ -25,15 +25,7 @@ def _forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(lib, dev: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    y = torch.empty(a.shape, dtype=a.dtype, device=a.device)
-    if a.numel() == 0:
-        return y
-    m, n, ((a2, sa), (b2, sb)) = vector_layout(a, b) if is_broadcast(a, b) else layout(a, b)
-    rc = lib.mul_tanh_fwd(_lib.current_stream(dev), dev, dtype_code(a), a2.data_ptr(), b2.data_ptr(),
-                          y.data_ptr(), sa, sb, m, n)
-    if rc:
-        raise lib.error(rc, OP)
-    return y
+    return launch_forward(lib, lib.mul_tanh_fwd, OP, dev, a, b)
 
 
 def _backward(dy: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
