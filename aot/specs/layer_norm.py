@@ -3,6 +3,7 @@ dweight/dbias reduction."""
 from __future__ import annotations
 
 from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, merge_arches, tuning
+from .rms_norm import RMS_NORM_BLOCKS
 
 # ---------------------------------------------------------------------------------
 # layer_norm (Triton): y = act((x - mean) * rstd * w + b), rows of x strided.
@@ -16,19 +17,9 @@ from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, merge_arches, 
 # ---------------------------------------------------------------------------------
 
 # (BLOCK_N, ROWS per program, num_warps): the heuristic for arches without a tuning table
-# (sm80, sm89).  The tile stays at >= 4K elements so that a program has enough loads in flight,
-# and at 8-32 elements per thread so that x (and dy in the backward) stay in registers without
-# spilling; the same rule rms_norm's table follows, since the memory pattern is the same.
-LAYER_NORM_BLOCKS = (
-    (16, 128, 4),
-    (64, 64, 4),
-    (256, 16, 4),
-    (1024, 4, 4),
-    (2048, 2, 4),
-    (4096, 1, 8),
-    (8192, 1, 8),
-    (16384, 1, 16),
-)
+# (sm80, sm89).  The memory pattern is rms_norm's, so is the rule (see RMS_NORM_BLOCKS): its
+# table up to 16384, the widest single block the backward takes.
+LAYER_NORM_BLOCKS = tuple(b for b in RMS_NORM_BLOCKS if b[0] <= 16384)
 LAYER_NORM_LOOP = (8192, 16)        # chunk width and warps of the looped variants
 LAYER_NORM_SPLIT_ABOVE = 16384      # python/fusedaot/ops/layer_norm.py: wider rows use bwd_stats + bwd_dx
 LAYER_NORM_DX = (1024, 4, 8)        # bwd_dx: columns per program, rows per step, warps
