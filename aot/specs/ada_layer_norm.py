@@ -14,11 +14,12 @@ from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
 # ---------------------------------------------------------------------------------
 
 # (E elements per thread, most threads per block) of the resident forms, narrowest rows first.
-# Forward: up to 512 threads of 8-32 elements (a 6144-wide row is 384 threads of 16), so that
-# several blocks share an SM and have loads in flight while others reduce.  Backward: x, dy and
-# the two column sums stay in registers, so E = 8 (under the 64 registers that 1024-thread
-# launch bounds allow).
-ADA_FWD_RESIDENT = ((8, 512), (16, 512), (32, 512))
+# Forward: 8 elements a thread up to 1024 columns, then 16 (a 6144-wide row is 384 threads),
+# then 32, at most 512 threads: each thread has 32-64 bytes of x in flight besides its scale
+# and shift, and several blocks share an SM, so some wait on loads while others reduce.
+# Backward: x, dy and the two column sums stay in registers, so E = 8 (under the 64 registers
+# that 1024-thread launch bounds allow).
+ADA_FWD_RESIDENT = ((8, 128), (16, 512), (32, 512))
 ADA_BWD_RESIDENT = ((8, 1024),)
 ADA_LOOP_THREADS = 512
 ADA_UNALIGNED_RESIDENT = {"fwd": ((8, 512),), "bwd": ((8, 1024),)}
@@ -49,7 +50,10 @@ def _variants(direction: str) -> tuple[Variant, ...]:
     aligned = tuple(p.name for p in params if p.ctype == "ptr" or p.name.startswith("stride_")) + ("N",)
     grid = (f"fa_min(M, {ADA_MAX_ROW_BLOCKS})", "1", "1") if direction == "fwd" else ("fa_cdiv(M, R)", "J", "1")
     out = []
-    for dtype in ("bf16", "fp16", "fp32"):
+    # (x dtype, kernel name part, flags test): 16-bit x with scale/shift like x or in fp32
+    for dtype, name, params_test in (("bf16", "bf16", "(flags & 1) == 0"), ("bf16", "bf16_pf32", "(flags & 1)"),
+                                     ("fp16", "fp16", "(flags & 1) == 0"), ("fp16", "fp16_pf32", "(flags & 1)"),
+                                     ("fp32", "fp32", "1")):
         for vec in (16 // ELEM_BYTES[dtype], 1):
             resident = (ADA_FWD_RESIDENT if direction == "fwd" else ADA_BWD_RESIDENT) if vec > 1 \
                 else ADA_UNALIGNED_RESIDENT[direction]
@@ -59,11 +63,10 @@ def _variants(direction: str) -> tuple[Variant, ...]:
                 lower = e * threads
             forms.append(("loop", f"N > {lower}", str(ADA_LOOP_THREADS)))
             for tag, width, block in forms:
+                kernel = f"ada_layer_norm_{direction}_{name}_v{vec}_{tag}"
                 out.append(Variant(
-                    name=f"ada_layer_norm_{direction}_{dtype}_v{vec}_{tag}",
-                    dtype=dtype,
-                    kernel=f"ada_layer_norm_{direction}_{dtype}_v{vec}_{tag}",
-                    when=f"dtype == {DTYPES[dtype]} && {width}",
+                    name=kernel, dtype=dtype, kernel=kernel,
+                    when=f"dtype == {DTYPES[dtype]} && {params_test} && {width}",
                     grid=grid,
                     block=(block, "1", "1"),
                     aligned=aligned,

@@ -37,7 +37,7 @@ OPS = (
                      {"sm90": gemm_configs("sm90", "gated_mlp", GATED_MLP_SM90),
                       "sm89": GATED_MLP_MMA, "sm80": GATED_MLP_MMA, "ptx": GATED_MLP_MMA},
                      {a: GATED_MLP_FALLBACK for a in ("sm80", "sm89", "sm90", "ptx")},
-                     ("x", "wg", "wu", "y", "stride_xm", "stride_wg", "stride_wu", "stride_ym", "K"),
+                     ("x", "wg", "wu", "y", "stride_xm", "stride_wg", "stride_wu", "stride_ym", "N", "K"),
                      "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)"),
        dtypes=GATED_MLP_DTYPES,
        doc="y = act(x @ wg^T) * (x @ wu^T); activation 0 silu, 1 gelu (erf), 2 gelu (tanh); fp32 sums"),

@@ -13,17 +13,17 @@
 // A block normalises one row at a time.  Thread t owns NPT vectors of VEC consecutive columns per
 // tile (vector k at column base + (t + k * blockDim.x) * VEC), so a warp reads contiguous 16-byte
 // pieces.  Resident variants hold the whole row in registers (one tile; blockDim.x is sized from
-// N by the dispatch); looped variants walk the row tile by tile and read it again per phase (the
-// re-reads mostly hit L2).  Mean and variance are Chan's merge of per-thread exact two-pass
+// N by the dispatch) and request every input of the row at once, before the first reduction
+// waits, so one memory latency is paid per row; looped variants walk the row tile by tile and
+// read it again per phase (the re-reads mostly hit L2).  Mean and variance are Chan's merge of per-thread exact two-pass
 // statistics, so rows with a large mean lose nothing to cancellation.  Every sum is reduced in a
 // fixed order: results are deterministic.
 //
-// scale and shift are stored either like x or in fp32 (flags & 1): each entry point holds both
-// bodies and picks one per launch.
+// scale and shift are stored either like x or in fp32 (flags & 1): separate entry points, so that
+// each holds only the registers its own types need.
 #include "fa_common.cuh"
 
 #define MAX_WARPS 32
-#define FLAG_PARAMS_FP32 1
 
 // ------------------------------------------------------------------ VEC elements as fp32
 // Accesses are at most 16 bytes, so a vector of 8 fp32 values is two accesses.
@@ -71,6 +71,20 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ row, i64 base, i
   }
 }
 
+// VEC elements as stored, in 16-byte pieces, converted where they are used: resident rows hold
+// x, dy, scale and shift this way (half the registers of fp32 for 16-bit types), so that more
+// rows are in flight per SM.
+template <typename P, int VEC>
+struct Raw {
+  static constexpr int C = (16 / (int)sizeof(P)) < VEC ? (16 / (int)sizeof(P)) : VEC;
+  Vec<P, C> part[VEC / C];
+  __device__ __forceinline__ void load(const P* __restrict__ p) {
+#pragma unroll
+    for (int c = 0; c < VEC / C; ++c) part[c] = load_vec<P, C>(p + c * C);
+  }
+  __device__ __forceinline__ float operator[](int i) const { return to_float(part[i / C].v[i % C]); }
+};
+
 // ------------------------------------------------------------------ reductions
 struct Stats {  // count, mean and sum of squared deviations of a set of values
   float n, mean, m2;
@@ -85,8 +99,9 @@ __device__ __forceinline__ Stats merge(Stats a, Stats b) {
   return {n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
 }
 
-template <int VEC, int NPT>
-__device__ __forceinline__ Stats tile_stats(const float (&v)[NPT][VEC], i64 base, i64 N) {
+// v[k][i]: element i of this thread's vector k, as float (a float[VEC] or a Raw<T, VEC>).
+template <int VEC, int NPT, typename V>
+__device__ __forceinline__ Stats tile_stats(const V (&v)[NPT], i64 base, i64 N) {
   float sum = 0.0f, n = 0.0f;
 #pragma unroll
   for (int k = 0; k < NPT; ++k)
@@ -151,6 +166,12 @@ __device__ __forceinline__ void block_sum2(float& a, float& b, float* shm) {
   __syncthreads();
 }
 
+// mean and rstd of a row from its merged Stats.
+__device__ __forceinline__ void finish_stats(Stats s, i64 N, float eps, float& mean, float& rstd) {
+  mean = s.mean;
+  rstd = rsqrtf(fmaxf(s.m2, 0.0f) / (float)N + eps);
+}
+
 // Row statistics (mean, rstd) of one row: one tile resident in v, or every tile of a wide row
 // (LOOPED; v holds the last tile afterwards).
 template <typename T, int VEC, int NPT, bool LOOPED>
@@ -162,12 +183,14 @@ __device__ __forceinline__ void row_stats(const T* __restrict__ xr, i64 N, float
     load_tile<T, VEC, NPT>(xr, base, N, v);
     s = merge(s, tile_stats<VEC, NPT>(v, base, N));
   }
-  s = block_stats(s, shm);
-  mean = s.mean;
-  rstd = rsqrtf(fmaxf(s.m2, 0.0f) / (float)N + eps);
+  finish_stats(block_stats(s, shm), N, eps, mean, rstd);
 }
 
 // ------------------------------------------------------------------ forward
+// Resident rows: x, scale and shift are all requested before the block waits on the row's
+// statistics, so the three loads' latencies overlap (scale and shift wait in registers as
+// stored).  Looped rows: statistics over every tile, then each tile is read again (mostly from
+// L2) with its scale and shift.
 template <typename T, typename P, int VEC, int NPT, bool LOOPED>
 __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __restrict__ scale,
                                         const P* __restrict__ shift, T* __restrict__ y, i64 stride_x,
@@ -177,15 +200,39 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
   const i64 tile = (i64)blockDim.x * VEC * NPT;
   for (i64 row = blockIdx.x; row < M; row += gridDim.x) {
     const T* xr = x + row * stride_x;
-    float v[NPT][VEC], mean, rstd;
-    // phase 1: mean and rstd
-    row_stats<T, VEC, NPT, LOOPED>(xr, N, eps, v, shm, mean, rstd);
     const i64 sample = row / S, token = row - sample * S;
     const P* sc = scale + sample * stride_sb + token * stride_ss;
     const P* sh = shift + sample * stride_hb + token * stride_hs;
-    // phase 2: modulate and store (looped: read the row again, mostly from L2)
-    for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
-      if (LOOPED) load_tile<T, VEC, NPT>(xr, base, N, v);
+    float mean, rstd;
+    if (!LOOPED) {
+      Raw<T, VEC> v[NPT];
+      Raw<P, VEC> a[NPT], b[NPT];
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(0, k, VEC);
+        if (c < N) {
+          v[k].load(xr + c);
+          a[k].load(sc + c);
+          b[k].load(sh + c);
+        }
+      }
+      finish_stats(block_stats(tile_stats<VEC, NPT>(v, 0, N), shm), N, eps, mean, rstd);
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(0, k, VEC);
+        if (c >= N) continue;
+        float out[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+          out[i] = (v[k][i] - mean) * rstd * (1.0f + a[k][i]) + b[k][i];
+        store_f32<T, VEC>(y + row * N + c, out);
+      }
+      continue;
+    }
+    float v[NPT][VEC];
+    row_stats<T, VEC, NPT, true>(xr, N, eps, v, shm, mean, rstd);
+    for (i64 base = 0; base < N; base += tile) {
+      load_tile<T, VEC, NPT>(xr, base, N, v);
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
         const i64 c = col_of(base, k, VEC);
@@ -218,7 +265,7 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
   const i64 group = blockIdx.x;
   const int part = blockIdx.y;
   float* prow = partial + ((i64)group * J + part) * 2 * N;
-  float ds[NPT][VEC], dh[NPT][VEC];  // resident, R > 1: this block's sums
+  float ds[NPT][VEC], dh[NPT][VEC];  // resident, R > 1: this block's column sums
 #pragma unroll
   for (int k = 0; k < NPT; ++k)
 #pragma unroll
@@ -228,15 +275,69 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
     const i64 row = group * R + j;
     const T* xr = x + row * stride_x;
     const T* gr = dy + row * stride_dy;
-    float xv[NPT][VEC], gv[NPT][VEC], mean, rstd;
-    // phase 1: mean and rstd
-    row_stats<T, VEC, NPT, LOOPED>(xr, N, eps, xv, shm, mean, rstd);
     const i64 sample = row / S, token = row - sample * S;
     const P* sc = scale + sample * stride_sb + token * stride_ss;
-    // phase 2: sum(g) and sum(g * x_hat)
+    float mean, rstd;
+    if (!LOOPED) {
+      // x, dy and scale are all requested before the first reduction waits on x
+      Raw<T, VEC> xv[NPT], gv[NPT];
+      Raw<P, VEC> av[NPT];
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(0, k, VEC);
+        if (c < N) {
+          xv[k].load(xr + c);
+          gv[k].load(gr + c);
+          av[k].load(sc + c);
+        }
+      }
+      finish_stats(block_stats(tile_stats<VEC, NPT>(xv, 0, N), shm), N, eps, mean, rstd);
+      float s1 = 0.0f, s2 = 0.0f;  // sum(g) and sum(g * x_hat)
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        if (col_of(0, k, VEC) >= N) continue;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const float g = gv[k][i] * (1.0f + av[k][i]);
+          s1 += g;
+          s2 += g * (xv[k][i] - mean) * rstd;
+        }
+      }
+      block_sum2(s1, s2, shm);
+      const float c1 = s1 / (float)N, c2 = s2 / (float)N;
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(0, k, VEC);
+        if (c >= N) continue;
+        float d[VEC], xh[VEC], g[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          g[i] = gv[k][i];
+          xh[i] = (xv[k][i] - mean) * rstd;
+          d[i] = rstd * (g[i] * (1.0f + av[k][i]) - c1 - xh[i] * c2);
+        }
+        store_f32<T, VEC>(dx + row * N + c, d);
+        if (R == 1) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) xh[i] *= g[i];
+          store_f32<P, VEC>(dscale + row * N + c, xh);
+          if (dshift) store_f32<P, VEC>(dshift + row * N + c, g);  // null: the caller uses dy itself
+        } else {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            ds[k][i] += g[i] * xh[i];
+            dh[k][i] += g[i];
+          }
+        }
+      }
+      continue;
+    }
+    // looped: statistics over every tile, then two more passes (the re-reads mostly hit L2)
+    float xv[NPT][VEC], gv[NPT][VEC];
+    row_stats<T, VEC, NPT, true>(xr, N, eps, xv, shm, mean, rstd);
     float s1 = 0.0f, s2 = 0.0f;
-    for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
-      if (LOOPED) load_tile<T, VEC, NPT>(xr, base, N, xv);
+    for (i64 base = 0; base < N; base += tile) {
+      load_tile<T, VEC, NPT>(xr, base, N, xv);
       load_tile<T, VEC, NPT>(gr, base, N, gv);
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
@@ -254,12 +355,9 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
     }
     block_sum2(s1, s2, shm);
     const float c1 = s1 / (float)N, c2 = s2 / (float)N;
-    // phase 3: dx, dscale and dshift
-    for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
-      if (LOOPED) {
-        load_tile<T, VEC, NPT>(xr, base, N, xv);
-        load_tile<T, VEC, NPT>(gr, base, N, gv);
-      }
+    for (i64 base = 0; base < N; base += tile) {
+      load_tile<T, VEC, NPT>(xr, base, N, xv);
+      load_tile<T, VEC, NPT>(gr, base, N, gv);
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
         const i64 c = col_of(base, k, VEC);
@@ -276,13 +374,7 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
 #pragma unroll
           for (int i = 0; i < VEC; ++i) xh[i] *= gv[k][i];
           store_f32<P, VEC>(dscale + row * N + c, xh);
-          if (dshift) store_f32<P, VEC>(dshift + row * N + c, gv[k]);  // null: the caller uses dy itself
-        } else if (!LOOPED) {
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) {
-            ds[k][i] += gv[k][i] * xh[i];
-            dh[k][i] += gv[k][i];
-          }
+          if (dshift) store_f32<P, VEC>(dshift + row * N + c, gv[k]);
         } else {
           // this thread owns these columns of prow on every row: no other thread touches them
           float pd[VEC], ph[VEC];
@@ -316,55 +408,47 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
 }
 
 // ------------------------------------------------------------------ entry points
-// One per (direction, dtype, vector width, elements per thread E = VEC * NPT, or loop): the names
-// the spec table (aot/specs/ada_layer_norm.py) uses.  Launch bounds of 1024 threads keep every
-// variant launchable at any block size the dispatch picks (at most 64 registers a thread).  For
-// fp32 x the flag changes nothing, so only one body is compiled.
-#define ADA_PARAMS_FP32(T, flags) (sizeof(T) != sizeof(float) && ((flags) & FLAG_PARAMS_FP32))
-
-#define ADA_FWD(T, NAME, VEC, NPT, LOOPED, TAG)                                                        \
-  extern "C" __global__ void __launch_bounds__(1024) ada_layer_norm_fwd_##NAME##_v##VEC##_##TAG(      \
-      const T* x, const void* scale, const void* shift, T* y, i64 stride_x, i64 stride_sb,             \
-      i64 stride_ss, i64 stride_hb, i64 stride_hs, i64 M, i64 N, i64 S, float eps, int flags) {        \
-    if (ADA_PARAMS_FP32(T, flags))                                                                     \
-      ada_fwd<T, float, VEC, NPT, LOOPED>(x, (const float*)scale, (const float*)shift, y, stride_x,    \
-                                          stride_sb, stride_ss, stride_hb, stride_hs, M, N, S, eps);   \
-    else                                                                                               \
-      ada_fwd<T, T, VEC, NPT, LOOPED>(x, (const T*)scale, (const T*)shift, y, stride_x, stride_sb,     \
-                                      stride_ss, stride_hb, stride_hs, M, N, S, eps);                  \
+// One per (direction, x dtype, scale dtype, vector width, elements per thread E = VEC * NPT, or
+// loop): the names the spec table (aot/specs/ada_layer_norm.py) uses; "_pf32" marks scale and
+// shift stored in fp32 with 16-bit x (flags & 1, which the dispatch reads; the kernels take flags
+// only to keep one parameter list).  Launch bounds match the largest block the dispatch picks:
+// 512 threads forward (up to 128 registers a thread), 1024 backward (64 registers).
+#define ADA_FWD(T, P, NAME, VEC, NPT, LOOPED, TAG)                                                     \
+  extern "C" __global__ void __launch_bounds__(512) ada_layer_norm_fwd_##NAME##_v##VEC##_##TAG(       \
+      const T* x, const P* scale, const P* shift, T* y, i64 stride_x, i64 stride_sb, i64 stride_ss,    \
+      i64 stride_hb, i64 stride_hs, i64 M, i64 N, i64 S, float eps, int flags) {                       \
+    ada_fwd<T, P, VEC, NPT, LOOPED>(x, scale, shift, y, stride_x, stride_sb, stride_ss, stride_hb,     \
+                                    stride_hs, M, N, S, eps);                                          \
   }
 
 // M only sizes the grid (M / R groups of rows).
-#define ADA_BWD(T, NAME, VEC, NPT, LOOPED, TAG)                                                        \
+#define ADA_BWD(T, P, NAME, VEC, NPT, LOOPED, TAG)                                                     \
   extern "C" __global__ void __launch_bounds__(1024) ada_layer_norm_bwd_##NAME##_v##VEC##_##TAG(      \
-      const T* dy, const T* x, const void* scale, T* dx, void* dscale, void* dshift, float* partial,   \
+      const T* dy, const T* x, const P* scale, T* dx, P* dscale, P* dshift, float* partial,            \
       i64 stride_dy, i64 stride_x, i64 stride_sb, i64 stride_ss, i64 M, i64 N, i64 S, i64 R,           \
       float eps, int flags, int J) {                                                                   \
-    if (ADA_PARAMS_FP32(T, flags))                                                                     \
-      ada_bwd<T, float, VEC, NPT, LOOPED>(dy, x, (const float*)scale, dx, (float*)dscale,              \
-                                          (float*)dshift, partial, stride_dy, stride_x, stride_sb,     \
-                                          stride_ss, N, S, R, eps, J);                                 \
-    else                                                                                               \
-      ada_bwd<T, T, VEC, NPT, LOOPED>(dy, x, (const T*)scale, dx, (T*)dscale, (T*)dshift, partial,     \
-                                      stride_dy, stride_x, stride_sb, stride_ss, N, S, R, eps, J);     \
+    ada_bwd<T, P, VEC, NPT, LOOPED>(dy, x, scale, dx, dscale, dshift, partial, stride_dy, stride_x,    \
+                                    stride_sb, stride_ss, N, S, R, eps, J);                            \
   }
 
 // 16-byte vectors (V elements): forward E = 8, 16, 32 resident (up to 512 threads) and looped
-// with E = 16 a tile; backward E = 8 resident (x, dy and the two sums stay in registers; up to
-// 1024 threads) and looped with E = 16.  Single elements (any alignment): E = 8 resident, and
-// looped with E = 4 a tile.
-#define ADA_DTYPE(T, NAME, V)              \
-  ADA_FWD(T, NAME, V, 8 / V, false, e8)    \
-  ADA_FWD(T, NAME, V, 16 / V, false, e16)  \
-  ADA_FWD(T, NAME, V, 32 / V, false, e32)  \
-  ADA_FWD(T, NAME, V, 16 / V, true, loop)  \
-  ADA_BWD(T, NAME, V, 8 / V, false, e8)    \
-  ADA_BWD(T, NAME, V, 16 / V, true, loop)  \
-  ADA_FWD(T, NAME, 1, 8, false, e8)        \
-  ADA_FWD(T, NAME, 1, 4, true, loop)       \
-  ADA_BWD(T, NAME, 1, 8, false, e8)        \
-  ADA_BWD(T, NAME, 1, 4, true, loop)
+// with E = 16 a tile; backward E = 8 resident (x, dy, scale and the two sums stay in registers;
+// up to 1024 threads) and looped with E = 16.  Single elements (any alignment): E = 8 resident,
+// and looped with E = 4 a tile.
+#define ADA_FORMS(T, P, NAME, V)              \
+  ADA_FWD(T, P, NAME, V, 8 / V, false, e8)    \
+  ADA_FWD(T, P, NAME, V, 16 / V, false, e16)  \
+  ADA_FWD(T, P, NAME, V, 32 / V, false, e32)  \
+  ADA_FWD(T, P, NAME, V, 16 / V, true, loop)  \
+  ADA_BWD(T, P, NAME, V, 8 / V, false, e8)    \
+  ADA_BWD(T, P, NAME, V, 16 / V, true, loop)  \
+  ADA_FWD(T, P, NAME, 1, 8, false, e8)        \
+  ADA_FWD(T, P, NAME, 1, 4, true, loop)       \
+  ADA_BWD(T, P, NAME, 1, 8, false, e8)        \
+  ADA_BWD(T, P, NAME, 1, 4, true, loop)
 
-ADA_DTYPE(bf16_t, bf16, 8)
-ADA_DTYPE(half_t, fp16, 8)
-ADA_DTYPE(float, fp32, 4)
+ADA_FORMS(bf16_t, bf16_t, bf16, 8)
+ADA_FORMS(bf16_t, float, bf16_pf32, 8)
+ADA_FORMS(half_t, half_t, fp16, 8)
+ADA_FORMS(half_t, float, fp16_pf32, 8)
+ADA_FORMS(float, float, fp32, 4)
