@@ -1,7 +1,7 @@
-"""Tune the GEMM family's tile configs (fp8_gemm, gated_mlp, attention_scores) on a GPU.
+"""Tune the GEMM family's tile configs (fp8_gemm, fp8_gemm_fast, gated_mlp, attention_scores) on a GPU.
 
-    python -m aot.tune_gemm --out aot/tuning/sm90.json [--ops fp8_gemm,gated_mlp,attention_scores]
-                            [--jobs 16]
+    python -m aot.tune_gemm --out aot/tuning/sm90.json
+                            [--ops fp8_gemm,fp8_gemm_fast,gated_mlp,attention_scores] [--jobs 16]
 
 Needs a GPU, torch and Triton (the version the build pins: the JIT compiles exactly the
 kernel source the AOT build compiles, with the same constexprs, warps and stages).  For each
@@ -11,7 +11,8 @@ candidate's output against torch, and keeps the config with the best geometric-m
 throughput.  The candidates are compiled first in parallel worker processes (Triton's cache
 then serves the timing process).  The result is merged into --out under the op's key
 ({class: [BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages(, ACC_PROMOTE)]}); other
-keys of the file are kept.  aot/specs/ reads it through tuning(arch).
+keys of the file are kept.  aot/specs/ reads it through tuning(arch).  fp8_gemm_fast is the
+same kernel without promotion (ACC_PROMOTE 0: fp8_gemm(use_fast_accum=True) on sm90).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # class -> representative shapes (M, N, K) and candidate configs.
-# fp8_gemm configs end with ACC_PROMOTE (0: never promote, i.e. fast accumulation: timed for
-# the record, never chosen, since the kernel promises fp32 sums).
+# fp8_gemm configs end with ACC_PROMOTE: fp8_gemm's chosen config must promote (the default
+# call promises fp32 sums), fp8_gemm_fast's must not (0).
 FP8_GEMM = {
     "small": ([(16, 8192, 8192), (64, 4096, 4096)],
               [(64, 64, 256, 1, 4, 4, 128), (64, 32, 256, 1, 4, 4, 128), (64, 64, 128, 1, 4, 5, 128),
@@ -59,7 +60,18 @@ ATTENTION_SCORES = {
                 [(128, 128, 64, 8, 8, 3), (128, 256, 64, 8, 8, 3), (128, 128, 64, 8, 4, 3), (128, 64, 64, 8, 4, 3),
                  (64, 128, 64, 8, 4, 3), (128, 128, 128, 8, 8, 2)]),
 }
-TABLES = {"fp8_gemm": FP8_GEMM, "gated_mlp": GATED_MLP, "attention_scores": ATTENTION_SCORES}
+FP8_GEMM_FAST = {
+    "small": (FP8_GEMM["small"][0], [(64, 32, 256, 1, 4, 4, 0), (64, 64, 256, 1, 4, 4, 0), (64, 128, 128, 1, 4, 4, 0)]),
+    "medium": (FP8_GEMM["medium"][0], [(64, 128, 128, 8, 4, 4, 0), (128, 128, 128, 8, 8, 4, 0),
+                                       (128, 256, 128, 8, 8, 3, 0)]),
+    "large": (FP8_GEMM["large"][0], [(128, 256, 128, 8, 8, 3, 0), (256, 128, 128, 8, 8, 3, 0),
+                                     (128, 128, 128, 8, 8, 4, 0), (128, 256, 64, 8, 8, 4, 0)]),
+}
+TABLES = {"fp8_gemm": FP8_GEMM, "fp8_gemm_fast": FP8_GEMM_FAST, "gated_mlp": GATED_MLP,
+          "attention_scores": ATTENTION_SCORES}
+# The kernel and problem each table times (fp8_gemm_fast: fp8_gemm's), and the configs it may choose.
+KERNEL_OF = {"fp8_gemm_fast": "fp8_gemm"}
+ELIGIBLE = {"fp8_gemm": lambda cfg: bool(cfg[6]), "fp8_gemm_fast": lambda cfg: not cfg[6]}
 SOURCES = {"fp8_gemm": ("kernels/triton/fp8_gemm.py", "_fp8_gemm"),
            "gated_mlp": ("kernels/triton/gated_mlp.py", "_gated_mlp"),
            "attention_scores": ("kernels/triton/attention_scores.py", "_attention_scores")}
@@ -68,13 +80,14 @@ SOURCES = {"fp8_gemm": ("kernels/triton/fp8_gemm.py", "_fp8_gemm"),
 def _kernel(op):
     sys.path.insert(0, str(ROOT))
     from aot.compile import _triton_module
-    source, name = SOURCES[op]
+    source, name = SOURCES[KERNEL_OF.get(op, op)]
     return getattr(_triton_module(source), name)
 
 
 def problem(op: str, shape, with_ref=True):
     """(inputs for launch(), reference output or None, flops) for one shape, on the GPU."""
     import torch
+    op = KERNEL_OF.get(op, op)
     g = torch.Generator(device="cuda").manual_seed(0)
     if op == "fp8_gemm":
         m, n, k = shape
@@ -105,6 +118,7 @@ def launch(op: str, kernel, cfg, tensors, warmup_only=False):
     """Launch `kernel` (Triton JIT) with config `cfg` on the problem's tensors; with
     warmup_only, compile it without launching."""
     import triton
+    op = KERNEL_OF.get(op, op)
     bm, bn, bk, gm, warps, stages = cfg[:6]
     kw = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=warps, num_stages=stages)
     if op == "fp8_gemm":
@@ -172,7 +186,7 @@ def tune(ops, jobs: int, log=print, save=lambda result: None) -> dict:
                 tensors, ref, flops = problem(op, shape)
                 for cfg in list(scores):
                     try:
-                        result = tensors[-3 if op == "fp8_gemm" else -1]
+                        result = tensors[-3 if KERNEL_OF.get(op, op) == "fp8_gemm" else -1]
                         result.fill_(float("nan"))   # an element the candidate does not write fails the check
                         launch(op, kernel, cfg, tensors)
                         torch.cuda.synchronize()
@@ -191,7 +205,8 @@ def tune(ops, jobs: int, log=print, save=lambda result: None) -> dict:
                         f"{tflops:7.1f} TFLOP/s")
                 del tensors, ref
                 torch.cuda.empty_cache()
-            eligible = {c: s for c, s in scores.items() if len(s) == len(shapes) and (op != "fp8_gemm" or c[6])}
+            eligible = {c: s for c, s in scores.items()
+                        if len(s) == len(shapes) and ELIGIBLE.get(op, lambda _: True)(c)}
             if not eligible:
                 log(f"{op} {cls}: no candidate worked; the spec's default stays")
                 continue

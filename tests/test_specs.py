@@ -44,9 +44,17 @@ def _condition(op, v) -> str:
 def _calls(op, dtypes):
     """Argument dicts covering the cases the conditions distinguish."""
     pointers = [p.name for p in op.params if p.ctype == "ptr"]
-    for dtype, n, misalign, stride_pad, null_w in itertools.product(
-            dtypes, WIDTHS, (False, True), (0, 1), (False, True)):
-        args = {"dtype": dtype, "N": n, "M": 64, "K": n, "G": 4, "eps": 1e-6, "approximate": 0}
+    # integer switches some ops' conditions read (AdaLN's fp32-parameter flag and rows per scale
+    # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode): both values each, where
+    # the op has them
+    switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)),
+                                                    ("per_head", (0, 1)))
+                if any(p.name == name for p in op.params)]
+    for dtype, n, misalign, stride_pad, null_w, *picked in itertools.product(
+            dtypes, WIDTHS, (False, True), (0, 1), (False, True), *(values for _, values in switches)):
+        args = {"dtype": dtype, "N": n, "D": 2 * n, "pairs": n, "M": 64, "K": n, "G": 4, "eps": 1e-6,
+                "approximate": 0}
+        args.update({name: value for (name, _), value in zip(switches, picked)})
         for name in pointers:
             args[name] = MISALIGNED_PTR if misalign and name == pointers[0] else ALIGNED_PTR
         if null_w:
@@ -99,3 +107,18 @@ def test_tuned_configs_are_well_formed():
                 assert blocks == sorted(blocks) and configs[-1][-1], (arch, direction, dtype)
                 for block, rows, warps, stages, _ in configs:
                     assert rows >= 1 and warps in (1, 2, 4, 8, 16, 32) and stages >= 1, (arch, block)
+
+
+def test_gemm_tuning_tables_are_well_formed():
+    """aot/tune_gemm.py's tables: every op times a known kernel and can choose some candidate."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from aot import tune_gemm
+    finally:
+        sys.path.remove(str(REPO))
+    for op, table in tune_gemm.TABLES.items():
+        assert tune_gemm.KERNEL_OF.get(op, op) in tune_gemm.SOURCES, op
+        for cls, (shapes, cfgs) in table.items():
+            assert shapes and cfgs, (op, cls)
+            assert all(len(c) == (7 if op.startswith("fp8_gemm") else 6) for c in cfgs), (op, cls)
+            assert any(tune_gemm.ELIGIBLE.get(op, lambda _: True)(c) for c in cfgs), (op, cls)

@@ -13,16 +13,20 @@ from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
 # VEC is 16 bytes' worth of elements where pointers, strides and N allow, else 1.
 # ---------------------------------------------------------------------------------
 
-# (E elements per thread, most threads per block) of the resident forms, narrowest rows first.
-# Forward: 8 elements a thread up to 1024 columns, then 16 (a 6144-wide row is 384 threads),
-# then 32, at most 512 threads: each thread has 32-64 bytes of x in flight besides its scale
-# and shift, and several blocks share an SM, so some wait on loads while others reduce.
-# Backward: x, dy and the two column sums stay in registers, so E = 8 (under the 64 registers
-# that 1024-thread launch bounds allow).
+# (E elements per thread, most threads per block) of the forward's resident forms, narrowest
+# rows first: 8 elements a thread up to 1024 columns, then 16 (a 6144-wide row is 384 threads),
+# then 32, at most 512 threads.  Each resident row has every input in flight at once (x, scale
+# and shift as stored), so blocks waiting on loads overlap blocks that reduce.
 ADA_FWD_RESIDENT = ((8, 128), (16, 512), (32, 512))
-ADA_BWD_RESIDENT = ((8, 1024),)
 ADA_LOOP_THREADS = 512
-ADA_UNALIGNED_RESIDENT = {"fwd": ((8, 512),), "bwd": ((8, 1024),)}
+ADA_UNALIGNED_FWD_RESIDENT = ((8, 512),)
+# Backward: E = 16 resident up to 512 threads (x, dy and scale in registers, as stored; 16 a
+# thread rather than 8 halves the per-thread overhead in registers, and registers decide how many
+# rows are in flight).  Per row (R = 1) there is nothing to add up; otherwise each thread's column
+# sums live in dynamic shared memory, 2 * E floats a thread, sized by the variant's block-size
+# bucket (16, 32 or 64 KiB).
+ADA_BWD_E = 16
+ADA_BWD_BUCKETS = (128, 256, 512)
 ADA_MAX_ROW_BLOCKS = 1 << 20   # forward grid: blocks walk rows with this stride beyond
 
 _FWD_PARAMS = (
@@ -45,6 +49,30 @@ def _block(e: int) -> str:
     return f"fa_max(32, fa_cdiv(fa_cdiv(N, {e}), 32) * 32)"
 
 
+def _resident_forms(resident) -> list[tuple[str, str, str, int]]:
+    """(tag, width test, block, shared bytes) of resident forms (E, most threads), then the loop."""
+    forms, lower = [], 0
+    for e, threads in resident:
+        forms.append((f"e{e}", f"N > {lower} && N <= {e * threads}", _block(e), 0))
+        lower = e * threads
+    forms.append(("loop", f"N > {lower}", str(ADA_LOOP_THREADS), 0))
+    return forms
+
+
+def _bwd_forms() -> list[tuple[str, str, str, int]]:
+    """Per-row forms (R == 1) and column-sum forms (R > 1), the latter per block-size bucket."""
+    e, top = ADA_BWD_E, ADA_BWD_E * ADA_BWD_BUCKETS[-1]
+    forms = [(f"row_e{e}", f"R == 1 && N <= {top}", _block(e), 0),
+             ("row_loop", f"R == 1 && N > {top}", str(ADA_LOOP_THREADS), 0)]
+    lower = 0
+    for threads in ADA_BWD_BUCKETS:
+        forms.append((f"sum_e{e}_t{threads}", f"R > 1 && N > {lower} && N <= {e * threads}", _block(e),
+                      2 * e * threads * 4))
+        lower = e * threads
+    forms.append(("sum_loop", f"R > 1 && N > {top}", str(ADA_LOOP_THREADS), 0))
+    return forms
+
+
 def _variants(direction: str) -> tuple[Variant, ...]:
     params = _FWD_PARAMS if direction == "fwd" else _BWD_PARAMS
     aligned = tuple(p.name for p in params if p.ctype == "ptr" or p.name.startswith("stride_")) + ("N",)
@@ -55,20 +83,18 @@ def _variants(direction: str) -> tuple[Variant, ...]:
                                      ("fp16", "fp16", "(flags & 1) == 0"), ("fp16", "fp16_pf32", "(flags & 1)"),
                                      ("fp32", "fp32", "1")):
         for vec in (16 // ELEM_BYTES[dtype], 1):
-            resident = (ADA_FWD_RESIDENT if direction == "fwd" else ADA_BWD_RESIDENT) if vec > 1 \
-                else ADA_UNALIGNED_RESIDENT[direction]
-            forms, lower = [], 0
-            for e, threads in resident:
-                forms.append((f"e{e}", f"N > {lower} && N <= {e * threads}", _block(e)))
-                lower = e * threads
-            forms.append(("loop", f"N > {lower}", str(ADA_LOOP_THREADS)))
-            for tag, width, block in forms:
+            if direction == "bwd":
+                forms = _bwd_forms()
+            else:
+                forms = _resident_forms(ADA_FWD_RESIDENT if vec > 1 else ADA_UNALIGNED_FWD_RESIDENT)
+            for tag, width, block, shared in forms:
                 kernel = f"ada_layer_norm_{direction}_{name}_v{vec}_{tag}"
                 out.append(Variant(
                     name=kernel, dtype=dtype, kernel=kernel,
                     when=f"dtype == {DTYPES[dtype]} && {params_test} && {width}",
                     grid=grid,
                     block=(block, "1", "1"),
+                    shared=shared,
                     aligned=aligned,
                     unaligned=vec == 1,
                 ))

@@ -12,14 +12,28 @@ boundaries and store 16 bytes at a time.  Without it the epilogue stores one ele
 instruction, which cost the 128x128 FP8 tile 30% of its time on an H100 (a stride of N
 elements is what the launchers pass, so no call loses the aligned variant by it).
 
+fast_accum (the C parameter behind fp8_gemm(..., use_fast_accum=True), as in
+torch._scaled_mm): on sm90 each aligned config comes twice, a promoted variant
+(ACC_PROMOTE 128: the wgmma partial sums are added into an fp32 accumulator every 128
+elements of K, like cuBLAS without fast accumulation) for fast_accum == 0 and a "_fast"
+variant (ACC_PROMOTE None: Triton's default, the tensor cores accumulate on their own) for
+fast_accum != 0, with tiles of its own (no second accumulator takes registers).  The kernel
+has no such argument: the flag only selects the variant (compile.triton_signature passes
+the kernel's own arguments; every op parameter is in scope of the dispatch's conditions).
+sm89 (Ada's mma.sync accumulates in fp32) and the unaligned fallbacks ignore it.
+
 Shape classes (by M, the rows of a: tokens): "small" M <= 64 (decode: the weight's bytes
 dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
 - sm90: python -m aot.tune_gemm (Triton's JIT on an H100/H200) writes aot/tuning/sm90.json's
-  "fp8_gemm" entry; FP8_GEMM_SM90 is used where the table has none (no entry is committed
-  yet).  These defaults are chosen from the SASS, not timed: 128x128x128 is the widest tile
-  whose two accumulators (the fp32 one and the wgmma partial sums, see ACC_PROMOTE) fit in
-  registers without spills (201 of 255 registers; 128x256 spills), 4 stages of 32 KiB.
-  wgmma needs BLOCK_M a multiple of 64 and 4 or 8 warps.
+  "fp8_gemm" (promoted) and "fp8_gemm_fast" entries; FP8_GEMM_SM90 / FP8_GEMM_SM90_FAST are
+  used for classes the table lacks.  Promoted, the tuned large tile is 256x128x128 with 4
+  stages (949 TFLOP/s geomean on an H200 against 880-918 for 128x128x128; 128x256 runs at
+  half speed: its two accumulators, the fp32 one and the wgmma partial sums, spill).  The
+  defaults here (128x128x128) are chosen from the SASS, not timed.  Fast defaults: large 128x256x128, GROUP_M 8, 8 warps,
+  3 stages (193 registers, no spills), measured on an H200 (Triton 3.6) at 1288-1421 TFLOP/s
+  at 4096^3, 8192^3 and 16384x8192x7168 against ~950 for the best promoted config; small and
+  medium are the tuned promoted tiles without promotion, not timed.  wgmma needs BLOCK_M a
+  multiple of 64 and 4 or 8 warps.
 - sm89 (Ada: mma.sync FP8, 99 KiB of shared memory per block): heuristics, not measured:
   128x128x64 tiles with 4 stages (64 KiB) for the large classes, 64x64x128 for decode.
 """
@@ -33,12 +47,16 @@ GEMM_DTYPES = ("bf16", "fp16", "fp32")   # output dtypes
 # config: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, ACC_PROMOTE)
 # ACC_PROMOTE (sm90): add the wgmma partial sums into the fp32 accumulator every 128
 # elements of K, as cuBLAS does without "fast accumulation"; 0 never (Triton's default).
-# Promotion needs a second accumulator in registers, so 128x128 is the widest tile.
+# Promotion needs a second accumulator in registers: 128x256 tiles spill (256x128 do not).
 FP8_GEMM_SM90 = {"small": (64, 64, 256, 1, 4, 4, 128), "medium": (128, 128, 128, 8, 8, 4, 128),
                  "large": (128, 128, 128, 8, 8, 4, 128)}
 FP8_GEMM_SM89 = {"small": (64, 64, 128, 1, 4, 4, 0), "medium": (128, 128, 64, 8, 8, 4, 0),
                  "large": (128, 128, 64, 8, 8, 4, 0)}
 FP8_GEMM_FALLBACK = {"sm90": (64, 64, 64, 8, 4, 2, 64), "sm89": (64, 64, 64, 8, 4, 2, 0)}
+# fast_accum != 0 on sm90: ACC_PROMOTE 0 (None for Triton), so no second accumulator.
+FP8_GEMM_SM90_FAST = {"small": (64, 32, 256, 1, 4, 4, 0), "medium": (64, 128, 128, 8, 4, 4, 0),
+                      "large": (128, 256, 128, 8, 8, 3, 0)}
+FAST_FLAG = "fast_accum"   # the i32 op parameter that selects the fast variants
 
 _PARAMS = (
     Param("a", "ptr", "fp8e4nv"), Param("b", "ptr", "fp8e4nv"), Param("c", "ptr"),
@@ -46,6 +64,7 @@ _PARAMS = (
     Param("stride_am", "i64", "u8"), Param("stride_bn", "i64", "u8"), Param("stride_cm", "i64"),
     Param("stride_sa", "i64"), Param("stride_sb", "i64"),
     Param("M", "i32"), Param("N", "i32"), Param("K", "i32", "u8"), Param("has_bias", "i32"),
+    Param(FAST_FLAG, "i32"),   # selects a variant only: the kernel takes no such argument
 )
 
 
@@ -70,26 +89,52 @@ def _constexprs(cfg, promote: bool) -> dict:
     return out
 
 
+def _aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch, promote, flag=None, fast=False):
+    cond = " || ".join(f"({classes[c]})" for c in names)
+    when = f"dtype == {DTYPES[dtype]} && ({cond})"
+    if flag is not None:
+        when += f" && {flag} {'!=' if fast else '=='} 0"
+    return Variant(
+        name=f"{op}_{dtype}_{'_'.join(names)}_{config_tag(cfg)}_a16" + ("_fast" if fast else ""),
+        dtype=dtype, kernel=kernel, when=when,
+        grid=(grid.replace("BLOCK_M", str(cfg[0])).replace("BLOCK_N", str(cfg[1])), "1", "1"),
+        constexprs=_constexprs(cfg, promote), num_warps=cfg[4], num_stages=cfg[5],
+        aligned=aligned, arches=(arch,))
+
+
+def _by_config(configs: dict) -> dict:
+    """config -> the classes that use it, in the table's order."""
+    by_cfg = {}
+    for cls, cfg in configs.items():
+        by_cfg.setdefault(tuple(cfg), []).append(cls)
+    return by_cfg
+
+
 def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_by_arch: dict,
-                  aligned: tuple[str, ...], grid: str, classes=SHAPE_CLASSES, promote=False):
+                  aligned: tuple[str, ...], grid: str, classes=SHAPE_CLASSES, promote=False,
+                  fast_by_arch: dict | None = None):
     """The variants of one GEMM op.  configs_by_arch: arch -> {class: config};
     fallback_by_arch: arch -> config; grid: a C expression of the tile sizes' names
-    BLOCK_M and BLOCK_N (a 1-D grid)."""
+    BLOCK_M and BLOCK_N (a 1-D grid).  fast_by_arch (fp8_gemm only): arch -> {class:
+    config with ACC_PROMOTE 0}; on those arches the aligned variants of configs_by_arch
+    match FAST_FLAG == 0 and these match FAST_FLAG != 0 (the op needs an i32 parameter
+    FAST_FLAG); the fallback ignores the flag."""
+    fast_by_arch = fast_by_arch or {}
     out = []
     for arch, configs in configs_by_arch.items():
-        by_cfg = {}
-        for cls, cfg in configs.items():
-            by_cfg.setdefault(tuple(cfg), []).append(cls)
+        fast = fast_by_arch.get(arch)
+        flag = FAST_FLAG if fast else None
+        for cfg in (fast or {}).values():
+            if len(cfg) < 7 or cfg[6]:
+                raise ValueError(f"{op}: fast-accumulation config {cfg} for {arch} must end with "
+                                 "ACC_PROMOTE 0 (no promotion)")
         for dtype in dtypes:
-            for cfg, names in by_cfg.items():
-                cond = " || ".join(f"({classes[c]})" for c in names)
-                out.append(Variant(
-                    name=f"{op}_{dtype}_{'_'.join(names)}_{config_tag(cfg)}_a16",
-                    dtype=dtype, kernel=kernel,
-                    when=f"dtype == {DTYPES[dtype]} && ({cond})",
-                    grid=(grid.replace("BLOCK_M", str(cfg[0])).replace("BLOCK_N", str(cfg[1])), "1", "1"),
-                    constexprs=_constexprs(cfg, promote), num_warps=cfg[4], num_stages=cfg[5],
-                    aligned=aligned, arches=(arch,)))
+            for cfg, names in _by_config(configs).items():
+                out.append(_aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch,
+                                            promote, flag))
+            for cfg, names in _by_config(fast or {}).items():
+                out.append(_aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch,
+                                            promote, flag, fast=True))
             cfg = fallback_by_arch[arch]
             out.append(Variant(
                 name=f"{op}_{dtype}_any_{config_tag(cfg)}_u",
@@ -97,6 +142,14 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
                 grid=(grid.replace("BLOCK_M", str(cfg[0])).replace("BLOCK_N", str(cfg[1])), "1", "1"),
                 constexprs=_constexprs(cfg, promote), num_warps=cfg[4], num_stages=cfg[5],
                 aligned=aligned, unaligned=True, arches=(arch,)))
+    # merge_arches keeps the first variant of a name: arches may share a name only where the
+    # variant is the same (an sm90 config tested against the flag never merges into sm89's)
+    first = {}
+    for v in out:
+        seen = first.setdefault(v.name, v)
+        if (seen.when, seen.constexprs, seen.num_warps, seen.num_stages) != (v.when, v.constexprs, v.num_warps,
+                                                                             v.num_stages):
+            raise ValueError(f"{v.name}: {seen.arches[0]} and {v.arches[0]} give this name different variants")
     return merge_arches(out)
 
 
@@ -105,7 +158,9 @@ OPS = (
        gemm_variants("fp8_gemm", "_fp8_gemm", GEMM_DTYPES,
                      {"sm90": gemm_configs("sm90", "fp8_gemm", FP8_GEMM_SM90), "sm89": FP8_GEMM_SM89},
                      FP8_GEMM_FALLBACK, ("a", "b", "c", "stride_am", "stride_bn", "stride_cm", "N", "K"),
-                     "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True),
+                     "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True,
+                     fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)}),
        arches=("sm89", "sm90"), dtypes=GEMM_DTYPES,
-       doc="c = (a @ b^T) * a_scale[m*stride_sa] * b_scale[n*stride_sb] (+ bias); a, b e4m3fn; fp32 sums"),
+       doc="c = (a @ b^T) * a_scale[m*stride_sa] * b_scale[n*stride_sb] (+ bias); a, b e4m3fn; fp32 sums "
+           "(fast_accum != 0 on sm90: tensor-core accumulation, no promotion)"),
 )

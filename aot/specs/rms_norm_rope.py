@@ -7,23 +7,25 @@ from .core import DTYPES, Op, Param, Variant
 # A program's tile is HEADS heads x BLOCK_D columns (BLOCK_D a power of two, held as two
 # [HEADS, BLOCK_D/2] pair tiles).  Forward: one program per token (per_head: per token and
 # chunk of HEADS heads); a group that fits one tile (D <= BLOCK_D, and per_head or
-# H <= HEADS) is read once, any other in two passes.  Backward: G programs walk the tokens,
-# two passes per group, dweight's terms added up in each program's own fp32 row.  The layout
-# is a constexpr: one C function per layout and direction.
+# H <= HEADS) is read once, any other in two passes.  Backward: G programs walk the tokens
+# (G = 16 per SM per head, 4 per SM over the row: python/fusedaot/ops/rms_norm_rope.py), two
+# passes per group, dweight's terms added up in each program's own fp32 row.  The layout is a
+# constexpr: one C function per layout and direction.
 #
-# (largest head_dim, BLOCK_D, HEADS, num_warps), head_dim in ranges: 4096-value tiles, 16
-# values per thread with 8 warps, so that a 32 x 128 row (Llama's q) is one tile.  Wider heads
-# take the last entry and its column loop.  Layouts without 16-byte alignment share one
-# variant.  Measured on an H100 (docs/benchmarks.md) this is register-bound: 172 registers per
-# thread in the forward (half layout), 255 in the backward, one program per SM, ~18% of copy
-# bandwidth.  Smaller tiles (8 heads on 4 warps: 72 registers) are the next thing to time.
-# sm80/sm89 (not measured) use the same table.
-# ---------------------------------------------------------------------------------
-RMS_NORM_ROPE_BLOCKS = (
-    (64, 64, 64, 8),
-    (128, 128, 32, 8),
-    (None, 256, 16, 8),
-)
+# (largest head_dim, BLOCK_D, HEADS, num_warps), head_dim in ranges, per norm mode (the
+# per_head argument picks the variant).  Wider heads take the last entry and its column loop.
+# Timed through Triton's JIT on an H100 (2026-11-26, bf16, 2048-16384 tokens x 8-32 heads x
+# 128): per head, small programs win (4 heads on 1 warp: 136 us forward and 205 us backward at
+# 16384 x 32 x 128, against 186 and 420 us for 32 heads on 8 warps), since each head's norm
+# stays within its warp and many programs share an SM; over the row, 16 heads on 4 warps
+# (H > 16 takes the two-pass path, whose second read mostly hits L2) was within 3% of a
+# whole-row tile at 32 heads and 35% faster at 8.  head_dim 64 and 256 keep the same values
+# per program, not timed.  Layouts without 16-byte alignment share one variant.  sm80/sm89
+# (not measured) use the same table.
+RMS_NORM_ROPE_BLOCKS = {
+    "head": ((64, 64, 8, 1), (128, 128, 4, 1), (None, 256, 2, 1)),
+    "row": ((64, 64, 32, 4), (128, 128, 16, 4), (None, 256, 8, 4)),
+}
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
 RMS_NORM_ROPE_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
 
@@ -47,13 +49,15 @@ _BWD_PARAMS = (
     Param("G", "i32"), Param("W", "i32"),
 )
 _DW_PARAMS = (Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("G", "i32"), Param("W", "i32"))
-# pairs need not be aligned: with N (head_dim) and the row strides aligned, only the second
-# half of the half layout may lose its 16-byte accesses (rotary_dim/2 not a multiple of 8).
+# Every integer that bounds a column mask is aligned too (N = head_dim and pairs = rotary_dim/2):
+# unless the compiler can see that a mask changes only at 16-byte boundaries it accesses one
+# element at a time, which left every load and store of these kernels scalar (measured: 2.6x
+# slower than the JIT's build of the same tile, which specialises pairs = 64 as a multiple of 16).
 _ALIGNED = {
     "fwd": ("x", "w", "cos", "sin", "y", "stride_xb", "stride_xs", "stride_yb", "stride_ys", "stride_wh",
-            "stride_cb", "stride_cs", "N"),
+            "stride_cb", "stride_cs", "N", "pairs"),
     "bwd": ("dy", "x", "w", "cos", "sin", "dx", "stride_dyb", "stride_dys", "stride_xb", "stride_xs",
-            "stride_dxb", "stride_dxs", "stride_wh", "stride_cb", "stride_cs", "N"),
+            "stride_dxb", "stride_dxs", "stride_wh", "stride_cb", "stride_cs", "N", "pairs"),
 }
 
 
@@ -64,16 +68,21 @@ def _grid(direction: str, heads: int):
 
 
 def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
-    """Disjoint conditions: aligned calls by ranges of head_dim N, unaligned ones to one variant."""
+    """Disjoint conditions: aligned calls by norm mode and ranges of head_dim N, unaligned ones
+    to one variant."""
     op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
-    configs = [(True, f"N > {lo}" + (f" && N <= {hi}" if hi else ""), rest)
-               for lo, (hi, *rest) in zip((0,) + tuple(b[0] for b in RMS_NORM_ROPE_BLOCKS), RMS_NORM_ROPE_BLOCKS)]
-    configs.append((False, "N > 0", RMS_NORM_ROPE_UNALIGNED))
+    configs = []
+    for mode, blocks in RMS_NORM_ROPE_BLOCKS.items():
+        test = "per_head != 0" if mode == "head" else "per_head == 0"
+        for lo, (hi, *rest) in zip((0,) + tuple(b[0] for b in blocks), blocks):
+            configs.append((mode, f"{test} && N > {lo}" + (f" && N <= {hi}" if hi else ""), rest))
+    configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED))
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
-        for aligned, width, (block_d, heads, warps) in configs:
+        for mode, width, (block_d, heads, warps) in configs:
+            aligned = mode != "any"
             out.append(Variant(
-                name=f"{op}_{dtype}_d{block_d}_h{heads}_w{warps}{'_a16' if aligned else '_u'}",
+                name=f"{op}_{dtype}_{mode}_d{block_d}_h{heads}_w{warps}{'_a16' if aligned else '_u'}",
                 dtype=dtype,
                 kernel=f"_rms_norm_rope_{direction}",
                 when=f"dtype == {DTYPES[dtype]} && {width}",

@@ -40,7 +40,7 @@ _ROPE_PARAMS = (
 _ALIGNED = ("q", "k", "cos", "sin", "q_out", "k_out",
             "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh",
             "stride_oqb", "stride_oqs", "stride_oqh", "stride_okb", "stride_oks", "stride_okh",
-            "stride_cb", "stride_cs", "N")
+            "stride_cb", "stride_cs", "N", "D")
 
 
 def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, warps: int, width: str,

@@ -250,26 +250,32 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
 
 // ------------------------------------------------------------------ backward
 // Block (group, part): rows group * R + part + j * J of the R rows that share one scale row
-// (R = M per tensor, S per sample, 1 per token).  Per token, dscale and dshift of a row are the
-// row's own and are written directly (in scale's dtype; dshift = dy, skipped when null).  Otherwise the block's sums go to its
-// row of partial ((groups, J, 2, N) fp32: [dscale | dshift]), added over J by the caller; a
-// resident block keeps them in registers, a looped one in that row of partial.
-template <typename T, typename P, int VEC, int NPT, bool LOOPED>
+// (R = M per tensor, S per sample, 1 per token).  PER_ROW (R = 1: per token, or one row per scale
+// row): dscale and dshift of a row are the row's own and are written directly (in scale's dtype;
+// dshift = dy, skipped when null).  Otherwise the block's column sums go to its row of partial
+// ((groups, J, 2, N) fp32: [dscale | dshift]), added over J by the caller; a resident block keeps
+// them in dynamic shared memory (2 * E * THREADS floats, THREADS >= blockDim.x a compile-time
+// stride; each thread only its own columns: registers then hold only the row, so more rows are
+// in flight per SM), a looped one in that row of partial.
+template <typename T, typename P, int VEC, int NPT, bool LOOPED, bool PER_ROW, int THREADS = 0>
 __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __restrict__ x,
                                         const P* __restrict__ scale, T* __restrict__ dx,
                                         P* __restrict__ dscale, P* __restrict__ dshift,
                                         float* __restrict__ partial, i64 stride_dy, i64 stride_x,
                                         i64 stride_sb, i64 stride_ss, i64 N, i64 S, i64 R, float eps, int J) {
   __shared__ float shm[3 * MAX_WARPS];
+  extern __shared__ float sums[];  // resident, !PER_ROW: [dscale | dshift][k * VEC + i][thread]
   const i64 tile = (i64)blockDim.x * VEC * NPT;
   const i64 group = blockIdx.x;
   const int part = blockIdx.y;
+  constexpr int nt = THREADS;
   float* prow = partial + ((i64)group * J + part) * 2 * N;
-  float ds[NPT][VEC], dh[NPT][VEC];  // resident, R > 1: this block's column sums
+  float* ds = sums + threadIdx.x;                 // ds[(k * VEC + i) * nt]
+  float* dh = sums + NPT * VEC * nt + threadIdx.x;
+  if (!LOOPED && !PER_ROW) {
 #pragma unroll
-  for (int k = 0; k < NPT; ++k)
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) ds[k][i] = dh[k][i] = 0.0f;
+    for (int e = 0; e < NPT * VEC; ++e) ds[e * nt] = dh[e * nt] = 0.0f;
+  }
 
   for (i64 j = part; j < R; j += J) {
     const i64 row = group * R + j;
@@ -317,7 +323,7 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
           d[i] = rstd * (g[i] * (1.0f + av[k][i]) - c1 - xh[i] * c2);
         }
         store_f32<T, VEC>(dx + row * N + c, d);
-        if (R == 1) {
+        if (PER_ROW) {
 #pragma unroll
           for (int i = 0; i < VEC; ++i) xh[i] *= g[i];
           store_f32<P, VEC>(dscale + row * N + c, xh);
@@ -325,8 +331,8 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
         } else {
 #pragma unroll
           for (int i = 0; i < VEC; ++i) {
-            ds[k][i] += g[i] * xh[i];
-            dh[k][i] += g[i];
+            ds[(k * VEC + i) * nt] += g[i] * xh[i];
+            dh[(k * VEC + i) * nt] += g[i];
           }
         }
       }
@@ -370,7 +376,7 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
           d[i] = rstd * (gv[k][i] * (1.0f + a[i]) - c1 - xh[i] * c2);
         }
         store_f32<T, VEC>(dx + row * N + c, d);
-        if (R == 1) {
+        if (PER_ROW) {
 #pragma unroll
           for (int i = 0; i < VEC; ++i) xh[i] *= gv[k][i];
           store_f32<P, VEC>(dscale + row * N + c, xh);
@@ -396,13 +402,19 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
       }
     }
   }
-  if (!LOOPED && R > 1) {
+  if (!LOOPED && !PER_ROW) {
 #pragma unroll
     for (int k = 0; k < NPT; ++k) {
       const i64 c = col_of(0, k, VEC);
       if (c >= N) continue;
-      store_f32<float, VEC>(prow + c, ds[k]);
-      store_f32<float, VEC>(prow + N + c, dh[k]);
+      float a[VEC], b[VEC];
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        a[i] = ds[(k * VEC + i) * nt];
+        b[i] = dh[(k * VEC + i) * nt];
+      }
+      store_f32<float, VEC>(prow + c, a);
+      store_f32<float, VEC>(prow + N + c, b);
     }
   }
 }
@@ -411,8 +423,8 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
 // One per (direction, x dtype, scale dtype, vector width, elements per thread E = VEC * NPT, or
 // loop): the names the spec table (aot/specs/ada_layer_norm.py) uses; "_pf32" marks scale and
 // shift stored in fp32 with 16-bit x (flags & 1, which the dispatch reads; the kernels take flags
-// only to keep one parameter list).  Launch bounds match the largest block the dispatch picks:
-// 512 threads forward (up to 128 registers a thread), 1024 backward (64 registers).
+// only to keep one parameter list).  Launch bounds match the largest block the dispatch picks,
+// 512 threads (up to 128 registers a thread).
 #define ADA_FWD(T, P, NAME, VEC, NPT, LOOPED, TAG)                                                     \
   extern "C" __global__ void __launch_bounds__(512) ada_layer_norm_fwd_##NAME##_v##VEC##_##TAG(       \
       const T* x, const P* scale, const P* shift, T* y, i64 stride_x, i64 stride_sb, i64 stride_ss,    \
@@ -422,30 +434,39 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
   }
 
 // M only sizes the grid (M / R groups of rows).
-#define ADA_BWD(T, P, NAME, VEC, NPT, LOOPED, TAG)                                                     \
-  extern "C" __global__ void __launch_bounds__(1024) ada_layer_norm_bwd_##NAME##_v##VEC##_##TAG(      \
+#define ADA_BWD(T, P, NAME, VEC, NPT, LOOPED, PER_ROW, THREADS, TAG)                                   \
+  extern "C" __global__ void __launch_bounds__(512) ada_layer_norm_bwd_##NAME##_v##VEC##_##TAG(      \
       const T* dy, const T* x, const P* scale, T* dx, P* dscale, P* dshift, float* partial,            \
       i64 stride_dy, i64 stride_x, i64 stride_sb, i64 stride_ss, i64 M, i64 N, i64 S, i64 R,           \
       float eps, int flags, int J) {                                                                   \
-    ada_bwd<T, P, VEC, NPT, LOOPED>(dy, x, scale, dx, dscale, dshift, partial, stride_dy, stride_x,    \
-                                    stride_sb, stride_ss, N, S, R, eps, J);                            \
+    ada_bwd<T, P, VEC, NPT, LOOPED, PER_ROW, THREADS>(dy, x, scale, dx, dscale, dshift, partial,       \
+                                                      stride_dy, stride_x, stride_sb, stride_ss, N, S, \
+                                                      R, eps, J);                                      \
   }
 
 // 16-byte vectors (V elements): forward E = 8, 16, 32 resident (up to 512 threads) and looped
-// with E = 16 a tile; backward E = 8 resident (x, dy, scale and the two sums stay in registers;
-// up to 1024 threads) and looped with E = 16.  Single elements (any alignment): E = 8 resident,
-// and looped with E = 4 a tile.
+// with E = 16 a tile; backward E = 16 resident (up to 512 threads) and looped with E = 16.
+// Single elements (any alignment): E = 8 resident forward, 16 backward, and looped with E = 4 a
+// tile.  The backward's
+// resident column-sum forms come once per block size bucket (t128, t256, t512: up to that many
+// threads), each with its own shared-memory size in the spec table.
+#define ADA_BWD_FORMS(T, P, NAME, V, E, LE)                           \
+  ADA_BWD(T, P, NAME, V, E / V, false, true, 0, row_e##E)             \
+  ADA_BWD(T, P, NAME, V, LE / V, true, true, 0, row_loop)             \
+  ADA_BWD(T, P, NAME, V, E / V, false, false, 128, sum_e##E##_t128)   \
+  ADA_BWD(T, P, NAME, V, E / V, false, false, 256, sum_e##E##_t256)   \
+  ADA_BWD(T, P, NAME, V, E / V, false, false, 512, sum_e##E##_t512)   \
+  ADA_BWD(T, P, NAME, V, LE / V, true, false, 0, sum_loop)
+
 #define ADA_FORMS(T, P, NAME, V)              \
   ADA_FWD(T, P, NAME, V, 8 / V, false, e8)    \
   ADA_FWD(T, P, NAME, V, 16 / V, false, e16)  \
   ADA_FWD(T, P, NAME, V, 32 / V, false, e32)  \
   ADA_FWD(T, P, NAME, V, 16 / V, true, loop)  \
-  ADA_BWD(T, P, NAME, V, 8 / V, false, e8)    \
-  ADA_BWD(T, P, NAME, V, 16 / V, true, loop)  \
   ADA_FWD(T, P, NAME, 1, 8, false, e8)        \
   ADA_FWD(T, P, NAME, 1, 4, true, loop)       \
-  ADA_BWD(T, P, NAME, 1, 8, false, e8)        \
-  ADA_BWD(T, P, NAME, 1, 4, true, loop)
+  ADA_BWD_FORMS(T, P, NAME, V, 16, 16)        \
+  ADA_BWD_FORMS(T, P, NAME, 1, 16, 4)
 
 ADA_FORMS(bf16_t, bf16_t, bf16, 8)
 ADA_FORMS(bf16_t, float, bf16_pf32, 8)

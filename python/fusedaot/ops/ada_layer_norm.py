@@ -101,10 +101,11 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
     sc, s, sb, ss = _rows_of(scale, form, m)
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
     # R rows share one scale row; the J blocks of each group take every J-th of its rows (at
-    # least 8 each, about two blocks per SM in all) and write one fp32 partial row each.
+    # least 8 each, about four blocks per SM in all: as many as fit at once for rows up to
+    # 4096 wide) and write one fp32 partial row each.
     r = {_TENSOR: m, _SAMPLE: s, _TOKEN: 1}[form]
     groups = m // r
-    j = 1 if r == 1 else max(1, min(65535, r // 8, -(-2 * _lib.sm_count(dev) // groups)))
+    j = 1 if r == 1 else max(1, min(65535, r // 8, -(-4 * _lib.sm_count(dev) // groups)))
     # One row per scale row (per token; per tensor of one row, per sample of one token): the
     # kernel writes each row's dscale and dshift directly, there is nothing to sum.
     per_row = r == 1

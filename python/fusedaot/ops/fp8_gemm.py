@@ -5,8 +5,9 @@ a: (..., K), b: (N, K), each float8_e4m3fn with its fp32 scale (one per tensor, 
 row of a / per row of b, i.e. per column of the output), or fp16|bf16|fp32, which is
 quantized first with a dynamic scale per row (fusedaot.quantize_fp8(..., "row")).  The
 products are summed in fp32 (on sm90 the tensor cores' partial sums are added into the
-fp32 accumulator every 128 elements of K); scales and bias are applied once in the
-epilogue and the output is rounded once.  Forward only.
+fp32 accumulator every 128 elements of K, unless use_fast_accum=True: then the tensor
+cores accumulate on their own, as torch._scaled_mm's use_fast_accum); scales and bias are
+applied once in the epilogue and the output is rounded once.  Forward only.
 """
 from __future__ import annotations
 
@@ -25,16 +26,17 @@ _DEVICE_TYPES = ("cuda", "cpu", "meta")
 
 
 def _forward(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
-             out_dtype: torch.dtype, bias: Optional[torch.Tensor]) -> torch.Tensor:
+             out_dtype: torch.dtype, bias: Optional[torch.Tensor], use_fast_accum: bool = False) -> torch.Tensor:
     lib, dev = native(a)
-    if lib is None:
+    if lib is None:   # the fp32 emulation has no tensor-core accumulation to choose: no flag
         return reference.fp8_gemm(a, b, a_scale, b_scale, out_dtype, bias)
     require_library_op(OP, lib, dev)
-    return _launch(lib, dev, a, b, a_scale, b_scale, out_dtype, bias)
+    return _launch(lib, dev, a, b, a_scale, b_scale, out_dtype, bias, use_fast_accum)
 
 
-def _launch(lib, dev, a, b, a_scale, b_scale, out_dtype, bias):
-    """a (M, K), b (N, K) float8_e4m3fn; a_scale (1,) or (M,), b_scale (1,) or (N,) fp32."""
+def _launch(lib, dev, a, b, a_scale, b_scale, out_dtype, bias, use_fast_accum):
+    """a (M, K), b (N, K) float8_e4m3fn; a_scale (1,) or (M,), b_scale (1,) or (N,) fp32;
+    use_fast_accum selects the sm90 variants without promotion (the sm89 library ignores it)."""
     (m, k), n = a.shape, b.shape[0]
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
@@ -48,13 +50,14 @@ def _launch(lib, dev, a, b, a_scale, b_scale, out_dtype, bias):
     rc = lib.fp8_gemm(_lib.current_stream(dev), dev, _lib.DTYPE_CODES[out_dtype], a.data_ptr(), b.data_ptr(),
                       c.data_ptr(), sa.data_ptr(), sb.data_ptr(), 0 if bias is None else bias.data_ptr(),
                       a.stride(0) if m > 1 else k, b.stride(0) if n > 1 else k, n,
-                      0 if sa.numel() == 1 else 1, 0 if sb.numel() == 1 else 1, m, n, k, bias is not None)
+                      0 if sa.numel() == 1 else 1, 0 if sb.numel() == 1 else 1, m, n, k, bias is not None,
+                      int(bool(use_fast_accum)))
     if rc:
         raise lib.error(rc, OP)
     return c
 
 
-def _fake(a, b, a_scale, b_scale, out_dtype, bias):
+def _fake(a, b, a_scale, b_scale, out_dtype, bias, use_fast_accum=False):
     return torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
 
 
@@ -112,7 +115,7 @@ def _check(a, b, a_scale, b_scale, out_dtype, bias) -> None:
 
 def fp8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: Optional[torch.Tensor] = None,
              b_scale: Optional[torch.Tensor] = None, out_dtype: torch.dtype = torch.bfloat16,
-             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+             bias: Optional[torch.Tensor] = None, use_fast_accum: bool = False) -> torch.Tensor:
     """(a @ b^T) * a_scale * b_scale (+ bias) in out_dtype, like F.linear(a, b, bias).
 
     a: (..., K) and b: (N, K), each either float8_e4m3fn with an fp32 scale (one element, or
@@ -120,7 +123,17 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: Optional[torch.Tensor] =
     with scale None (quantized per row on the fly).  bias: (N,) or None.  out_dtype: bf16,
     fp16 or fp32.  Returns (..., N), contiguous.  Needs the sm89 or sm90 library on a GPU;
     CPU tensors use an fp32 emulation.  Forward only.
+
+    use_fast_accum (bool, as in torch._scaled_mm): on sm90, let the tensor cores accumulate
+    without adding their partial sums into fp32 every 128 elements of K: faster (measured on
+    an H200 at 4096^3, 8192^3 and 16384x8192x7168: 1288-1421 TFLOP/s against ~950 promoted),
+    with a relative error of a few 1e-3 against the promoted result at such K (~3e-3
+    measured).  No effect on sm89 (its tensor cores accumulate in fp32) or in the CPU
+    emulation.
     """
+    if type(use_fast_accum) is not bool:
+        raise TypeError(f"{OP}: use_fast_accum must be True or False, got {use_fast_accum!r} "
+                        f"({type(use_fast_accum).__name__})")
     fast = (type(a) in _TENSORS and type(b) in _TENSORS and a.is_cuda and a.dim() == 2 and b.dim() == 2
             and a.dtype == FP8 and b.dtype == FP8 and type(a_scale) in _TENSORS and type(b_scale) in _TENSORS
             and not is_compiling() and not wants_grad(a, b, a_scale, b_scale, bias))
@@ -140,9 +153,9 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: Optional[torch.Tensor] =
     a2 = a.reshape(lead.numel(), a.shape[-1])
     sa, sb = a_scale.reshape(-1), b_scale.reshape(-1)
     if is_compiling() or wants_grad(a, b, a_scale, b_scale, bias):
-        out = _op(a2, b, sa, sb, out_dtype, bias)
+        out = _op(a2, b, sa, sb, out_dtype, bias, use_fast_accum)
     else:
-        out = _forward(a2, b, sa, sb, out_dtype, bias)
+        out = _forward(a2, b, sa, sb, out_dtype, bias, use_fast_accum)
     return out.view(*lead, b.shape[0])
 
 

@@ -113,8 +113,10 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torc
     dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
     if tokens == 0 or hidden == 0:
         return dx.view(x.shape), dw.zero_()
-    # G programs walk the tokens: 4 per SM, each owning one fp32 row of dweight's partial sums
-    g = min(tokens, 4 * _lib.sm_count(dev))
+    # G programs walk the tokens, each owning one fp32 row of dweight's partial sums: 16 per SM
+    # per head (small programs of a few heads, aot/specs/rms_norm_rope.py), 4 per SM over the
+    # row (programs of 16 heads; the partial rows are H*D wide)
+    g = min(tokens, (16 if per_head else 4) * _lib.sm_count(dev))
     partial = torch.empty((g, width), dtype=torch.float32, device=x.device)
     w = weight.contiguous()
     cos, sin, stride_cb, stride_cs, rows = _table_strides(cos, sin)
