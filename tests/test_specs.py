@@ -122,3 +122,21 @@ def test_gemm_tuning_tables_are_well_formed():
             assert shapes and cfgs, (op, cls)
             assert all(len(c) == (7 if op.startswith("fp8_gemm") else 6) for c in cfgs), (op, cls)
             assert any(tune_gemm.ELIGIBLE.get(op, lambda _: True)(c) for c in cfgs), (op, cls)
+
+
+def test_access_widths_counts_one_element_and_16_byte_accesses():
+    sys.path.insert(0, str(REPO))
+    try:
+        from aot.access_widths import widths
+    finally:
+        sys.path.remove(str(REPO))
+    ptx = """
+        @%p1 ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
+        @%p2 ld.global.b16 { %rs1 }, [ %rd2 + 0 ];
+        @%p3 st.global.b16 [ %rd3 + 0 ], { %rs2 };
+        st.global.v4.b32 [ %rd4 + 0 ], { %r5, %r6, %r7, %r8 };
+        ld.global.b32 %r9, [ %rd5 + 0 ];
+        ld.shared.b16 %rs3, [ %r10 ];
+    """
+    assert widths(ptx, "bf16") == (2, 2)
+    assert widths(ptx, "fp32") == (1, 2)
