@@ -232,3 +232,26 @@ class _OnXla(torch.Tensor):
 
 def on_foreign_device(t: torch.Tensor) -> torch.Tensor:
     return t.as_subclass(_OnXla)
+
+
+# --- FP8 (tests/test_fp8*.py) ---------------------------------------------------------------------
+
+def fp8_library_available() -> bool:
+    """The current GPU's library has fp8_gemm (sm89, sm90), or the GPU uses the reference."""
+    import fusedaot
+    lib = fusedaot._lib.device_library(torch.cuda.current_device())
+    return lib is None or lib.arch in fusedaot._lib.manifest()["ops"]["fp8_gemm"]["arches"]
+
+
+@pytest.fixture
+def fp8_device(request):
+    """"cpu", or "cuda" where the GPU's library has fp8_gemm (else the test skips: on the
+    sm80 and PTX libraries test_unavailable_library_error checks the error instead)."""
+    import fusedaot
+    device = request.param
+    if device == "cuda":
+        if not HAS_CUDA:
+            pytest.skip("needs a CUDA device")
+        if not fp8_library_available():
+            pytest.skip(f"the {fusedaot.arch_for(torch.device('cuda'))} library has no fp8_gemm")
+    return device

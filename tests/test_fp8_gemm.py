@@ -2,21 +2,16 @@
 torch._scaled_mm on identical inputs and scales, the error against a bf16 GEMM, shapes that
 are not multiples of a tile (1, 17, 4097), empty ones, layouts, scale layouts, bias, errors
 (by message, including FP8 on a library without FP8), opcheck, torch.compile, CUDA graphs,
-the SASS of the sm90 kernels (QGMMA: FP8 wgmma), and use_fast_accum (against
-torch._scaled_mm's, the promoted result, and the dispatch's promoted / fast variants).
+and FP8Linear.  use_fast_accum: tests/test_fp8_gemm_fast_accum.py; the shipped kernels' SASS
+and the dispatch over M: tests/test_fp8_gemm_build.py.
 
     out = (a @ b^T) * a_scale[m] * b_scale[n] (+ bias[n])
 """
 from __future__ import annotations
 
-import itertools
-import os
 import pathlib
 import re
 import shutil
-import struct
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,7 +20,7 @@ import torch.nn.functional as F
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference as R
-from conftest import HAS_CUDA, assert_close, assert_written, make_tensor, on_foreign_device, poison, run_with_fake
+from conftest import assert_close, fp8_library_available, assert_written, make_tensor, on_foreign_device, poison, run_with_fake
 
 FP8 = torch.float8_e4m3fn
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -56,30 +51,6 @@ TOLERANCES = {
 FP8_VS_EXACT_BOUND = 0.045
 # Against torch._scaled_mm on identical FP8 inputs and scales (both sum in fp32, round once).
 SCALED_MM_BOUND = 1e-2
-# use_fast_accum=True (sm90: no promotion, the tensor cores' ~14-bit chain spans all of K)
-# against the promoted result and against torch._scaled_mm(use_fast_accum=True), relative
-# Frobenius error: ~3e-3 measured against the promoted result on an H200 at K = 4096-8192;
-# two such errors, independent, add to ~4e-3, and a wrong tile, index or scale is O(1).
-FAST_ACCUM_BOUND = 1e-2
-
-
-def fp8_library_available() -> bool:
-    """The current GPU's library has fp8_gemm (sm89, sm90), or the GPU uses the reference."""
-    lib = fusedaot._lib.device_library(torch.cuda.current_device())
-    return lib is None or lib.arch in fusedaot._lib.manifest()["ops"]["fp8_gemm"]["arches"]
-
-
-@pytest.fixture
-def fp8_device(request):
-    """"cpu", or "cuda" where the GPU's library has fp8_gemm (else the test skips: on the
-    sm80 and PTX libraries test_unavailable_library_error checks the error instead)."""
-    device = request.param
-    if device == "cuda":
-        if not HAS_CUDA:
-            pytest.skip("needs a CUDA device")
-        if not fp8_library_available():
-            pytest.skip(f"the {fusedaot.arch_for(torch.device('cuda'))} library has no fp8_gemm")
-    return device
 
 
 FP8_DEVICES = pytest.mark.parametrize("fp8_device", ["cpu", pytest.param("cuda", marks=pytest.mark.requires_cuda)],
@@ -185,164 +156,6 @@ def test_against_torch_scaled_mm(m, n, k, scaling):
     worst = ((ours.double() - theirs.double()).abs().max() / theirs.double().abs().max()).item()
     print(f"fp8_gemm vs torch._scaled_mm {m}x{n}x{k} {scaling}: relative error {rel:.2e} (max {worst:.2e})")
     assert rel <= SCALED_MM_BOUND and worst <= SCALED_MM_BOUND
-
-
-# --- use_fast_accum ----------------------------------------------------------------------------------
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative Frobenius error of x against ref."""
-    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-def library_arch():
-    lib = fusedaot._lib.device_library(torch.cuda.current_device())
-    return None if lib is None else lib.arch
-
-
-def scaled_mm_padded(a, b, sa, sb, scaling, use_fast_accum):
-    """torch._scaled_mm (bf16 out) of the same FP8 values and scales.  cuBLASLt's FP8 GEMM
-    needs K and N multiples of 16: both are padded with zeros (zero products change no sum;
-    padded columns get scale 1) and the padding is cut off."""
-    (m, k), n = a.shape, b.shape[0]
-    kp, np_ = -(-k // 16) * 16, -(-n // 16) * 16
-    ap = torch.zeros(m, kp, dtype=torch.uint8, device=a.device).view(FP8)
-    bp = torch.zeros(np_, kp, dtype=torch.uint8, device=a.device).view(FP8)
-    ap[:, :k] = a
-    bp[:n, :k] = b
-    if scaling == "tensor":
-        scale_a, scale_b = sa, sb
-    else:   # row-wise: scale_a (M, 1), scale_b (1, N)
-        scale_a = sa.reshape(m, 1)
-        scale_b = torch.ones(1, np_, device=a.device)
-        scale_b[0, :n] = sb.reshape(-1)
-    out = torch._scaled_mm(ap, bp.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16,
-                           use_fast_accum=use_fast_accum)
-    return out[:, :n]
-
-
-# (M, N, K): every shape class with aligned operands (the sm90 fast variants), N not a
-# tile multiple (300x1000x4096, still aligned), and an unaligned call (N = 4097: the
-# fallback, which ignores the flag).
-FAST_SHAPES = [(2048, 4096, 4096), (512, 2048, 4096), (64, 4096, 8192), (300, 1000, 4096), (17, 4097, 512)]
-
-
-@pytest.mark.requires_cuda
-@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("scaling", ["tensor", "row"])
-@pytest.mark.parametrize("m,n,k", FAST_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in FAST_SHAPES])
-def test_fast_accum_against_torch_scaled_mm_and_promoted(m, n, k, scaling, bias):
-    if not fp8_library_available():
-        pytest.skip("no fp8_gemm in this library")
-    if torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("torch._scaled_mm needs FP8 tensor cores")
-    a, sa = quantized((m, k), "cuda", scaling)
-    b, sb = quantized((n, k), "cuda", scaling, scale=0.02)
-    bvec = make_tensor((n,), torch.bfloat16, "cuda") if bias else None
-    outs = {}
-    for fast in (False, True):
-        poison(m * n * 2)
-        outs[fast] = fusedaot.fp8_gemm(a, b, sa, sb, out_dtype=torch.bfloat16, bias=bvec, use_fast_accum=fast)
-        assert outs[fast].shape == (m, n) and outs[fast].dtype == torch.bfloat16
-        assert_written(outs[fast])
-    theirs = scaled_mm_padded(a, b, sa, sb, scaling, use_fast_accum=True).double()
-    if bvec is not None:   # added in float64, the same way for both scalings
-        theirs = theirs + bvec.double()
-    vs_theirs, vs_promoted = rel_err(outs[True], theirs), rel_err(outs[True], outs[False])
-    print(f"fp8_gemm use_fast_accum {m}x{n}x{k} {scaling}: relative error {vs_theirs:.2e} against "
-          f"torch._scaled_mm(use_fast_accum=True), {vs_promoted:.2e} against use_fast_accum=False")
-    assert vs_theirs <= FAST_ACCUM_BOUND and vs_promoted <= FAST_ACCUM_BOUND
-    if library_arch() == "sm89" or n == 4097:   # Ada accumulates in fp32; the fallback ignores the flag
-        assert torch.equal(outs[True], outs[False])
-
-
-@pytest.mark.requires_cuda
-def test_fast_accum_reaches_the_sm90_dispatch():
-    """On sm90 the flag selects other kernels: the fp32 results differ (a few 1e-3 relative),
-    except through the unaligned fallback, which ignores it."""
-    if library_arch() != "sm90":
-        pytest.skip("the fast variants are sm90's")
-    m, n, k = 2048, 1024, 4096
-    a, sa = quantized((m, k), "cuda")
-    b, sb = quantized((n, k), "cuda", scale=0.02)
-    promoted = fusedaot.fp8_gemm(a, b, sa, sb, out_dtype=torch.float32)
-    fast = fusedaot.fp8_gemm(a, b, sa, sb, out_dtype=torch.float32, use_fast_accum=True)
-    assert not torch.equal(fast, promoted), "use_fast_accum=True ran the promoted kernel"
-    assert rel_err(fast, promoted) <= FAST_ACCUM_BOUND
-    big = torch.zeros(m, k + 16, dtype=torch.uint8, device="cuda").view(FP8)
-    big[:, 3:3 + k] = a                                   # rows misaligned: the fallback variant
-    assert torch.equal(fusedaot.fp8_gemm(big[:, 3:3 + k], b, sa, sb, out_dtype=torch.float32, use_fast_accum=True),
-                       fusedaot.fp8_gemm(big[:, 3:3 + k], b, sa, sb, out_dtype=torch.float32))
-
-
-def test_fast_accum_is_ignored_by_the_cpu_emulation():
-    a, sa = quantized((37, 512), "cpu")
-    b, sb = quantized((96, 512), "cpu", "tensor", scale=0.1)
-    bias = make_tensor((96,), torch.bfloat16, "cpu")
-    want = fusedaot.fp8_gemm(a, b, sa, sb, bias=bias)
-    assert torch.equal(fusedaot.fp8_gemm(a, b, sa, sb, bias=bias, use_fast_accum=True), want)
-    assert torch.equal(torch.ops.fusedaot.fp8_gemm(a, b, sa.reshape(-1), sb.reshape(-1), torch.bfloat16, bias, True),
-                       want)
-    x = make_tensor((5, 512), torch.bfloat16, "cpu")       # quantized on the fly
-    assert torch.equal(fusedaot.fp8_gemm(x, b, None, sb, use_fast_accum=True), fusedaot.fp8_gemm(x, b, None, sb))
-
-
-def test_fast_accum_in_schema():
-    schema = torch.ops.fusedaot.fp8_gemm.default._schema
-    arg = schema.arguments[-1]
-    assert (arg.name, str(arg.type), arg.default_value) == ("use_fast_accum", "bool", False), str(schema)
-    params = dict(fusedaot._lib.manifest()["ops"]["fp8_gemm"]["params"])
-    assert params["fast_accum"] == "i32"
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_fast_accum_must_be_a_bool(device):
-    a, sa = quantized((4, 64), device)
-    b, sb = quantized((8, 64), device)
-    for bad, shown in ((1, r"1 \(int\)"), (0, r"0 \(int\)"), ("yes", r"'yes' \(str\)"), (None, r"None \(NoneType\)"),
-                       (torch.tensor(True), r"tensor\(True.*\) \(Tensor\)")):
-        with pytest.raises(TypeError, match=rf"fp8_gemm: use_fast_accum must be True or False, got {shown}"):
-            fusedaot.fp8_gemm(a, b, sa, sb, use_fast_accum=bad)
-    with pytest.raises(TypeError, match=r"FP8Linear: use_fast_accum must be True or False, got 1 \(int\)"):
-        fusedaot.nn.FP8Linear(8, 8, device=device, use_fast_accum=1)
-    linear = torch.nn.Linear(8, 8, device=device)
-    with pytest.raises(TypeError, match=r"FP8Linear: use_fast_accum must be True or False, got 'no' \(str\)"):
-        fusedaot.nn.FP8Linear.from_linear(linear, use_fast_accum="no")
-
-
-@FP8_DEVICES
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_fp8_linear_fast_accum(fp8_device, bias):
-    linear = torch.nn.Linear(4096, 1000, bias=bias, device=fp8_device, dtype=torch.bfloat16)
-    fl = fusedaot.nn.FP8Linear.from_linear(linear, use_fast_accum=True)
-    assert fl.use_fast_accum is True and "use_fast_accum=True" in repr(fl)
-    assert fusedaot.nn.FP8Linear.from_linear(linear).use_fast_accum is False
-    x = make_tensor((3, 100, 4096), torch.bfloat16, fp8_device)
-    if fp8_device == "cuda":
-        poison(300 * 1000 * 2)
-    y = fl(x)
-    assert y.shape == (3, 100, 1000) and y.dtype == torch.bfloat16
-    assert_written(y)
-    want = fusedaot.fp8_gemm(x, fl.weight, None, fl.weight_scale, out_dtype=torch.bfloat16, bias=fl.bias,
-                             use_fast_accum=True)
-    assert torch.equal(y, want)
-    promoted = fusedaot.fp8_gemm(x, fl.weight, None, fl.weight_scale, out_dtype=torch.bfloat16, bias=fl.bias)
-    assert rel_err(y, promoted) <= FAST_ACCUM_BOUND
-    m = fusedaot.nn.FP8Linear(64, 32, bias=bias, device=fp8_device, dtype=torch.float16, use_fast_accum=True)
-    assert m(make_tensor((5, 64), torch.float16, fp8_device)).dtype == torch.float16
-    assert "use_fast_accum=True" in repr(m)
-
-
-@FP8_DEVICES
-def test_compile_passes_use_fast_accum(fp8_device):
-    w, ws = quantized((96, 256), fp8_device, scale=0.1)
-    torch._dynamo.reset()
-
-    def f(x):
-        return fusedaot.fp8_gemm(x, w, None, ws, out_dtype=torch.bfloat16, use_fast_accum=True)
-
-    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
-    x = make_tensor((17, 256), torch.bfloat16, fp8_device)
-    assert torch.equal(cf(x), f(x))
 
 
 # --- layouts ---------------------------------------------------------------------------------------
@@ -569,130 +382,3 @@ def test_cuda_graph_replay():
         g.replay()
         torch.cuda.synchronize()
         assert torch.equal(y, fusedaot.fp8_gemm(x, w, None, ws))
-
-
-# --- SASS: the sm90 kernels run on FP8 wgmma -----------------------------------------------------------
-
-def find_tool(name: str):
-    """cuobjdump / nvdisasm: on PATH, in a CUDA toolkit, or in Triton's package (not imported)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    roots = [pathlib.Path(p) / "triton" / "backends" / "nvidia" / "bin" for p in sys.path if p]
-    roots += [pathlib.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin"]
-    for root in roots:
-        if (root / name).is_file():
-            return str(root / name)
-    return None
-
-
-def cubins(library: pathlib.Path):
-    """The ELF cubins embedded in a fusedaot library (byte arrays in its .rodata)."""
-    data = library.read_bytes()
-    out, at = [], data.find(b"\x7fELF", 1)
-    while at > 0:
-        head = data[at:at + 64]
-        if len(head) == 64 and head[4] == 2 and int.from_bytes(head[0x12:0x14], "little") == 190:
-            phoff, shoff = struct.unpack_from("<QQ", head, 0x20)
-            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 0x36)
-            ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
-            for i in range(shnum):   # and the end of every section with file contents
-                kind, = struct.unpack_from("<I", data, at + shoff + i * shentsize + 4)
-                offset, size = struct.unpack_from("<QQ", data, at + shoff + i * shentsize + 0x18)
-                ends.append(offset + (0 if kind == 8 else size))   # SHT_NOBITS takes no file space
-            out.append(data[at:at + max(ends)])
-        at = data.find(b"\x7fELF", at + 1)
-    return out
-
-
-def sass_of_kernel(library: pathlib.Path, kernel: str, tmp_path) -> list[str]:
-    tool = find_tool("cuobjdump")
-    if tool is None:
-        pytest.skip("cuobjdump is not available")
-    texts = []
-    for i, image in enumerate(cubins(library)):
-        if f".text.{kernel}".encode() not in image:
-            continue
-        path = tmp_path / f"{kernel}_{i}.cubin"
-        path.write_bytes(image)
-        proc = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        texts.append(proc.stdout)
-    return texts
-
-
-def test_sm90_sass_uses_fp8_wgmma(tmp_path):
-    # reads the installed library's cubins; no GPU needed
-    library = PKG / "libfusedaot_sm90.so"
-    if not library.exists():
-        pytest.skip("libfusedaot_sm90.so is not installed")
-    texts = sass_of_kernel(library, "_fp8_gemm", tmp_path)
-    assert texts, "no _fp8_gemm cubin found in libfusedaot_sm90.so"
-    for text in texts:
-        assert re.search(r"\bQGMMA\.\d+x\d+x\d+\.F32\.E4M3\.E4M3", text), "an sm90 fp8_gemm kernel without QGMMA"
-
-
-# --- the GEMM family's dispatch over M (tests/test_specs.py holds M at 64) -----------------------
-
-def test_gemm_shape_classes_cover_every_m_exactly_once():
-    from test_specs import _condition, specs
-    names = ("fp8_gemm", "gated_mlp", "attention_scores")
-    ops = [op for op in specs.OPS if op.name in names]
-    assert len(ops) == 3
-    for op in ops:
-        pointers = [p.name for p in op.params if p.ctype == "ptr"]
-        for arch in op.arches:
-            variants = [(v.name, compile(_condition(op, v), v.name, "eval")) for v in op.variants if arch in v.arches]
-            for dtype in (specs.DTYPES[d] for d in op.dtypes):
-                for m in (0, 1, 16, 63, 64, 65, 1000, 1024, 1025, 100000):
-                    for (k, pad, ptr), fast in itertools.product(
-                            ((4096, 0, 0x7F0000001000), (4097, 0, 0x7F0000001000), (4096, 3, 0x7F0000001000),
-                             (4096, 0, 0x7F0000001008)), (0, 1)):
-                        args = dict(dtype=dtype, M=m, N=4096, K=k, fast_accum=fast, **{p: ptr for p in pointers})
-                        args.update({p.name: k + pad for p in op.params if p.name.startswith("stride_")})
-                        hits = [name for name, code in variants if eval(code, {}, dict(args))]
-                        assert len(hits) == 1, (op.name, arch, args, hits)
-
-
-def test_sm90_has_promoted_and_fast_variants():
-    """On sm90 every (dtype, shape class) of an aligned call has a promoted variant
-    (ACC_PROMOTE set) for fast_accum == 0 and a "_fast" one (ACC_PROMOTE None, the tuning
-    table's fp8_gemm_fast tile) for fast_accum != 0; sm89 and the unaligned fallbacks select
-    the same variant either way."""
-    from test_specs import _condition, specs
-    fam = specs.fp8_gemm
-    op = next(op for op in specs.OPS if op.name == "fp8_gemm")
-    assert op.param("fast_accum").ctype == "i32"
-    pointers = [p.name for p in op.params if p.ctype == "ptr"]
-    fast_configs = fam.gemm_configs("sm90", "fp8_gemm_fast", fam.FP8_GEMM_SM90_FAST)
-    for arch in op.arches:
-        variants = [(v, compile(_condition(op, v), v.name, "eval")) for v in op.variants if arch in v.arches]
-        for dtype, (cls, m), k in itertools.product(op.dtypes, (("small", 16), ("medium", 512), ("large", 4096)),
-                                                    (4096, 4097)):
-            args = dict(dtype=specs.DTYPES[dtype], M=m, N=4096, K=k, **{p: 0x7F0000001000 for p in pointers})
-            args.update({p.name: k for p in op.params if p.name.startswith("stride_")})
-            picked = {}
-            for flag in (0, 1, 7):
-                hits = [v for v, code in variants if eval(code, {}, dict(args, fast_accum=flag))]
-                assert len(hits) == 1, (arch, dtype, cls, k, flag, [v.name for v in hits])
-                picked[flag] = hits[0]
-            assert picked[1] is picked[7], (arch, dtype, cls)
-            promoted, fast = picked[0], picked[1]
-            if arch == "sm90" and k == 4096:
-                assert promoted.constexprs["ACC_PROMOTE"] and not promoted.name.endswith("_fast"), promoted.name
-                assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith("_fast"), fast.name
-                assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
-                c = fast.constexprs
-                assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], fast.num_warps,
-                        fast.num_stages) == fast_configs[cls][:6], (fast.name, fast_configs[cls])
-            else:
-                assert promoted is fast and "fast_accum" not in promoted.when, (arch, promoted.name)
-
-
-def test_fast_configs_must_not_promote():
-    from test_specs import specs
-    fam = specs.fp8_gemm
-    with pytest.raises(ValueError, match=r"fp8_gemm: fast-accumulation config \(64, 64, 64, 8, 4, 2, 128\) for "
-                                         r"sm90 must end with ACC_PROMOTE 0"):
-        fam.gemm_variants("fp8_gemm", "_fp8_gemm", ("bf16",), {"sm90": fam.FP8_GEMM_SM90}, fam.FP8_GEMM_FALLBACK,
-                          (), "1", promote=True, fast_by_arch={"sm90": {"small": (64, 64, 64, 8, 4, 2, 128)}})

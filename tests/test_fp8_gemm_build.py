@@ -1,0 +1,144 @@
+"""What the build made of fp8_gemm: the sm90 cubins' SASS (QGMMA: FP8 wgmma) and the GEMM
+family's dispatch over M, with fp8_gemm's promoted and fast-accumulation variants (no GPU
+needed).  (tests/test_fp8_gemm.py: the op itself.)
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import re
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from test_fp8_gemm import PKG
+
+# --- SASS: the sm90 kernels run on FP8 wgmma -----------------------------------------------------------
+
+def find_tool(name: str):
+    """cuobjdump / nvdisasm: on PATH, in a CUDA toolkit, or in Triton's package (not imported)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    roots = [pathlib.Path(p) / "triton" / "backends" / "nvidia" / "bin" for p in sys.path if p]
+    roots += [pathlib.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin"]
+    for root in roots:
+        if (root / name).is_file():
+            return str(root / name)
+    return None
+
+
+def cubins(library: pathlib.Path):
+    """The ELF cubins embedded in a fusedaot library (byte arrays in its .rodata)."""
+    data = library.read_bytes()
+    out, at = [], data.find(b"\x7fELF", 1)
+    while at > 0:
+        head = data[at:at + 64]
+        if len(head) == 64 and head[4] == 2 and int.from_bytes(head[0x12:0x14], "little") == 190:
+            phoff, shoff = struct.unpack_from("<QQ", head, 0x20)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 0x36)
+            ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+            for i in range(shnum):   # and the end of every section with file contents
+                kind, = struct.unpack_from("<I", data, at + shoff + i * shentsize + 4)
+                offset, size = struct.unpack_from("<QQ", data, at + shoff + i * shentsize + 0x18)
+                ends.append(offset + (0 if kind == 8 else size))   # SHT_NOBITS takes no file space
+            out.append(data[at:at + max(ends)])
+        at = data.find(b"\x7fELF", at + 1)
+    return out
+
+
+def sass_of_kernel(library: pathlib.Path, kernel: str, tmp_path) -> list[str]:
+    tool = find_tool("cuobjdump")
+    if tool is None:
+        pytest.skip("cuobjdump is not available")
+    texts = []
+    for i, image in enumerate(cubins(library)):
+        if f".text.{kernel}".encode() not in image:
+            continue
+        path = tmp_path / f"{kernel}_{i}.cubin"
+        path.write_bytes(image)
+        proc = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        texts.append(proc.stdout)
+    return texts
+
+
+def test_sm90_sass_uses_fp8_wgmma(tmp_path):
+    # reads the installed library's cubins; no GPU needed
+    library = PKG / "libfusedaot_sm90.so"
+    if not library.exists():
+        pytest.skip("libfusedaot_sm90.so is not installed")
+    texts = sass_of_kernel(library, "_fp8_gemm", tmp_path)
+    assert texts, "no _fp8_gemm cubin found in libfusedaot_sm90.so"
+    for text in texts:
+        assert re.search(r"\bQGMMA\.\d+x\d+x\d+\.F32\.E4M3\.E4M3", text), "an sm90 fp8_gemm kernel without QGMMA"
+
+
+# --- the GEMM family's dispatch over M (tests/test_specs.py holds M at 64) -----------------------
+
+def test_gemm_shape_classes_cover_every_m_exactly_once():
+    from test_specs import _condition, specs
+    names = ("fp8_gemm", "gated_mlp", "attention_scores")
+    ops = [op for op in specs.OPS if op.name in names]
+    assert len(ops) == 3
+    for op in ops:
+        pointers = [p.name for p in op.params if p.ctype == "ptr"]
+        for arch in op.arches:
+            variants = [(v.name, compile(_condition(op, v), v.name, "eval")) for v in op.variants if arch in v.arches]
+            for dtype in (specs.DTYPES[d] for d in op.dtypes):
+                for m in (0, 1, 16, 63, 64, 65, 1000, 1024, 1025, 100000):
+                    for (k, pad, ptr), fast in itertools.product(
+                            ((4096, 0, 0x7F0000001000), (4097, 0, 0x7F0000001000), (4096, 3, 0x7F0000001000),
+                             (4096, 0, 0x7F0000001008)), (0, 1)):
+                        args = dict(dtype=dtype, M=m, N=4096, K=k, fast_accum=fast, **{p: ptr for p in pointers})
+                        args.update({p.name: k + pad for p in op.params if p.name.startswith("stride_")})
+                        hits = [name for name, code in variants if eval(code, {}, dict(args))]
+                        assert len(hits) == 1, (op.name, arch, args, hits)
+
+
+def test_sm90_has_promoted_and_fast_variants():
+    """On sm90 every (dtype, shape class) of an aligned call has a promoted variant
+    (ACC_PROMOTE set) for fast_accum == 0 and a "_fast" one (ACC_PROMOTE None, the tuning
+    table's fp8_gemm_fast tile) for fast_accum != 0; sm89 and the unaligned fallbacks select
+    the same variant either way."""
+    from test_specs import _condition, specs
+    fam = specs.fp8_gemm
+    op = next(op for op in specs.OPS if op.name == "fp8_gemm")
+    assert op.param("fast_accum").ctype == "i32"
+    pointers = [p.name for p in op.params if p.ctype == "ptr"]
+    fast_configs = fam.gemm_configs("sm90", "fp8_gemm_fast", fam.FP8_GEMM_SM90_FAST)
+    for arch in op.arches:
+        variants = [(v, compile(_condition(op, v), v.name, "eval")) for v in op.variants if arch in v.arches]
+        for dtype, (cls, m), k in itertools.product(op.dtypes, (("small", 16), ("medium", 512), ("large", 4096)),
+                                                    (4096, 4097)):
+            args = dict(dtype=specs.DTYPES[dtype], M=m, N=4096, K=k, **{p: 0x7F0000001000 for p in pointers})
+            args.update({p.name: k for p in op.params if p.name.startswith("stride_")})
+            picked = {}
+            for flag in (0, 1, 7):
+                hits = [v for v, code in variants if eval(code, {}, dict(args, fast_accum=flag))]
+                assert len(hits) == 1, (arch, dtype, cls, k, flag, [v.name for v in hits])
+                picked[flag] = hits[0]
+            assert picked[1] is picked[7], (arch, dtype, cls)
+            promoted, fast = picked[0], picked[1]
+            if arch == "sm90" and k == 4096:
+                assert promoted.constexprs["ACC_PROMOTE"] and not promoted.name.endswith("_fast"), promoted.name
+                assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith("_fast"), fast.name
+                assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
+                c = fast.constexprs
+                assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], fast.num_warps,
+                        fast.num_stages) == fast_configs[cls][:6], (fast.name, fast_configs[cls])
+            else:
+                assert promoted is fast and "fast_accum" not in promoted.when, (arch, promoted.name)
+
+
+def test_fast_configs_must_not_promote():
+    from test_specs import specs
+    fam = specs.fp8_gemm
+    with pytest.raises(ValueError, match=r"fp8_gemm: fast-accumulation config \(64, 64, 64, 8, 4, 2, 128\) for "
+                                         r"sm90 must end with ACC_PROMOTE 0"):
+        fam.gemm_variants("fp8_gemm", "_fp8_gemm", ("bf16",), {"sm90": fam.FP8_GEMM_SM90}, fam.FP8_GEMM_FALLBACK,
+                          (), "1", promote=True, fast_by_arch={"sm90": {"small": (64, 64, 64, 8, 4, 2, 128)}})
