@@ -230,6 +230,20 @@ class _OnXla(torch.Tensor):
         return torch.device("xla", 0)
 
 
+def compile_backends(device: str) -> list[str]:
+    """torch.compile backends the tests run the ops under on `device`: aot_eager always (the
+    fake implementations and autograd through the dispatcher), inductor where it can compile
+    (a C++ compiler for CPU code, Triton for CUDA code; fusedaot itself needs neither)."""
+    out = ["aot_eager"]
+    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
+        out.append("inductor")
+    if device == "cuda":
+        import torch.utils._triton
+        if torch.utils._triton.has_triton():
+            out.append("inductor")
+    return out
+
+
 def on_foreign_device(t: torch.Tensor) -> torch.Tensor:
     return t.as_subclass(_OnXla)
 

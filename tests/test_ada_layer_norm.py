@@ -9,8 +9,6 @@ Every result is compared with a float64 evaluation of the formula on the same in
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +16,8 @@ import torch.nn.functional as F
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
+                      on_foreign_device, poison, ref64)
 
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close)
 # out:   computed in fp32, rounded once into the storage dtype: 2^-8 (bf16), 2^-11 (fp16),
@@ -338,20 +337,9 @@ def test_opcheck(device, form, pdtype):
     torch.library.opcheck(torch.ops.fusedaot.ada_layer_norm_backward.default, (torch.randn_like(x), x, scale, EPS))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
         mod = fusedaot.nn.AdaLayerNorm(96, 32, device=device)
 

@@ -6,14 +6,13 @@ Every result is compared with a float64 evaluation on the same inputs:
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 import fusedaot
 import fusedaot.reference
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
+                      on_foreign_device, poison, ref64)
 
 DTYPES4 = DTYPES + (torch.float64,)
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close), mag = |a| + |b|
@@ -276,20 +275,9 @@ def test_opcheck(device, dtype, broadcast):
                           (torch.randn_like(a), fusedaot.add_relu(a, b), broadcast))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         for broadcast in (False, True):
             torch._dynamo.reset()
 

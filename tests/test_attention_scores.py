@@ -7,13 +7,12 @@ more than 65535 batch*heads, dtypes, backward, errors, opcheck, torch.compile, C
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
 
 import fusedaot
-from conftest import assert_close, assert_written, make_tensor, on_foreign_device, poison
+from conftest import assert_close, assert_written, compile_backends, make_tensor, on_foreign_device, poison
 
 DTYPES = (torch.bfloat16, torch.float16)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.requires_cuda)]
@@ -198,20 +197,9 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.fusedaot.attention_scores_backward.default, (dy, q, k, 0.25))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(q, k):

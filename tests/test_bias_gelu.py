@@ -6,15 +6,14 @@ Every result is compared with a float64 evaluation on the same inputs:
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fusedaot
 import fusedaot.reference
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
+                      on_foreign_device, poison, ref64)
 
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close)
 # out:   computed in fp32, rounded once into the storage dtype: 2^-8 (bf16), 2^-11
@@ -300,20 +299,9 @@ def test_opcheck(device, dtype, approximate):
     torch.library.opcheck(torch.ops.fusedaot.bias_gelu_backward.default, (torch.randn_like(x), x, b, approximate))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(x, b):

@@ -11,14 +11,12 @@ FUSEDAOT_ARCH=ptx to check the emulation).
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 import fusedaot
 import fusedaot.reference as R
-from conftest import DTYPES, assert_written, make_tensor, on_foreign_device, poison
+from conftest import DTYPES, assert_written, compile_backends, make_tensor, on_foreign_device, poison
 
 FP8 = torch.float8_e4m3fn
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.requires_cuda)]
@@ -316,20 +314,9 @@ def test_opcheck(device, dtype):
         _unchanged(args, torch.ops.fusedaot.dequantize_fp8)
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(x):

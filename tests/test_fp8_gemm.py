@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import shutil
 
 import pytest
 import torch
@@ -20,7 +19,8 @@ import torch.nn.functional as F
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference as R
-from conftest import assert_close, fp8_library_available, assert_written, make_tensor, on_foreign_device, poison, run_with_fake
+from conftest import (assert_close, assert_written, compile_backends, fp8_library_available, make_tensor,
+                      on_foreign_device, poison, run_with_fake)
 
 FP8 = torch.float8_e4m3fn
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -335,22 +335,11 @@ def test_opcheck(fp8_device):
         assert all(torch.equal(t.view(torch.uint8), v) for t, v in zip((a, b), before))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @FP8_DEVICES
 def test_compile_fullgraph(fp8_device):
     w, ws = quantized((96, 256), fp8_device, scale=0.1)
     bias = torch.randn(96, device=fp8_device, dtype=torch.bfloat16)
-    for backend in _backends(fp8_device):
+    for backend in compile_backends(fp8_device):
         torch._dynamo.reset()
 
         def f(x):

@@ -7,7 +7,6 @@ opcheck, torch.compile, CUDA graphs and the sm90 SASS (HGMMA: bf16 wgmma).
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
@@ -15,8 +14,8 @@ import torch.nn.functional as F
 
 import fusedaot
 import fusedaot.nn
-from conftest import assert_close, assert_written, make_tensor, on_foreign_device, poison
-from test_fp8_gemm import PKG, sass_of_kernel
+from conftest import assert_close, assert_written, compile_backends, make_tensor, on_foreign_device, poison
+from test_fp8_gemm_build import PKG, sass_of_kernel
 
 DTYPES = (torch.bfloat16, torch.float16)
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -282,20 +281,9 @@ def test_opcheck(device, activation):
     torch.library.opcheck(torch.ops.fusedaot.fused_gated_mlp_backward.default, (dy, x, wg, wu, activation))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(x, wg, wu):

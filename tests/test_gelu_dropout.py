@@ -9,7 +9,6 @@ graphs (a fresh mask on every replay).
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 
 import fusedaot
 import fusedaot.reference as R
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
+                      on_foreign_device, poison, ref64)
 
 DTYPES4 = DTYPES + (torch.float64,)
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close); the mask is exact, so
@@ -364,24 +364,13 @@ def test_opcheck(device, dtype):
         torch.library.opcheck(torch.ops.fusedaot.gelu_dropout_backward.default, (torch.randn_like(x), x, *args))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
     # the compiled graph draws (seed, counter) with torch.randint: check the structure of the
     # result (each element gelu(u) / (1 - p) or 0, about 1 - p of them kept) and that the
     # backward drops exactly the forward's elements
     p = 0.4
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(x):

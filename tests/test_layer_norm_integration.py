@@ -3,15 +3,13 @@
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference
-from conftest import DTYPES, assert_close, make_tensor, ref64
+from conftest import DTYPES, assert_close, compile_backends, make_tensor, ref64
 from test_layer_norm import DEVICES, EPS, TOLERANCES, inputs, mags, oracle, relu_safe
 
 
@@ -31,20 +29,9 @@ def test_opcheck(device, dtype, params):
     torch.library.opcheck(torch.ops.fusedaot.layer_norm_backward.default, (dy, x, w, b, EPS, True))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(x, w, b):

@@ -9,14 +9,13 @@ Every result is compared with a float64 evaluation on the same inputs:
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 import fusedaot
 import fusedaot.reference as R
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
+                      on_foreign_device, poison, ref64)
 
 DTYPES4 = DTYPES + (torch.float64,)
 OPS = {"sum_squared": (fusedaot.reduce_sum_squared, lambda x, dim, keepdim: (x * x).sum(dim, keepdim=keepdim)),
@@ -254,22 +253,11 @@ def test_opcheck(device, op):
             torch.library.opcheck(getattr(torch.ops.fusedaot, name + "_backward").default, (dy, x, dim, keepdim))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", OPS)
 def test_compile_fullgraph(device, op):
     fn, oracle = OPS[op]
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(x):

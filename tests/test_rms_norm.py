@@ -6,8 +6,6 @@ Every result is compared with a float64 evaluation of the formula on the same in
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +13,8 @@ import torch.nn.functional as F
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
+                      on_foreign_device, poison, ref64)
 
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close)
 # out:   the kernel computes in fp32 and rounds once into the storage dtype: the unit
@@ -307,20 +306,9 @@ def test_opcheck(device, dtype, weight):
     torch.library.opcheck(torch.ops.fusedaot.rms_norm_backward.default, (dy, x, w, EPS))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(x, w):

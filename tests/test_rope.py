@@ -7,14 +7,13 @@ Every result is compared with a float64 evaluation of the model-code formula on 
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 import fusedaot
 import fusedaot.reference
-from conftest import DTYPES, assert_close, assert_written, make_tensor, nbytes_of, on_foreign_device, poison, ref64
+from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
+                      on_foreign_device, poison, ref64)
 from rope_oracle import rope, rope_tables, rope_transposed_abs
 
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close), mag = |x|*|cos| + |rot(x)|*|sin|
@@ -357,21 +356,10 @@ def test_opcheck(device, interleaved):
                               (q.clone(), k.clone(), cos, sin, p, interleaved, 32))
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
     tol = TOLERANCES[torch.float32]
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def f(q, k, cos, sin, pos):

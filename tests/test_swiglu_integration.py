@@ -4,15 +4,13 @@ kernels, backward.)
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 import fusedaot
 import fusedaot.nn
 import fusedaot.reference
-from conftest import assert_close, make_tensor, ref64
+from conftest import assert_close, compile_backends, make_tensor, ref64
 from test_swiglu import DEVICES, TOLERANCES, inputs, mags, oracle
 
 
@@ -35,21 +33,10 @@ def test_opcheck(device, dtype, name, extra):
     torch.library.opcheck(backward.default, (dy,) + tuple(args) + extra)
 
 
-def _backends(device):
-    out = ["aot_eager"]
-    if device == "cpu" and (shutil.which("c++") or shutil.which("g++")):
-        out.append("inductor")
-    if device == "cuda":
-        import torch.utils._triton
-        if torch.utils._triton.has_triton():
-            out.append("inductor")
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
     tol = TOLERANCES[torch.bfloat16]
-    for backend in _backends(device):
+    for backend in compile_backends(device):
         torch._dynamo.reset()
 
         def terms(g, u, x):
