@@ -11,14 +11,6 @@
 #include "elementwise.cuh"
 
 template <typename T>
-struct FwdParams {
-  const T* a;
-  const T* b;
-  T* y;
-  i64 stride_a, stride_b, N;
-};
-
-template <typename T>
 struct BwdParams {
   const T* dy;
   const T* y;
@@ -26,31 +18,16 @@ struct BwdParams {
   i64 stride_dy, stride_y, N;
 };
 
-template <typename T, int VEC>
-struct AddReluFwd {
-  typedef FwdParams<T> Params;
-  static constexpr int UNROLL = EW_UNROLL_FOR(VEC, 2);
-  struct Frag {
-    Vec<T, VEC> a, b;
-    i64 out;
-  };
-  Params p;
-  __device__ __forceinline__ AddReluFwd(const Params& prm) : p(prm) {}
-  __device__ __forceinline__ void load(Frag& f, const Pos& q) const {
-    f.a = load_vec<T, VEC>(p.a + q.o * p.stride_a + q.c);
-    f.b = load_vec<T, VEC>(p.b + q.o * p.stride_b + q.c);
-    f.out = q.o * p.N + q.c;
-  }
-  __device__ __forceinline__ void store(const Frag& f) const {
-    Vec<T, VEC> out;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const typename Acc<T>::type s = to_acc(f.a.v[i]) + to_acc(f.b.v[i]);
-      out.v[i] = from_acc<T>(s <= 0 ? 0 : s);
-    }
-    store_out<T, VEC>(p.y + f.out, out);
+// relu(a + b); a NaN sum is not <= 0 and propagates.
+struct AddRelu {
+  template <typename A>
+  __device__ __forceinline__ static A apply(A a, A b) {
+    const A s = a + b;
+    return s <= 0 ? 0 : s;
   }
 };
+template <typename T, int VEC>
+using AddReluFwd = BinaryFwd<T, VEC, AddRelu>;
 
 // b of a's shape: da only (the caller hands the same tensor to a and b).
 template <typename T, int VEC>
@@ -105,7 +82,7 @@ struct AddReluBwdCols {
 #define ADD_RELU_INSTANCE(T, NAME, VEC)                                                             \
   extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_fwd_##NAME##_v##VEC(             \
       const T* a, const T* b, T* y, i64 stride_a, i64 stride_b, i64 M, i64 N) {                     \
-    const FwdParams<T> prm = {a, b, y, stride_a, stride_b, N};                        \
+    const BinaryParams<T> prm = {a, b, y, stride_a, stride_b, N};                        \
     ew_loop<AddReluFwd, T, VEC>(prm, M, 1, N);                                                      \
   }                                                                                                 \
   extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_bwd_##NAME##_v##VEC(             \

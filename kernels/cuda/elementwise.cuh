@@ -175,3 +175,39 @@ __device__ __forceinline__ void colsum_loop(const Params& prm, typename Acc<T>::
 #pragma unroll
   for (int i = 0; i < VEC; ++i) part[i] = acc[i];
 }
+
+// ------------------------------------------------------------------ binary forward
+// y = F(a, b) elementwise over (M, N) rows: a with row stride stride_a, b with stride_b (0: one
+// (N,) row broadcast over the rows), y contiguous.  F::apply(a, b) computes in Acc<T> (fp32, or
+// fp64 for fp64) and y is rounded once.  add_relu.cu and mul_tanh.cu instantiate it through an
+// alias template (`template <typename T, int VEC> using AddReluFwd = BinaryFwd<T, VEC, AddRelu>`).
+template <typename T>
+struct BinaryParams {
+  const T* a;
+  const T* b;
+  T* y;
+  i64 stride_a, stride_b, N;
+};
+
+template <typename T, int VEC, typename F>
+struct BinaryFwd {
+  typedef BinaryParams<T> Params;
+  static constexpr int UNROLL = EW_UNROLL_FOR(VEC, 2);
+  struct Frag {
+    Vec<T, VEC> a, b;
+    i64 out;
+  };
+  Params p;
+  __device__ __forceinline__ BinaryFwd(const Params& prm) : p(prm) {}
+  __device__ __forceinline__ void load(Frag& f, const Pos& q) const {
+    f.a = load_vec<T, VEC>(p.a + q.o * p.stride_a + q.c);
+    f.b = load_vec<T, VEC>(p.b + q.o * p.stride_b + q.c);
+    f.out = q.o * p.N + q.c;
+  }
+  __device__ __forceinline__ void store(const Frag& f) const {
+    Vec<T, VEC> out;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out.v[i] = from_acc<T>(F::apply(to_acc(f.a.v[i]), to_acc(f.b.v[i])));
+    store_out<T, VEC>(p.y + f.out, out);
+  }
+};

@@ -11,14 +11,6 @@
 #include "elementwise.cuh"
 
 template <typename T>
-struct FwdParams {
-  const T* a;
-  const T* b;
-  T* y;
-  i64 stride_a, stride_b, N;
-};
-
-template <typename T>
 struct BwdParams {
   const T* dy;
   const T* a;
@@ -28,28 +20,12 @@ struct BwdParams {
   i64 stride_dy, stride_a, stride_b, N;
 };
 
-template <typename T, int VEC>
-struct MulTanhFwd {
-  typedef FwdParams<T> Params;
-  static constexpr int UNROLL = EW_UNROLL_FOR(VEC, 2);
-  struct Frag {
-    Vec<T, VEC> a, b;
-    i64 out;
-  };
-  Params p;
-  __device__ __forceinline__ MulTanhFwd(const Params& prm) : p(prm) {}
-  __device__ __forceinline__ void load(Frag& f, const Pos& q) const {
-    f.a = load_vec<T, VEC>(p.a + q.o * p.stride_a + q.c);
-    f.b = load_vec<T, VEC>(p.b + q.o * p.stride_b + q.c);
-    f.out = q.o * p.N + q.c;
-  }
-  __device__ __forceinline__ void store(const Frag& f) const {
-    Vec<T, VEC> out;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) out.v[i] = from_acc<T>(m_tanh(to_acc(f.a.v[i]) * to_acc(f.b.v[i])));
-    store_out<T, VEC>(p.y + f.out, out);
-  }
+struct MulTanh {
+  template <typename A>
+  __device__ __forceinline__ static A apply(A a, A b) { return m_tanh(a * b); }
 };
+template <typename T, int VEC>
+using MulTanhFwd = BinaryFwd<T, VEC, MulTanh>;
 
 // dy * (1 - tanh(a b)^2): the common factor of da and db.
 template <typename A>
@@ -123,7 +99,7 @@ struct MulTanhBwdCols {
 #define MUL_TANH_INSTANCE(T, NAME, VEC)                                                                        \
   extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_fwd_##NAME##_v##VEC(         \
       const T* a, const T* b, T* y, i64 stride_a, i64 stride_b, i64 M, i64 N) {                                \
-    const FwdParams<T> prm = {a, b, y, stride_a, stride_b, N};                                                 \
+    const BinaryParams<T> prm = {a, b, y, stride_a, stride_b, N};                                                 \
     ew_loop<MulTanhFwd, T, VEC>(prm, M, 1, N);                                                                 \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_bwd_##NAME##_v##VEC(         \
