@@ -11,8 +11,9 @@ import torch
 
 import fusedaot
 import fusedaot.reference
-from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
-                      on_foreign_device, poison, ref64)
+from binary_cases import (BAD_CALLS, FORWARD_SHAPES, LAYOUT_WIDTHS, MISALIGNED_SHAPES, check_bad_call,
+                          check_device_errors, check_layouts, check_misaligned)
+from conftest import DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of, poison, ref64
 
 DTYPES4 = DTYPES + (torch.float64,)
 # |got - ref| <= out*|ref| + comp*mag + floor   (conftest.assert_close)
@@ -46,6 +47,7 @@ DB_TOLERANCES = {
     torch.float32: dict(out=2**-24, comp=1e-5, floor=0.0),
     torch.float64: dict(out=2**-53, comp=2e-14, floor=0.0),
 }
+OP = "mul_tanh"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.requires_cuda)]
 
 
@@ -111,92 +113,38 @@ def test_reference_is_float64_exact():
 
 # --- argument errors --------------------------------------------------------------------
 
-def _bad_calls(dev):
-    bf = torch.bfloat16
-    a = torch.randn(2, 4096, device=dev, dtype=bf)
-    return [
-        ((torch.ones(2, 8, dtype=torch.int32, device=dev), torch.ones(8, dtype=torch.int32, device=dev)), TypeError,
-         r"mul_tanh: a must be float16, bfloat16, float32 or float64, got torch\.int32"),
-        ((a, torch.ones(4096, dtype=torch.float32, device=dev)), TypeError,
-         r"mul_tanh: b dtype torch\.float32 does not match a dtype torch\.bfloat16"),
-        ((a, torch.ones(4095, dtype=bf, device=dev)), ValueError,
-         r"mul_tanh: b has shape \(4095,\) but must be a's shape \(2, 4096\) or \(4096,\)"),
-        ((a, torch.ones(1, 4096, dtype=bf, device=dev)), ValueError,
-         r"mul_tanh: b has shape \(1, 4096\) but must be a's shape \(2, 4096\) or \(4096,\)"),
-        ((a, torch.ones(3, 4096, dtype=bf, device=dev)), ValueError,
-         r"mul_tanh: b has shape \(3, 4096\) but must be a's shape"),
-        ((torch.tensor(1.0, device=dev), torch.tensor(1.0, device=dev)), ValueError,
-         r"mul_tanh: a must have at least one dimension, got a scalar"),
-        ((a, 1.0), TypeError, r"mul_tanh: b must be a torch\.Tensor, got float"),
-    ]
-
-
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(BAD_CALLS))
 def test_bad_arguments(device, case):
-    args, exc, msg = _bad_calls(device)[case]
-    with pytest.raises(exc, match=msg):
-        fusedaot.mul_tanh(*args)
+    check_bad_call(OP, device, case)
 
 
-@pytest.mark.requires_cuda
-def test_b_on_other_device():
-    a = torch.randn(2, 64, device="cuda")
-    with pytest.raises(ValueError, match=rf"mul_tanh: b is on cpu but a is on {a.device}"):
-        fusedaot.mul_tanh(a, torch.ones(64))
-
-
-def test_unsupported_device_type():
-    with pytest.raises(ValueError, match=r"mul_tanh: tensors on 'xla' are not supported; use CUDA or CPU tensors"):
-        fusedaot.mul_tanh(on_foreign_device(torch.randn(2, 8)), torch.randn(8))
+def test_device_errors():
+    check_device_errors(OP)
 
 
 # --- GPU forward --------------------------------------------------------------------------
 
-SHAPES = [(0, 8), (1,), (7,), (1, 7), (4097,), (3, 4097), (64, 1000), (2, 3, 4097), (1024, 4096),
-          ((1 << 20) + 3,), (513, 2048)]
-
-
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("broadcast", (False, True), ids=("full", "bcast"))
 @pytest.mark.parametrize("dtype", DTYPES4, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", FORWARD_SHAPES, ids=str)
 def test_forward(shape, dtype, broadcast):
     check_forward(*inputs(shape, dtype, "cuda", broadcast))
 
 
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES4, ids=str)
-@pytest.mark.parametrize("shape", [(8,), (1, 8), (7, 1000), (33, 4096), (4097,)], ids=str)
+@pytest.mark.parametrize("shape", MISALIGNED_SHAPES, ids=str)
 def test_forward_misaligned(shape, dtype):
-    # pointers one element past a 16-byte boundary: the vectorised variants must not run
-    n = 1
-    for s in shape:
-        n *= s
-    abuf, bbuf = make_tensor((1 + n,), dtype, "cuda"), make_tensor((1 + n,), dtype, "cuda")
-    a, b = abuf[1:].view(shape), bbuf[1:].view(shape)
-    assert a.data_ptr() % 16 and b.data_ptr() % 16
-    check_forward(a, b)
-    check_forward(a, inputs(shape, dtype, "cuda")[1])                       # a misaligned only
-    check_forward(inputs(shape, dtype, "cuda")[0], b)                       # b misaligned only
-    check_forward(a, bbuf[1:1 + shape[-1]])                                 # misaligned broadcast b
+    check_misaligned(check_forward, inputs, shape, dtype)
 
 
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES4, ids=str)
-@pytest.mark.parametrize("n", (3, 8, 1000, 4097))
+@pytest.mark.parametrize("n", LAYOUT_WIDTHS)
 def test_forward_layouts(n, dtype):
-    a = make_tensor((37, n + 5), dtype, "cuda")
-    before = a.clone()
-    b = make_tensor((n,), dtype, "cuda")
-    check_forward(a[:, :n], b)                                                   # odd row stride
-    check_forward(a[:, :n], make_tensor((37, n + 64), dtype, "cuda")[:, 8:8 + n])  # both strided
-    assert torch.equal(a, before), "the input was written to"
-    check_forward(make_tensor((5, 7, n), dtype, "cuda").transpose(0, 1), b)      # leading dims transposed
-    check_forward(make_tensor((n, 6), dtype, "cuda").t(), make_tensor((6, n), dtype, "cuda"))  # copied
-    check_forward(make_tensor((1, n), dtype, "cuda").expand(6, n), b)            # a's row stride 0
-    check_forward(make_tensor((6, n), dtype, "cuda"), b.expand(6, n))            # b of a's shape, stride 0
-    check_forward(make_tensor((6, n), dtype, "cuda"), make_tensor((2 * n,), dtype, "cuda")[::2])  # strided b
+    check_layouts(check_forward, n, dtype)
 
 
 @pytest.mark.requires_cuda

@@ -7,6 +7,7 @@ so the generated dispatch never falls through and never depends on the order of 
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import sys
@@ -140,3 +141,11 @@ def test_access_widths_counts_one_element_and_16_byte_accesses():
     """
     assert widths(ptx, "bf16") == (2, 2)
     assert widths(ptx, "fp32") == (1, 2)
+
+
+def test_merge_arches_refuses_one_name_for_different_variants():
+    v = next(v for op in specs.OPS for v in op.variants if len(v.arches) > 1)
+    one, other = dataclasses.replace(v, arches=("sm80",)), dataclasses.replace(v, arches=("sm89",))
+    assert specs.merge_arches([one, other])[0].arches == ("sm80", "sm89")
+    with pytest.raises(ValueError, match=rf"{re.escape(v.name)}: sm80 and sm89 give this name different variants"):
+        specs.merge_arches([one, dataclasses.replace(other, num_warps=v.num_warps * 2)])

@@ -108,10 +108,13 @@ def tuning(arch: str) -> dict:
 
 
 def merge_arches(variants):
-    """One Variant per name, valid on every arch that produced it (same config)."""
+    """One Variant per name, valid on every arch that produced it.  Variants of one name must
+    be the same but for their arches (a name stands for one kernel config and condition)."""
     merged = {}
     for v in variants:
         old = merged.get(v.name)
+        if old is not None and replace(old, arches=()) != replace(v, arches=()):
+            raise ValueError(f"{v.name}: {old.arches[0]} and {v.arches[0]} give this name different variants")
         merged[v.name] = v if old is None else replace(old, arches=old.arches + v.arches)
     return tuple(merged.values())
 

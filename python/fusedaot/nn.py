@@ -12,7 +12,7 @@ from .ops.rms_norm_rope import rms_norm_rope
 from .ops.ada_layer_norm import ada_layer_norm
 from .ops.layer_norm import layer_norm
 from .ops.fp8 import quantize_fp8
-from .ops.fp8_gemm import fp8_gemm
+from .ops.fp8_gemm import check_fast_accum, fp8_gemm
 from .ops.gated_mlp import ACTIVATIONS as _GATED_ACTIVATIONS, fused_gated_mlp
 from .ops.swiglu import geglu, gelu_and_mul, silu_and_mul, swiglu
 from .ops.gelu_dropout import gelu_dropout
@@ -103,11 +103,6 @@ class GeGLU(torch.nn.Module):
         return f"approximate={self.approximate!r}"
 
 
-def _check_fast_accum(value) -> None:
-    if type(value) is not bool:
-        raise TypeError(f"FP8Linear: use_fast_accum must be True or False, got {value!r} ({type(value).__name__})")
-
-
 class FP8Linear(torch.nn.Module):
     """y = x @ W^T + b on FP8 tensor cores, for inference (forward only).
 
@@ -124,7 +119,7 @@ class FP8Linear(torch.nn.Module):
         super().__init__()
         if dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise TypeError(f"FP8Linear: dtype (the output's) must be bfloat16, float16 or float32, got {dtype}")
-        _check_fast_accum(use_fast_accum)
+        check_fast_accum("FP8Linear", use_fast_accum)
         self.in_features, self.out_features, self.dtype = int(in_features), int(out_features), dtype
         self.use_fast_accum = use_fast_accum
         w = torch.empty(self.out_features, self.in_features, device=device, dtype=torch.float32)
@@ -150,7 +145,7 @@ class FP8Linear(torch.nn.Module):
             dtype = w.dtype
         if dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise TypeError(f"FP8Linear: dtype (the output's) must be bfloat16, float16 or float32, got {dtype}")
-        _check_fast_accum(use_fast_accum)
+        check_fast_accum("FP8Linear", use_fast_accum)
         module = cls.__new__(cls)
         torch.nn.Module.__init__(module)
         module.in_features, module.out_features, module.dtype = linear.in_features, linear.out_features, dtype

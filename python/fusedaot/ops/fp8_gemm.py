@@ -57,6 +57,12 @@ def _launch(lib, dev, a, b, a_scale, b_scale, out_dtype, bias, use_fast_accum):
     return c
 
 
+def check_fast_accum(who: str, value) -> None:
+    """use_fast_accum must be a bool (fp8_gemm and nn.FP8Linear)."""
+    if type(value) is not bool:
+        raise TypeError(f"{who}: use_fast_accum must be True or False, got {value!r} ({type(value).__name__})")
+
+
 def _fake(a, b, a_scale, b_scale, out_dtype, bias, use_fast_accum=False):
     return torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
 
@@ -131,9 +137,7 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: Optional[torch.Tensor] =
     measured).  No effect on sm89 (its tensor cores accumulate in fp32) or in the CPU
     emulation.
     """
-    if type(use_fast_accum) is not bool:
-        raise TypeError(f"{OP}: use_fast_accum must be True or False, got {use_fast_accum!r} "
-                        f"({type(use_fast_accum).__name__})")
+    check_fast_accum(OP, use_fast_accum)
     fast = (type(a) in _TENSORS and type(b) in _TENSORS and a.is_cuda and a.dim() == 2 and b.dim() == 2
             and a.dtype == FP8 and b.dtype == FP8 and type(a_scale) in _TENSORS and type(b_scale) in _TENSORS
             and not is_compiling() and not wants_grad(a, b, a_scale, b_scale, bias))
