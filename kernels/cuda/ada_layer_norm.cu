@@ -68,7 +68,7 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
       continue;
     }
     float v[NPT][VEC];
-    row_stats<T, VEC, NPT, true>(xr, N, eps, v, shm, mean, rstd);
+    row_stats<T, VEC, NPT>(xr, N, eps, v, shm, mean, rstd);
     for (i64 base = 0; base < N; base += tile) {
       load_tile<T, VEC, NPT>(xr, base, N, v);
 #pragma unroll
@@ -178,7 +178,7 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
     }
     // looped: statistics over every tile, then two more passes (the re-reads mostly hit L2)
     float xv[NPT][VEC], gv[NPT][VEC];
-    row_stats<T, VEC, NPT, true>(xr, N, eps, xv, shm, mean, rstd);
+    row_stats<T, VEC, NPT>(xr, N, eps, xv, shm, mean, rstd);
     float s1 = 0.0f, s2 = 0.0f;
     for (i64 base = 0; base < N; base += tile) {
       load_tile<T, VEC, NPT>(xr, base, N, xv);

@@ -156,14 +156,14 @@ __device__ __forceinline__ void finish_stats(Stats s, i64 N, float eps, float& m
   rstd = rsqrtf(fmaxf(s.m2, 0.0f) / (float)N + eps);
 }
 
-// Row statistics (mean, rstd) of one row: one tile resident in v, or every tile of a wide row
-// (LOOPED; v holds the last tile afterwards).
-template <typename T, int VEC, int NPT, bool LOOPED>
+// Row statistics (mean, rstd) of a row walked tile by tile (v holds the last tile afterwards).
+// Resident rows use tile_stats and block_stats on the row they hold.
+template <typename T, int VEC, int NPT>
 __device__ __forceinline__ void row_stats(const T* __restrict__ xr, i64 N, float eps, float (&v)[NPT][VEC],
                                           float* shm, float& mean, float& rstd) {
   const i64 tile = (i64)blockDim.x * VEC * NPT;
   Stats s = {0.0f, 0.0f, 0.0f};
-  for (i64 base = 0; base < (LOOPED ? N : 1); base += tile) {
+  for (i64 base = 0; base < N; base += tile) {
     load_tile<T, VEC, NPT>(xr, base, N, v);
     s = merge(s, tile_stats<VEC, NPT>(v, base, N));
   }
