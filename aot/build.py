@@ -75,7 +75,8 @@ def generate(out: Path, arches, results) -> dict:
                 "libraries": {a: f"libfusedaot_{a}.so" for a in arches},
                 "dtypes": specs.DTYPES, "min_driver": {}, "compilers": {},
                 "ops": {op.name: {"lang": op.lang, "doc": op.doc, "arches": [a for a in op.arches if a in arches],
-                                  "params": [[p.name, p.ctype] for p in op.params]} for op in specs.OPS},
+                                  "params": [[p.name, p.ctype] for p in op.params],
+                                  "packed": codegen.packed_format(op)} for op in specs.OPS},
                 "kernels": []}
     (out / "include").mkdir(parents=True, exist_ok=True)
     (out / "include" / "fusedaot.h").write_text(codegen.public_header())

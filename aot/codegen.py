@@ -24,6 +24,33 @@ def c_signature(op: specs.Op) -> str:
     return f"int fusedaot_{op.name}(void* stream, int32_t device, int32_t dtype, {params})"
 
 
+# The packed form of an op's arguments: one buffer holding (stream, device, dtype, params...)
+# back to back in native byte order, as Python's struct module lays out `packed_format(op)`.
+# ctypes marshals each argument of a call separately (about 0.1 us each); one buffer is one.
+# fp32 scalars travel as doubles and are rounded in C, as a float parameter would round them.
+_PACKED = {"ptr": ("Q", 8, "void*"), "i64": ("q", 8, "int64_t"), "i32": ("i", 4, "int32_t"),
+           "f32": ("d", 8, "double")}
+_LEADING = (("stream", "ptr"), ("device", "i32"), ("dtype", "i32"))
+
+
+def packed_format(op: specs.Op) -> str:
+    """The struct format of fusedaot_<op>_packed's buffer."""
+    return "=" + "".join(_PACKED[t][0] for _, t in _LEADING + tuple((p.name, p.ctype) for p in op.params))
+
+
+def _packed_entry(op: specs.Op) -> str:
+    fields = _LEADING + tuple((p.name, p.ctype) for p in op.params)
+    out = [f"\nFA_EXPORT int fusedaot_{op.name}_packed(const unsigned char* fa_packed) {{\n"]
+    offset = 0
+    for name, ctype in fields:
+        fmt, size, wire = _PACKED[ctype]
+        out.append(f"  {wire} {name}_;\n  memcpy(&{name}_, fa_packed + {offset}, {size});\n")
+        offset += size
+    args = ", ".join(f"(float){n}_" if t == "f32" else f"{n}_" for n, t in fields)
+    out.append(f"  return fusedaot_{op.name}({args});\n}}\n")
+    return "".join(out)
+
+
 def write_images(path: Path, images: list[tuple[str, Path]], what: str) -> None:
     """One assembler file that embeds every (C symbol, image file) with .incbin, 16-byte
     aligned.  The assembler copies the bytes, so thousands of images cost no C parsing (a C
@@ -47,9 +74,12 @@ def public_header(ops=None) -> str:
            "int fusedaot_driver_version(int32_t* version);\n",
            "int fusedaot_load(void* stream, int32_t device);\n",
            "int fusedaot_num_kernels(void);\n",
-           "int fusedaot_num_loaded(int32_t device);\n\n"]
+           "int fusedaot_num_loaded(int32_t device);\n",
+           "/* Each op also has fusedaot_<op>_packed(const unsigned char* args): the same arguments\n"
+           " * back to back in one buffer (struct format in manifest.json), for callers that pay per\n"
+           " * argument (Python's ctypes).  fp32 scalars are passed there as doubles. */\n\n"]
     for op in specs.OPS if ops is None else ops:
-        out.append(f"/* {op.doc} */\n{c_signature(op)};\n")
+        out.append(f"/* {op.doc} */\n{c_signature(op)};\nint fusedaot_{op.name}_packed(const unsigned char* args);\n")
     return "".join(out)
 
 
@@ -74,7 +104,7 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
 def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels: list[dict], ops=None) -> None:
     """images: (C symbol, size) in table order; kernels: dicts with op, variant, image, meta;
     ops: the spec table's ops unless given (tests generate small tables of their own)."""
-    out = [_header(f"dispatch for {arch}"), '#include "fa_runtime.h"\n\n',
+    out = [_header(f"dispatch for {arch}"), '#include <string.h>\n\n#include "fa_runtime.h"\n\n',
            f'const char fa_arch_name[] = "{arch}";\n']
     for sym, size in images:
         out.append(f"extern const unsigned char {sym}[{size}];\n")
@@ -89,7 +119,7 @@ def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels
     for op in specs.OPS if ops is None else ops:
         if arch not in op.arches:
             out.append(f"\nFA_EXPORT {c_signature(op)} {{\n"
-                       f'  return fa_unavailable("{op.name}", device);\n}}\n')
+                       f'  return fa_unavailable("{op.name}", device);\n}}\n' + _packed_entry(op))
             continue
         out.append(f"\nFA_EXPORT {c_signature(op)} {{\n"
                    "  fa_device_t* dev;\n  int rc = fa_device_get(device, &dev);\n"
@@ -99,5 +129,5 @@ def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels
                 continue
             i = index[(op.name, v.name)]
             out.append(_launch_block(op, v, i, kernels[i]["meta"]))
-        out.append(f'  return fa_no_variant("{op.name}", dtype);\n}}\n')
+        out.append(f'  return fa_no_variant("{op.name}", dtype);\n}}\n' + _packed_entry(op))
     path.write_text("".join(out))

@@ -144,6 +144,21 @@ def test_libraries_load_without_a_driver(package_copy):
         assert lib.num_kernels() == sum(k["arch"] == arch for k in manifest["kernels"])
 
 
+def test_c_arguments_that_do_not_fit_are_refused(package_copy):
+    # one buffer carries a call's arguments (fusedaot_<op>_packed): a value its C type cannot
+    # hold is an error naming the argument, raised before anything reaches the library
+    lib = _lib.library_for_arch("sm90")
+    #        stream device dtype x  y  w  stride_x stride_y M        N  eps
+    good = (0, 0, 2, 0, 0, 0, 1, 1, 1, 1, 1e-6)
+    with pytest.raises(fusedaot.FusedAOTError,
+                       match=r"rms_norm_fwd: argument 8 \(2147483648\) does not fit the C type 'i'"):
+        lib.rms_norm_fwd(*good[:8], 1 << 31, *good[9:])
+    with pytest.raises(fusedaot.FusedAOTError, match=r"rms_norm_fwd: argument 3 \(-1\) does not fit the C type 'Q'"):
+        lib.rms_norm_fwd(*good[:3], -1, *good[4:])
+    with pytest.raises(fusedaot.FusedAOTError, match=r"rms_norm_fwd: 10 arguments given, the C function takes 11"):
+        lib.rms_norm_fwd(*good[:10])
+
+
 @pytest.mark.requires_cuda
 def test_missing_library_on_the_gpu_path(tmp_path):
     if not HAS_MANIFEST:

@@ -89,8 +89,13 @@ def expected_launch(arch: str, op_name: str, args: dict) -> dict:
             "block": block, "shared": k["shared"], "params": params, "image_bytes": k["image_bytes"]}
 
 
-def call_source(op_name: str, args: dict, stream: int = STREAM) -> str:
+def call_source(op_name: str, args: dict, stream: int = STREAM, packed: bool = False) -> str:
+    """Python source calling the op's C function, or with `packed` its _packed form on one
+    buffer laid out by the manifest's struct format."""
     values = ", ".join(repr(args[p.name]) for p in _op(op_name).params)
+    if packed:
+        return (f"lib.fusedaot_{op_name}_packed(struct.pack(manifest['ops'][{op_name!r}]['packed'], "
+                f"{stream}, 0, {args['dtype']}, {values}))")
     return f"lib.fusedaot_{op_name}({stream}, 0, {args['dtype']}, {values})"
 
 
@@ -164,14 +169,14 @@ CASES = [
 @pytest.mark.parametrize("arch", specs.ARCHES)
 def test_dispatch_launches_the_selected_variant(fake_driver, arch):
     checks = []
-    for op_name, args in CASES:
+    for (op_name, args), packed in [(case, False) for case in CASES] + [(case, True) for case in CASES]:
         want = expected_launch(arch, op_name, args)
         widths = bytes(8 if fmt in ("<Q", "<q") else 4 for fmt, _ in want["params"])
         expected_bytes = [list(struct.pack(fmt, val)) for fmt, val in want["params"]]
         checks.append(f"""
             fake.fake_reset()
             fake.fake_expect({len(widths)}, {widths!r})
-            rc = {call_source(op_name, args)}
+            rc = {call_source(op_name, args, packed=packed)}
             assert rc == 0, ({want['variant']!r}, rc, error())
             last = fake.fake_last_launch().contents
             assert fake.fake_launches() == 1
@@ -268,6 +273,7 @@ def test_public_header_declares_the_c_abi(tmp_path):
     for op, info in json.load(open(PKG / "manifest.json"))["ops"].items():
         params = ", ".join(["void*", "int32_t", "int32_t"] + [ctype[t] for _, t in info["params"]])
         lines.append(f"int (*check_{op})({params}) = fusedaot_{op};")
+        lines.append(f"int (*check_{op}_packed)(const unsigned char*) = fusedaot_{op}_packed;")
     lines += ["const char* (*check_error)(void) = fusedaot_last_error;",
               "int (*check_load)(void*, int32_t) = fusedaot_load;"]
     src = tmp_path / "abi.c"

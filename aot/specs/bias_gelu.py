@@ -6,7 +6,7 @@ from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
 # ---------------------------------------------------------------------------------
 # bias_gelu (CUDA C++): y = gelu(x + bias), bias broadcast over rows.
 #
-# A block covers 256 threads x VEC columns; threads loop over rows.  The aligned
+# A block covers 256 threads x VEC columns and a few rows (the backward: loops over rows).  The aligned
 # variants move 16 bytes per access (VEC = 16 / sizeof(T)), the others one element.
 # ---------------------------------------------------------------------------------
 
@@ -31,8 +31,9 @@ def _bias_gelu_variants(direction: str) -> tuple[Variant, ...]:
     for dtype in ("bf16", "fp16", "fp32"):
         for vec in (16 // ELEM_BYTES[dtype], 1):  # 16-byte accesses when aligned, else scalar
             cols = BIAS_GELU_THREADS * vec
-            # Forward: enough row groups to fill the device about 8 blocks deep.
-            rows_fwd = f"fa_min(M, fa_max(1, 8 * dev->sms / fa_cdiv(N, {cols})))"
+            # Forward: a block per FWD_ROWS rows (kernels/cuda/bias_gelu.cu: 2 for tanh, 4 for
+            # exact), up to grid.y's limit.
+            rows_fwd = "fa_min(fa_cdiv(M, 4 - 2 * (approximate != 0)), 65535)"
             out.append(Variant(
                 name=f"bias_gelu_{direction}_{dtype}_v{vec}",
                 dtype=dtype,

@@ -11,6 +11,7 @@ import ctypes
 import functools
 import json
 import os
+import struct
 import threading
 import warnings
 from pathlib import Path
@@ -21,7 +22,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ARCHES = ("sm80", "sm89", "sm90", "ptx")
 REFERENCE = "reference"
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-_CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}
 
 
 class FusedAOTError(RuntimeError):
@@ -66,8 +66,40 @@ def arch_for(device=None) -> str:
     return arch_for_capability(*torch.cuda.get_device_capability(device))
 
 
+def _packed_call(op: str, fn, fmt: str):
+    """The op's C function as a Python callable: the arguments (stream, device, dtype, params...)
+    go to fusedaot_<op>_packed in one buffer laid out by `fmt` (the manifest's struct format),
+    so ctypes marshals one argument instead of a dozen.  An argument that does not fit its C
+    type is an error here, not a silently truncated value."""
+    pack = struct.Struct(fmt).pack
+
+    def call(*args):
+        try:
+            buffer = pack(*args)
+        except (struct.error, OverflowError) as e:
+            raise FusedAOTError(f"fusedaot: {op}: {_bad_argument(fmt, args)} ({e})") from None
+        return fn(buffer)
+
+    call.__name__ = op
+    return call
+
+
+def _bad_argument(fmt: str, args: tuple) -> str:
+    """Which of a packed call's arguments does not fit its C type."""
+    codes = fmt.lstrip("=")
+    if len(args) != len(codes):
+        return f"{len(args)} arguments given, the C function takes {len(codes)}"
+    for i, (code, value) in enumerate(zip(codes, args)):
+        try:
+            struct.pack("=" + code, value)
+        except (struct.error, OverflowError):
+            return f"argument {i} ({value!r}) does not fit the C type '{code}'"
+    return "the arguments do not fit the C types"
+
+
 class Library:
-    """One libfusedaot_<arch>.so with its argtypes set once from the manifest."""
+    """One libfusedaot_<arch>.so; each op's C function is an attribute of the op's name, taking
+    the C arguments (stream, device, dtype, params...) and returning the C result code."""
 
     def __init__(self, arch: str):
         m = manifest()
@@ -84,10 +116,9 @@ class Library:
         cdll.fusedaot_num_loaded.argtypes = [ctypes.c_int32]
         cdll.fusedaot_driver_version.argtypes = [ctypes.POINTER(ctypes.c_int32)]
         for op, info in m["ops"].items():
-            fn = getattr(cdll, "fusedaot_" + op)
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32] + [_CTYPES[t] for _, t in info["params"]]
-            fn.restype = ctypes.c_int
-            setattr(self, op, fn)
+            fn = getattr(cdll, f"fusedaot_{op}_packed")
+            fn.argtypes, fn.restype = (ctypes.c_char_p,), ctypes.c_int
+            setattr(self, op, _packed_call(op, fn, info["packed"]))
 
     def error(self, rc: int, op: str = "") -> FusedAOTError:
         text = self._cdll.fusedaot_last_error().decode(errors="replace")

@@ -124,9 +124,10 @@ def direct(x, v, dtypes=FLOAT_DTYPES):
 
 def launch_rows(x: torch.Tensor):
     """(x as (M, N) rows, M, N, row stride) for a kernel launch; see rows()."""
-    if x.dim() == 2 and x.stride(1) == 1:
+    strides = x.stride()  # one call: x.stride(i) parses its argument each time
+    if len(strides) == 2 and strides[1] == 1:
         m, n = x.shape
-        return x, m, n, (x.stride(0) if m > 1 else n)
+        return x, m, n, (strides[0] if m > 1 else n)
     x2 = rows(x)
     m, n = x2.shape
     return x2, m, n, row_stride(x2)
