@@ -102,12 +102,14 @@ def test_variant_names_are_unique_and_say_their_dtype():
 def test_tuned_configs_are_well_formed():
     for arch in specs.ARCHES:
         for direction in ("fwd", "bwd"):
-            for dtype in specs.FLOAT_DTYPES:
-                configs = specs.rms_norm.rms_norm_configs(arch, direction, dtype)
+            for dtype, fused in itertools.product(specs.FLOAT_DTYPES, (False, True)):
+                configs = specs.rms_norm.rms_norm_configs(arch, direction, dtype, fused)
                 blocks = [b for b, _, _, _, looped in configs if not looped]
                 assert blocks == sorted(blocks) and configs[-1][-1], (arch, direction, dtype)
-                for block, rows, warps, stages, _ in configs:
+                assert [looped for *_, looped in configs].count(True) == 1, (arch, direction, dtype)
+                for block, rows, warps, stages, looped in configs:
                     assert rows >= 1 and warps in (1, 2, 4, 8, 16, 32) and stages >= 1, (arch, block)
+                    assert block & (block - 1) == 0 and block * rows >= 32 * warps, (arch, block, looped)
 
 
 def test_gemm_tuning_tables_are_well_formed():

@@ -27,10 +27,13 @@ RMS_NORM_BLOCKS = (
 )
 RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
 
-def rms_norm_configs(arch: str, direction: str, dtype: str):
+def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False):
     """[(BLOCK_N, ROWS, num_warps, num_stages, looped)] for one arch: tuned where measured,
     else heuristic.  A tuning entry is [ROWS, num_warps] or [ROWS, num_warps, num_stages];
-    "loop_above" is the widest single block worth using (the looped form is faster beyond)."""
+    "loop_above" is the widest single block worth using (the looped form is faster beyond).
+    fused (fused_add_rms_norm): "loop_fused", [ROWS, num_warps, num_stages, chunk], replaces
+    "loop" where the table has it: that form moves twice the bytes per chunk (x and r in, s
+    out, then s back from L2), and a wider chunk keeps more of them in flight."""
     table = tuning(arch).get(f"rms_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
 
     def entry(key, default):
@@ -40,7 +43,11 @@ def rms_norm_configs(arch: str, direction: str, dtype: str):
     widest = table.get("loop_above", RMS_NORM_BLOCKS[-1][0])  # wider rows take the looped form
     out = [(block, *entry(str(block), (rows, warps)), False) for block, rows, warps in RMS_NORM_BLOCKS
            if block <= widest]
-    out.append((RMS_NORM_LOOP[0], *entry("loop", (1, RMS_NORM_LOOP[1])), True))
+    if fused and "loop_fused" in table:
+        rows, warps, stages, chunk = table["loop_fused"]
+        out.append((chunk, rows, warps, stages, True))
+    else:
+        out.append((RMS_NORM_LOOP[0], *entry("loop", (1, RMS_NORM_LOOP[1])), True))
     return out
 
 
@@ -149,7 +156,7 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
     for arch in ARCHES:
         for dtype in ("bf16", "fp16", "fp32"):
             lower = 0
-            for block, rows, warps, stages, looped in rms_norm_configs(arch, direction, dtype):
+            for block, rows, warps, stages, looped in rms_norm_configs(arch, direction, dtype, fused):
                 width = f"N > {lower}" if looped else f"N > {lower} && N <= {block}"
                 lower = block
                 tag = (f"loop{block}" if looped else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
