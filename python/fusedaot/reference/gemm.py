@@ -19,7 +19,9 @@ FP8_MIN_SCALE = 2.0 ** -126  # smallest normal fp32: x / scale stays finite
 
 def fp8_scale(amax: torch.Tensor) -> torch.Tensor:
     """scale = amax / 448 (fp32, correctly rounded), at least 2^-126; 1 where amax == 0."""
-    s = amax / FP8_MAX
+    # a tensor divisor: dividing a CUDA tensor by a Python number multiplies by its rounded
+    # reciprocal, which is 1 ulp off the quotient for some amax (and moves q across ties)
+    s = amax / torch.full_like(amax, FP8_MAX)
     s = torch.where(s < FP8_MIN_SCALE, torch.full_like(s, FP8_MIN_SCALE), s)  # NaN stays NaN
     return torch.where(amax == 0, torch.ones_like(s), s)
 
