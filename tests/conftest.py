@@ -257,6 +257,15 @@ def fp8_library_available() -> bool:
     return lib is None or lib.arch in fusedaot._lib.manifest()["ops"]["fp8_gemm"]["arches"]
 
 
+def skip_unless_scaled_mm() -> None:
+    """Skip a CUDA test that compares against torch._scaled_mm unless this GPU's library has
+    fp8_gemm and the GPU has FP8 tensor cores (sm89+)."""
+    if not fp8_library_available():
+        pytest.skip("no fp8_gemm in this library")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("torch._scaled_mm needs FP8 tensor cores")
+
+
 @pytest.fixture
 def fp8_device(request):
     """"cpu", or "cuda" where the GPU's library has fp8_gemm (else the test skips: on the

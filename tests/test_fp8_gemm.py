@@ -20,7 +20,7 @@ import fusedaot
 import fusedaot.nn
 import fusedaot.reference as R
 from conftest import (assert_close, assert_written, compile_backends, fp8_library_available, make_tensor,
-                      on_foreign_device, poison, run_with_fake)
+                      on_foreign_device, poison, run_with_fake, skip_unless_scaled_mm)
 
 FP8 = torch.float8_e4m3fn
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -140,10 +140,7 @@ def test_error_against_exact_gemm(fp8_device):
 @pytest.mark.parametrize("scaling", ["tensor", "row"])
 @pytest.mark.parametrize("m,n,k", [(2048, 4096, 4096), (64, 4096, 8192), (4096, 1024, 1024)], ids=str)
 def test_against_torch_scaled_mm(m, n, k, scaling):
-    if not fp8_library_available():
-        pytest.skip("no fp8_gemm in this library")
-    if torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("torch._scaled_mm needs FP8 tensor cores")
+    skip_unless_scaled_mm()
     a, sa = quantized((m, k), "cuda", scaling)
     b, sb = quantized((n, k), "cuda", scaling, scale=0.02)
     ours = fusedaot.fp8_gemm(a, b, sa, sb, out_dtype=torch.bfloat16)

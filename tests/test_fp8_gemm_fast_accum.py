@@ -9,7 +9,7 @@ import torch
 
 import fusedaot
 import fusedaot.nn
-from conftest import assert_written, fp8_library_available, make_tensor, poison
+from conftest import assert_written, make_tensor, poison, skip_unless_scaled_mm
 from test_fp8_gemm import DEVICES, FP8, FP8_DEVICES, quantized
 
 # use_fast_accum=True (sm90: no promotion, the tensor cores' ~14-bit chain spans all of K)
@@ -62,10 +62,7 @@ FAST_SHAPES = [(2048, 4096, 4096), (512, 2048, 4096), (64, 4096, 8192), (300, 10
 @pytest.mark.parametrize("scaling", ["tensor", "row"])
 @pytest.mark.parametrize("m,n,k", FAST_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in FAST_SHAPES])
 def test_fast_accum_against_torch_scaled_mm_and_promoted(m, n, k, scaling, bias):
-    if not fp8_library_available():
-        pytest.skip("no fp8_gemm in this library")
-    if torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("torch._scaled_mm needs FP8 tensor cores")
+    skip_unless_scaled_mm()
     a, sa = quantized((m, k), "cuda", scaling)
     b, sb = quantized((n, k), "cuda", scaling, scale=0.02)
     bvec = make_tensor((n,), torch.bfloat16, "cuda") if bias else None

@@ -151,3 +151,15 @@ def test_merge_arches_refuses_one_name_for_different_variants():
     assert specs.merge_arches([one, other])[0].arches == ("sm80", "sm89")
     with pytest.raises(ValueError, match=rf"{re.escape(v.name)}: sm80 and sm89 give this name different variants"):
         specs.merge_arches([one, dataclasses.replace(other, num_warps=v.num_warps * 2)])
+
+
+def test_bias_gelu_forward_rows_agree_with_the_kernel():
+    """The forward grid is sized by aot/specs/bias_gelu.py's BIAS_GELU_FWD_ROWS; the kernel's
+    FWD_ROWS must take as many rows a block, or the grid over- or under-covers M (the kernel's
+    row loop stays correct, but blocks idle or loop)."""
+    source = (REPO / "kernels/cuda/bias_gelu.cu").read_text()
+    defined = re.search(r"^#define FWD_ROWS\(TANH\) \(\(TANH\) \? (\d+) : (\d+)\)", source, re.M)
+    assert defined, "kernels/cuda/bias_gelu.cu no longer defines FWD_ROWS(TANH) as expected"
+    tanh, exact = int(defined.group(1)), int(defined.group(2))
+    assert (exact, tanh) == specs.bias_gelu.BIAS_GELU_FWD_ROWS
+

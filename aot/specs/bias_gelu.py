@@ -11,6 +11,9 @@ from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
 # ---------------------------------------------------------------------------------
 
 BIAS_GELU_THREADS = 256
+# Rows a forward block takes, (exact, tanh): kernels/cuda/bias_gelu.cu's FWD_ROWS, which
+# tests/test_specs.py checks against this.  The kernel is right for any grid; these only size it.
+BIAS_GELU_FWD_ROWS = (4, 2)
 
 _BG_FWD_PARAMS = (
     Param("x", "ptr"), Param("bias", "ptr"), Param("y", "ptr"),
@@ -31,9 +34,9 @@ def _bias_gelu_variants(direction: str) -> tuple[Variant, ...]:
     for dtype in ("bf16", "fp16", "fp32"):
         for vec in (16 // ELEM_BYTES[dtype], 1):  # 16-byte accesses when aligned, else scalar
             cols = BIAS_GELU_THREADS * vec
-            # Forward: a block per FWD_ROWS rows (kernels/cuda/bias_gelu.cu: 2 for tanh, 4 for
-            # exact), up to grid.y's limit.
-            rows_fwd = "fa_min(fa_cdiv(M, 4 - 2 * (approximate != 0)), 65535)"
+            # Forward: a block per BIAS_GELU_FWD_ROWS rows, up to grid.y's limit.
+            exact, tanh = BIAS_GELU_FWD_ROWS
+            rows_fwd = f"fa_min(fa_cdiv(M, {exact} - {exact - tanh} * (approximate != 0)), 65535)"
             out.append(Variant(
                 name=f"bias_gelu_{direction}_{dtype}_v{vec}",
                 dtype=dtype,
