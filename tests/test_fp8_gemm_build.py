@@ -51,7 +51,12 @@ def cubins(library: pathlib.Path):
     return out
 
 
-def sass_of_kernel(library: pathlib.Path, kernel: str, tmp_path) -> list[str]:
+def sm90_sass(kernel: str, tmp_path) -> list[str]:
+    """The SASS of every cubin in the installed libfusedaot_sm90.so that holds `kernel` (at
+    least one, or the test fails); skips without the library or cuobjdump.  No GPU needed."""
+    library = PKG / "libfusedaot_sm90.so"
+    if not library.exists():
+        pytest.skip("libfusedaot_sm90.so is not installed")
     tool = find_tool("cuobjdump")
     if tool is None:
         pytest.skip("cuobjdump is not available")
@@ -64,17 +69,12 @@ def sass_of_kernel(library: pathlib.Path, kernel: str, tmp_path) -> list[str]:
         proc = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         texts.append(proc.stdout)
+    assert texts, f"no {kernel} cubin found in {library.name}"
     return texts
 
 
 def test_sm90_sass_uses_fp8_wgmma(tmp_path):
-    # reads the installed library's cubins; no GPU needed
-    library = PKG / "libfusedaot_sm90.so"
-    if not library.exists():
-        pytest.skip("libfusedaot_sm90.so is not installed")
-    texts = sass_of_kernel(library, "_fp8_gemm", tmp_path)
-    assert texts, "no _fp8_gemm cubin found in libfusedaot_sm90.so"
-    for text in texts:
+    for text in sm90_sass("_fp8_gemm", tmp_path):
         assert re.search(r"\bQGMMA\.\d+x\d+x\d+\.F32\.E4M3\.E4M3", text), "an sm90 fp8_gemm kernel without QGMMA"
 
 

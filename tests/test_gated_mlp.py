@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fusedaot
 import fusedaot.nn
 from conftest import assert_close, assert_written, compile_backends, make_tensor, on_foreign_device, poison
-from test_fp8_gemm_build import PKG, sass_of_kernel
+from test_fp8_gemm_build import sm90_sass
 
 DTYPES = (torch.bfloat16, torch.float16)
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -320,11 +320,5 @@ def test_cuda_graph_replay():
 
 
 def test_sm90_sass_uses_wgmma(tmp_path):
-    # reads the installed library's cubins; no GPU needed
-    library = PKG / "libfusedaot_sm90.so"
-    if not library.exists():
-        pytest.skip("libfusedaot_sm90.so is not installed")
-    texts = sass_of_kernel(library, "_gated_mlp", tmp_path)
-    assert texts, "no _gated_mlp cubin found in libfusedaot_sm90.so"
-    for text in texts:
+    for text in sm90_sass("_gated_mlp", tmp_path):
         assert "HGMMA." in text, "an sm90 gated_mlp kernel without HGMMA"
