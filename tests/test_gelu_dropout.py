@@ -4,7 +4,7 @@ the generator's offset, backward with the forward's mask, errors, opcheck, torch
 graphs (a fresh mask on every replay).
 
     y = gelu(x) * keep / (1 - p),  gelu(u) = u Phi(u) (erf form),
-    keep[e] = Philox4x32-10(counter, e // 4; seed)[e % 4] >= round(p * 2^32)
+    keep[e] = 16-bit half e % 2 of Philox4x32-10(counter, e // 8; seed)[(e % 8) // 2] >= round(p * 2^16)
 """
 from __future__ import annotations
 
@@ -94,13 +94,17 @@ def test_reference_philox_known_answers(case):
 
 
 def test_reference_mask_layout():
-    # element e takes word e % 4 of the Philox block (counter, e // 4), key = seed's halves
-    seed, counter, n = -0x123456789ABCDEF, 0x1_0000_0003, 4 * 9 + 3
+    # element e takes the 16-bit half e % 2 (low first) of word (e % 8) // 2 of the Philox block
+    # (counter, e // 8), key = seed's halves
+    seed, counter, n = -0x123456789ABCDEF, 0x1_0000_0003, 8 * 9 + 3
     keep = R.dropout_keep(n, 0.5, seed, counter)
     s, c = seed & 0xFFFFFFFF, counter & 0xFFFFFFFF
     for e in range(n):
-        words = R.philox4x32_10(c, counter >> 32, e // 4, 0, s, (seed >> 32) & 0xFFFFFFFF)
-        assert bool(keep[e]) == (int(words[e % 4]) >= R.dropout_threshold(0.5)), e
+        words = R.philox4x32_10(c, counter >> 32, e // 8, 0, s, (seed >> 32) & 0xFFFFFFFF)
+        half = (int(words[(e % 8) // 2]) >> (16 * (e % 2))) & 0xFFFF
+        assert bool(keep[e]) == (half >= R.dropout_threshold(0.5)), e
+    for start in (1, 8, 13):  # a window of the mask is the same window of the whole mask
+        assert torch.equal(R.dropout_keep(n - start, 0.5, seed, counter, start=start), keep[start:])
 
 
 @pytest.mark.parametrize("p", (0.1, 0.5, 0.9))
@@ -112,8 +116,9 @@ def test_reference_keep_fraction(p):
 
 def test_threshold():
     assert R.dropout_threshold(0.0) == 0
-    assert R.dropout_threshold(0.5) == 1 << 31
-    assert R.dropout_threshold(1 - 2**-40) == (1 << 32) - 1  # never 2^32: p < 1 keeps a chance
+    assert R.dropout_threshold(0.5) == 1 << 15
+    assert R.dropout_threshold(0.1) == 6554  # keep probability 1 - 6554 / 2^16, within 2^-17 of 0.9
+    assert R.dropout_threshold(1 - 2**-20) == (1 << 16) - 1  # never 2^16: p < 1 keeps a chance
 
 
 # --- CPU: the reference path through the public function ----------------------------------------
@@ -296,10 +301,7 @@ def test_forward_beyond_2_31_elements():
     y = fusedaot.gelu_dropout(x, 0.5)
     for e0 in (0, n - 4096):  # the tail sits past 2^31 elements
         xs = x[e0:e0 + 4096]
-        q = torch.arange(e0 // 4, (e0 + 4096) // 4, device="cuda")  # the Philox blocks of e0 ...
-        words = R.philox4x32_10(counter & 0xFFFFFFFF, (counter >> 32) & 0xFFFFFFFF, q & 0xFFFFFFFF, q >> 32,
-                                seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
-        keep = torch.stack(words, 1).reshape(-1) >= R.dropout_threshold(0.5)
+        keep = R.dropout_keep(4096, 0.5, seed, counter, device="cuda", start=e0)  # Philox blocks past 2^28
         ref = torch.where(keep, F.gelu(xs.double()) * 2.0, 0.0)
         assert not bool((y[e0:e0 + 4096][~keep] != 0).any())
         assert_close(y[e0:e0 + 4096], ref, TOLERANCES[torch.bfloat16], fwd_mag(xs, 0.5))

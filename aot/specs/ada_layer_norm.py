@@ -18,6 +18,9 @@ from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
 # then 32, at most 512 threads.  Each resident row has every input in flight at once (x, scale
 # and shift as stored), so blocks waiting on loads overlap blocks that reduce.
 ADA_FWD_RESIDENT = ((8, 128), (16, 512), (32, 512))
+# Rows that share scale and shift (per tensor, per sample) read them after the statistics, so
+# registers hold only x: more elements a thread and fewer threads a row keep more rows in flight.
+ADA_FWD_SHARED_RESIDENT = ((16, 128), (32, 256), (64, 256))
 ADA_LOOP_THREADS = 512
 ADA_UNALIGNED_FWD_RESIDENT = ((8, 512),)
 # Backward: E = 16 resident up to 512 threads (x, dy and scale in registers, as stored; 16 a
@@ -49,14 +52,24 @@ def _block(e: int) -> str:
     return f"fa_max(32, fa_cdiv(fa_cdiv(N, {e}), 32) * 32)"
 
 
-def _resident_forms(resident) -> list[tuple[str, str, str, int]]:
+def _resident_forms(resident, prefix: str = "e", loop: bool = True) -> list[tuple[str, str, str, int]]:
     """(tag, width test, block, shared bytes) of resident forms (E, most threads), then the loop."""
     forms, lower = [], 0
     for e, threads in resident:
-        forms.append((f"e{e}", f"N > {lower} && N <= {e * threads}", _block(e), 0))
+        forms.append((f"{prefix}{e}", f"N > {lower} && N <= {e * threads}", _block(e), 0))
         lower = e * threads
-    forms.append(("loop", f"N > {lower}", str(ADA_LOOP_THREADS), 0))
+    if loop:
+        forms.append(("loop", f"N > {lower}", str(ADA_LOOP_THREADS), 0))
     return forms
+
+
+def _fwd_forms(vec: int) -> list[tuple[str, str, str, int]]:
+    """Shared-scale forms first (aligned only), then the general resident forms and the loop."""
+    if vec == 1:
+        return _resident_forms(ADA_UNALIGNED_FWD_RESIDENT)
+    shared = [(tag, f"stride_ss == 0 && stride_hs == 0 && {width}", block, smem)
+              for tag, width, block, smem in _resident_forms(ADA_FWD_SHARED_RESIDENT, "s", loop=False)]
+    return shared + _resident_forms(ADA_FWD_RESIDENT)
 
 
 def _bwd_forms() -> list[tuple[str, str, str, int]]:
@@ -86,7 +99,7 @@ def _variants(direction: str) -> tuple[Variant, ...]:
             if direction == "bwd":
                 forms = _bwd_forms()
             else:
-                forms = _resident_forms(ADA_FWD_RESIDENT if vec > 1 else ADA_UNALIGNED_FWD_RESIDENT)
+                forms = _fwd_forms(vec)
             for tag, width, block, shared in forms:
                 kernel = f"ada_layer_norm_{direction}_{name}_v{vec}_{tag}"
                 out.append(Variant(

@@ -6,8 +6,9 @@ from .elementwise import DTYPES_WITH_FP64, THREADS
 
 # ---------------------------------------------------------------------------------
 # gelu_dropout: x flat (n contiguous elements).  A thread takes chunks of VEC elements,
-# VEC = 16 bytes' worth but at least 4 (one Philox call per 4 elements): one or two 16-byte
-# accesses when the pointers are aligned, else 4 elements with one access each.  The last
+# VEC = 16 bytes' worth but at least 8 (one Philox call per 8 elements, 16 random bits each):
+# one to four 16-byte accesses when the pointers are aligned, else 8 elements with one access
+# each.  The last
 # n % VEC elements go one by one.  rng: null, or an int64 pair (seed, counter) in device
 # memory that replaces the seed and counter arguments.  dropout = 0: plain GELU.
 # ---------------------------------------------------------------------------------
@@ -23,8 +24,8 @@ def _variants(direction: str):
     out = []
     for dtype in DTYPES_WITH_FP64:
         for vector in (True, False):
-            vec = max(4, 16 // ELEM_BYTES[dtype]) if vector else 4
-            access = f"v{vec}" if vector else "s4"
+            vec = max(8, 16 // ELEM_BYTES[dtype])
+            access = f"v{vec}" if vector else f"s{vec}"
             out.append(Variant(
                 name=f"gelu_dropout_{direction}_{dtype}_{access}", dtype=dtype,
                 kernel=f"gelu_dropout_{direction}_{dtype}_{access}", when=f"dtype == {DTYPES[dtype]}",
@@ -37,7 +38,8 @@ def _variants(direction: str):
 OPS = (
     Op("gelu_dropout_fwd", "cuda", "kernels/cuda/gelu_dropout.cu", _FWD_PARAMS, _variants("fwd"),
        dtypes=DTYPES_WITH_FP64,
-       doc="y = gelu(x) * keep * scale; keep = Philox4x32-10(counter, e / 4; seed)[e % 4] >= threshold"),
+       doc=("y = gelu(x) * keep * scale; keep = 16-bit half e % 8 of "
+            "Philox4x32-10(counter, e / 8; seed) >= threshold")),
     Op("gelu_dropout_bwd", "cuda", "kernels/cuda/gelu_dropout.cu", _BWD_PARAMS, _variants("bwd"),
        dtypes=DTYPES_WITH_FP64, doc="dx = dy * gelu'(x) * keep * scale, keep regenerated from (seed, counter)"),
 )

@@ -27,9 +27,12 @@
 // ------------------------------------------------------------------ forward
 // Resident rows: x, scale and shift are all requested before the block waits on the row's
 // statistics, so the three loads' latencies overlap (scale and shift wait in registers as
-// stored).  Looped rows: statistics over every tile, then each tile is read again (mostly from
-// L2) with its scale and shift.
-template <typename T, typename P, int VEC, int NPT, bool LOOPED>
+// stored).  SHARED (rows share their scale and shift: per tensor or per sample): scale and shift
+// are read after the statistics instead, from L1 or L2, where every row finds them; registers
+// then hold only x, and more rows are in flight per SM, which a row moving only 2N elements
+// through DRAM needs.  Looped rows: statistics over every tile, then each tile is read again
+// (mostly from L2) with its scale and shift.
+template <typename T, typename P, int VEC, int NPT, bool LOOPED, bool SHARED = false>
 __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __restrict__ scale,
                                         const P* __restrict__ shift, T* __restrict__ y, i64 stride_x,
                                         i64 stride_sb, i64 stride_ss, i64 stride_hb, i64 stride_hs, i64 M,
@@ -50,8 +53,10 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
         const i64 c = col_of(0, k, VEC);
         if (c < N) {
           v[k].load(xr + c);
-          a[k].load(sc + c);
-          b[k].load(sh + c);
+          if (!SHARED) {
+            a[k].load(sc + c);
+            b[k].load(sh + c);
+          }
         }
       }
       finish_stats(block_stats(tile_stats<VEC, NPT>(v, 0, N), shm), N, eps, mean, rstd);
@@ -59,6 +64,10 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
       for (int k = 0; k < NPT; ++k) {
         const i64 c = col_of(0, k, VEC);
         if (c >= N) continue;
+        if (SHARED) {
+          a[k].load(sc + c);
+          b[k].load(sh + c);
+        }
         float out[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i)
@@ -263,12 +272,12 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
 // shift stored in fp32 with 16-bit x (flags & 1, which the dispatch reads; the kernels take flags
 // only to keep one parameter list).  Launch bounds match the largest block the dispatch picks,
 // 512 threads (up to 128 registers a thread).
-#define ADA_FWD(T, P, NAME, VEC, NPT, LOOPED, TAG)                                                     \
+#define ADA_FWD(T, P, NAME, VEC, NPT, LOOPED, SHARED, TAG)                                             \
   extern "C" __global__ void __launch_bounds__(512) ada_layer_norm_fwd_##NAME##_v##VEC##_##TAG(       \
       const T* x, const P* scale, const P* shift, T* y, i64 stride_x, i64 stride_sb, i64 stride_ss,    \
       i64 stride_hb, i64 stride_hs, i64 M, i64 N, i64 S, float eps, int flags) {                       \
-    ada_fwd<T, P, VEC, NPT, LOOPED>(x, scale, shift, y, stride_x, stride_sb, stride_ss, stride_hb,     \
-                                    stride_hs, M, N, S, eps);                                          \
+    ada_fwd<T, P, VEC, NPT, LOOPED, SHARED>(x, scale, shift, y, stride_x, stride_sb, stride_ss,        \
+                                            stride_hb, stride_hs, M, N, S, eps);                       \
   }
 
 // M only sizes the grid (M / R groups of rows).
@@ -282,8 +291,8 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
                                                       R, eps, J);                                      \
   }
 
-// 16-byte vectors (V elements): forward E = 8, 16, 32 resident (up to 512 threads) and looped
-// with E = 16 a tile; backward E = 16 resident (up to 512 threads) and looped with E = 16.
+// 16-byte vectors (V elements): forward E = 8, 16, 32 resident (up to 512 threads), E = 16, 32,
+// 64 resident with shared scale and shift (s16, s32, s64), and looped with E = 16 a tile; backward E = 16 resident (up to 512 threads) and looped with E = 16.
 // Single elements (any alignment): E = 8 resident forward, 16 backward, and looped with E = 4 a
 // tile.  The backward's
 // resident column-sum forms come once per block size bucket (t128, t256, t512: up to that many
@@ -296,13 +305,16 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
   ADA_BWD(T, P, NAME, V, E / V, false, false, 512, sum_e##E##_t512)   \
   ADA_BWD(T, P, NAME, V, LE / V, true, false, 0, sum_loop)
 
-#define ADA_FORMS(T, P, NAME, V)              \
-  ADA_FWD(T, P, NAME, V, 8 / V, false, e8)    \
-  ADA_FWD(T, P, NAME, V, 16 / V, false, e16)  \
-  ADA_FWD(T, P, NAME, V, 32 / V, false, e32)  \
-  ADA_FWD(T, P, NAME, V, 16 / V, true, loop)  \
-  ADA_FWD(T, P, NAME, 1, 8, false, e8)        \
-  ADA_FWD(T, P, NAME, 1, 4, true, loop)       \
+#define ADA_FORMS(T, P, NAME, V)                     \
+  ADA_FWD(T, P, NAME, V, 8 / V, false, false, e8)    \
+  ADA_FWD(T, P, NAME, V, 16 / V, false, false, e16)  \
+  ADA_FWD(T, P, NAME, V, 32 / V, false, false, e32)  \
+  ADA_FWD(T, P, NAME, V, 16 / V, false, true, s16)   \
+  ADA_FWD(T, P, NAME, V, 32 / V, false, true, s32)   \
+  ADA_FWD(T, P, NAME, V, 64 / V, false, true, s64)   \
+  ADA_FWD(T, P, NAME, V, 16 / V, true, false, loop)  \
+  ADA_FWD(T, P, NAME, 1, 8, false, false, e8)        \
+  ADA_FWD(T, P, NAME, 1, 4, true, false, loop)       \
   ADA_BWD_FORMS(T, P, NAME, V, 16, 16)        \
   ADA_BWD_FORMS(T, P, NAME, 1, 16, 4)
 

@@ -5,12 +5,15 @@
 //   dx = dy * gelu'(x) * keep / (1 - p)     gelu'(u) = Phi(u) + u phi(u)
 //
 // x, y, dy, dx are flat (n elements, contiguous).  keep for element e is
-//   Philox4x32-10(counter = (lo(c), hi(c), lo(e / 4), hi(e / 4)), key = (lo(s), hi(s)))[e % 4]
+//   half e % 2 of word (e % 8) / 2 of
+//   Philox4x32-10(counter = (lo(c), hi(c), lo(e / 8), hi(e / 8)), key = (lo(s), hi(s)))
 //       >= threshold
-// with s the seed and c the counter, both 64-bit: the layout of curand's Philox state for
-// subsequence e / 4 at offset 4c, which is how torch's own dropout consumes its generator.
-// threshold = round(p * 2^32), so an element is kept with probability 1 - p to within 2^-33;
-// the backward recomputes the same bits from (s, c) instead of storing a mask.  (s, c) come
+// (half 0 = the low 16 bits), with s the seed and c the counter, both 64-bit: the layout of
+// curand's Philox state for subsequence e / 8 at offset 4c, which is how torch's own dropout
+// consumes its generator.  One Philox call serves 8 elements with a 16-bit uniform each: the
+// ten rounds cost as much as the GELU itself, and 16 bits put the keep probability
+// 1 - threshold / 2^16 (threshold = round(p * 2^16)) within 2^-17 of 1 - p.
+// The backward recomputes the same bits from (s, c) instead of storing a mask.  (s, c) come
 // from the kernel arguments, or from rng[0], rng[1] in device memory when rng is not null (the
 // form a CUDA graph replays with fresh values).  dropout = 0 makes it plain GELU.  scale_bits
 // carries 1 / (1 - p) as the bits of a double (the C ABI has no fp64 argument type), so that
@@ -70,13 +73,15 @@ __device__ __forceinline__ DropoutParams dropout_params(const i64* rng, i64 seed
   return d;
 }
 
-// The random words of elements 4q .. 4q + 3.
+// The random words of elements 8q .. 8q + 7.
 __device__ __forceinline__ U4 random_words(const DropoutParams& d, const PhiloxKeys& k, i64 q) {
   return philox4x32_10(U4{d.c0, d.c1, (unsigned)q, (unsigned)((unsigned long long)q >> 32)}, k);
 }
 
-__device__ __forceinline__ unsigned word(const U4& r, int i) {
-  return i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w;
+// The 16-bit uniform of element 8q + i.
+__device__ __forceinline__ unsigned uniform16(const U4& r, int i) {
+  const unsigned w = (i >> 1) == 0 ? r.x : (i >> 1) == 1 ? r.y : (i >> 1) == 2 ? r.z : r.w;
+  return (i & 1) ? w >> 16 : w & 0xFFFFu;
 }
 
 // The standard normal CDF's tail in fp32: Phi(-|u|) = erfc(z) / 2 with z = |u| / sqrt 2 as
@@ -161,29 +166,27 @@ struct Chunk {
   }
 };
 
-// The factor each element is multiplied by: scale where kept, 0 where dropped (VEC % 4 == 0,
-// e = the chunk's first element, a multiple of 4).
+// The factor each element is multiplied by: scale where kept, 0 where dropped (VEC % 8 == 0,
+// e = the chunk's first element, a multiple of 8).
 template <typename A, int VEC>
 __device__ __forceinline__ void keep_factors(const DropoutParams& d, const PhiloxKeys& k, i64 e, A (&f)[VEC]) {
   const A scale = (A)d.scale;
 #pragma unroll
-  for (int q = 0; q < VEC / 4; ++q) {
-    const U4 r = random_words(d, k, e / 4 + q);
-    f[4 * q + 0] = r.x >= d.threshold ? scale : A(0);
-    f[4 * q + 1] = r.y >= d.threshold ? scale : A(0);
-    f[4 * q + 2] = r.z >= d.threshold ? scale : A(0);
-    f[4 * q + 3] = r.w >= d.threshold ? scale : A(0);
+  for (int q = 0; q < VEC / 8; ++q) {
+    const U4 r = random_words(d, k, e / 8 + q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[8 * q + i] = uniform16(r, i) >= d.threshold ? scale : A(0);
   }
 }
 
-// Runs the elementwise map y = op(inputs) over n flat elements, VEC (a multiple of 4) per chunk,
+// Runs the elementwise map y = op(inputs) over n flat elements, VEC (a multiple of 8) per chunk,
 // UNROLL chunks per trip with their loads issued first; the last n % VEC elements one by one.
 // BWD: y = dy * gelu'(x) * factor, else y = gelu(x) * factor.
 template <typename T, int VEC, bool VECTOR, bool DROP, bool BWD>
 __device__ __forceinline__ void gelu_dropout_map(const T* __restrict__ dy, const T* __restrict__ x,
                                                  T* __restrict__ out, i64 n, const DropoutParams& d) {
   typedef typename Acc<T>::type A;
-  constexpr int U = (BWD || sizeof(T) == 8) ? 1 : 2;  // chunks per trip: 2 x 16 bytes in flight, 1 with dy or fp64
+  constexpr int U = (BWD || VEC * sizeof(T) > 16) ? 1 : 2;  // chunks per trip: 32 bytes of x in flight, 16 with dy
   const i64 chunks = n / VEC;
   const i64 T_ = (i64)gridDim.x * blockDim.x;
   const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -220,15 +223,15 @@ __device__ __forceinline__ void gelu_dropout_map(const T* __restrict__ dy, const
   }
   for (i64 e = chunks * VEC + tid; e < n; e += T_) {  // the tail: fewer than VEC elements
     A f = A(1);
-    if (DROP) f = word(random_words(d, keys, e / 4), (int)(e % 4)) >= d.threshold ? (A)d.scale : A(0);
+    if (DROP) f = uniform16(random_words(d, keys, e / 8), (int)(e % 8)) >= d.threshold ? (A)d.scale : A(0);
     const A u = to_acc(x[e]);
     out[e] = from_acc<T>(BWD ? to_acc(dy[e]) * gelu_grad(u) * f : gelu(u) * f);
   }
 }
 
 // One extern "C" entry point per (dtype, access width): the names the spec table uses.  VEC is
-// 16 bytes' worth of elements but at least 4 (one Philox call per 4 elements); the unaligned
-// entry points take 4 elements per chunk with one access each.  The dropout flag picks one of
+// 16 bytes' worth of elements but at least 8 (one Philox call per 8 elements); the unaligned
+// entry points take 8 elements per chunk with one access each.  The dropout flag picks one of
 // two separately compiled bodies, so plain GELU pays nothing for the RNG.
 #define GELU_DROPOUT_INSTANCE(T, NAME, VEC, VECTOR, SUFFIX)                                                \
   extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) gelu_dropout_fwd_##NAME##_##SUFFIX( \
@@ -247,10 +250,10 @@ __device__ __forceinline__ void gelu_dropout_map(const T* __restrict__ dy, const
   }
 
 GELU_DROPOUT_INSTANCE(bf16_t, bf16, 8, true, v8)
-GELU_DROPOUT_INSTANCE(bf16_t, bf16, 4, false, s4)
+GELU_DROPOUT_INSTANCE(bf16_t, bf16, 8, false, s8)
 GELU_DROPOUT_INSTANCE(half_t, fp16, 8, true, v8)
-GELU_DROPOUT_INSTANCE(half_t, fp16, 4, false, s4)
-GELU_DROPOUT_INSTANCE(float, fp32, 4, true, v4)
-GELU_DROPOUT_INSTANCE(float, fp32, 4, false, s4)
-GELU_DROPOUT_INSTANCE(double, fp64, 4, true, v4)
-GELU_DROPOUT_INSTANCE(double, fp64, 4, false, s4)
+GELU_DROPOUT_INSTANCE(half_t, fp16, 8, false, s8)
+GELU_DROPOUT_INSTANCE(float, fp32, 8, true, v8)
+GELU_DROPOUT_INSTANCE(float, fp32, 8, false, s8)
+GELU_DROPOUT_INSTANCE(double, fp64, 8, true, v8)
+GELU_DROPOUT_INSTANCE(double, fp64, 8, false, s8)

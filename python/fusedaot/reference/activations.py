@@ -154,18 +154,21 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
 
 
 def dropout_threshold(p: float) -> int:
-    """An element is kept when its 32-bit random word is >= round(p * 2^32)."""
-    return min(round(p * 4294967296.0), 4294967295)
+    """An element is kept when its 16-bit random number is >= round(p * 2^16) (at most 2^16 - 1:
+    every p < 1 keeps a chance)."""
+    return min(round(p * 65536.0), 65535)
 
 
-def dropout_keep(n: int, p: float, seed: int, counter: int, device=None) -> torch.Tensor:
-    """The keep mask (bool, n elements) of gelu_dropout: element e is kept when word e % 4 of
-    Philox4x32-10(counter=(lo(counter), hi(counter), lo(e // 4), hi(e // 4)), key=(lo(seed),
-    hi(seed))) is >= dropout_threshold(p).  seed and counter are 64-bit (any sign)."""
-    q = torch.arange((n + 3) // 4, dtype=torch.int64, device=device)
-    words = philox4x32_10(counter & _U32, (counter >> 32) & _U32, q & _U32, (q >> 32) & _U32,
-                          seed & _U32, (seed >> 32) & _U32)
-    return (torch.stack(words, dim=1).reshape(-1)[:n] >= dropout_threshold(p))
+def dropout_keep(n: int, p: float, seed: int, counter: int, device=None, start: int = 0) -> torch.Tensor:
+    """The keep mask (bool) of gelu_dropout's elements start .. start + n - 1: element e is kept
+    when half e % 2 (0: the low 16 bits) of word (e % 8) // 2 of Philox4x32-10(counter=(lo(counter),
+    hi(counter), lo(e // 8), hi(e // 8)), key=(lo(seed), hi(seed))) is >= dropout_threshold(p).
+    seed and counter are 64-bit (any sign)."""
+    q = torch.arange(start // 8, (start + n + 7) // 8, dtype=torch.int64, device=device)
+    words = torch.stack(philox4x32_10(counter & _U32, (counter >> 32) & _U32, q & _U32, (q >> 32) & _U32,
+                                      seed & _U32, (seed >> 32) & _U32), dim=1)
+    halves = torch.stack((words & 0xFFFF, words >> 16), dim=2).reshape(-1)
+    return halves[start % 8:start % 8 + n] >= dropout_threshold(p)
 
 
 def _seed_counter(seed: int, counter: int, rng):
