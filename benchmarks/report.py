@@ -51,7 +51,7 @@ def device_tables(rows) -> str:
             f = impls.get("fusedaot")
             if not f:
                 continue
-            cells = [f"{shape[0]}x{shape[1]}", f"{f['time_us']:.2f}", f"{f['gbps']:.0f}", f"{f['pct_copy']:.1f}"]
+            cells = ["x".join(map(str, shape)), f"{f['time_us']:.2f}", f"{f['gbps']:.0f}", f"{f['pct_copy']:.1f}"]
             for b in base:
                 t = impls.get(b, {}).get("time_us")
                 ratio = t / f["time_us"] if t else None
@@ -70,7 +70,7 @@ def host_table(rows) -> str:
         return ""
     out = ["| op | shape | dtype | impl | host us/call | CUDA graph us/call |", "|---|---|---|---|---|---|"]
     for r in host:
-        out.append(f"| {r['op']} | {r['shape'][0]}x{r['shape'][1]} | {r['dtype']} | {r['impl']} | "
+        out.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['impl']} | "
                    f"{r['time_us']:.2f} | {r.get('graph_us') or float('nan'):.2f} |")
     return "\n".join(out) + "\n"
 

@@ -10,18 +10,21 @@ from .core import DTYPES, Op, Param, Variant
 #
 # The layout (half-split or interleaved) is a constexpr: one C function per layout.
 #
-# (largest N = rotary_dim/2, BLOCK_N, HEADS, num_warps): the tile holds 512 pairs (1024
-# values, 16 per thread: one 16-byte access of each half in 16-bit dtypes), so that the common
-# head counts (8, 32, 40, 72 = Hq + Hk) fill whole tiles at head_dim 128.  Measured on an H100
-# (docs/benchmarks.md): 83-85% of copy bandwidth at head_dim 128 and 256, 57% at 64; the sm90
-# cubins use 64 registers per thread (16 programs of 2 warps per SM).  Not tuned yet: the next
-# GPU run should time other HEADS / num_warps.  sm80/sm89 (not measured) use the same table.
+# (largest N = rotary_dim/2, BLOCK_N, HEADS, num_warps): 16 pairs a thread (one 16-byte
+# access of each half per 8 pairs in 16-bit dtypes) on one warp, two for head_dim 256.  Timed
+# through Triton's JIT on an H100 (2026-11-26, bf16, 16384 tokens x 32/8 heads;
+# docs/results/rope_tile_sweep_h100.jsonl; HEADS 1-32 x 1-8 warps): at head_dim 64, 16 heads on
+# 1 warp 82.9% of copy against 62.5% on 2 warps; at 128, 8 heads on 1 warp 86.7% (2 warps
+# 85.6%; 88.2% at 64/8 heads); at 256, 8 heads on 2 warps 92.1% against 87.2% for 4.  Small
+# programs win: many share an SM and each finishes its heads without a block-wide wait.
+# head_dim <= 32 keeps the same 512 pairs a warp, not timed.  sm80/sm89 (not measured) use the
+# same table.
 # ---------------------------------------------------------------------------------
 ROPE_BLOCKS = (
-    (16, 16, 32, 2),     # head_dim <= 32
-    (32, 32, 16, 2),     # head_dim <= 64
-    (64, 64, 8, 2),      # head_dim <= 128 (80, 96, 112, 128)
-    (None, 128, 4, 2),   # wider: head_dim 256 in one step, wider heads in several
+    (16, 16, 32, 1),     # head_dim <= 32
+    (32, 32, 16, 1),     # head_dim <= 64
+    (64, 64, 8, 1),      # head_dim <= 128 (80, 96, 112, 128)
+    (None, 128, 8, 2),   # wider: head_dim 256 in one step, wider heads in several
 )
 ROPE_UNALIGNED = (64, 8, 2)   # BLOCK_N, HEADS, num_warps for layouts without 16-byte alignment
 
