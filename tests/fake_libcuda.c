@@ -1,7 +1,8 @@
-/* A stand-in for libcuda.so.1 with the 16 entry points the fusedaot runtime resolves, for
+/* A stand-in for libcuda.so.1 with the 17 entry points the fusedaot runtime resolves, for
  * testing the runtime and the generated dispatch on a machine without a GPU.  It records
  * every launch (function, grid, block, shared memory, stream, and the first bytes of each
- * kernel parameter) and module load, and can be told to fail.  Built by tests/test_runtime.py. */
+ * kernel parameter), module load and shared-memory opt-in, and can be told to fail.  Every
+ * function reports FAKE_STATIC_SMEM bytes of static shared memory.  Built by tests/test_runtime.py. */
 #include <stdint.h>
 #include <string.h>
 
@@ -22,6 +23,12 @@ static unsigned char widths[MAX_PARAMS];
 static uintptr_t capturing_stream, current_ctx;
 static const void* last_image;
 static const void* images[4096];  /* every image loaded since the last reset */
+#define FAKE_STATIC_SMEM 1024
+static struct {
+  char symbol[128];
+  int bytes;
+} optins[1024];  /* every dynamic shared-memory opt-in of the process (functions load once) */
+static int noptins;
 
 /* --- control, called by the test through ctypes ----------------------------------------- */
 void fake_reset(void) {
@@ -47,6 +54,13 @@ int fake_pops(void) { return pops; }
 const void* fake_last_image(void) { return last_image; }
 const void* fake_image(int i) { return i < loads && i < 4096 ? images[i] : NULL; }
 const struct fake_launch* fake_last_launch(void) { return &last; }
+int fake_static_smem(void) { return FAKE_STATIC_SMEM; }
+/* The dynamic shared memory the runtime opted function `symbol` in to, or 0. */
+int fake_dynamic_smem_optin(const char* symbol) {
+  for (int i = noptins - 1; i >= 0; --i)
+    if (!strcmp(optins[i].symbol, symbol)) return optins[i].bytes;
+  return 0;
+}
 
 /* --- driver API ---------------------------------------------------------------------------- */
 #define DEVICE_CTX ((uintptr_t)0xC0C0)
@@ -84,7 +98,18 @@ CUresult cuModuleGetFunction(void** fn, void* mod, const char* name) {
   *fn = strdup(name);  /* the "function" is its name; never freed: a test process is short */
   return 0;
 }
-CUresult cuFuncSetAttribute(void* fn, int attr, int value) { (void)fn; (void)attr; (void)value; return 0; }
+CUresult cuFuncSetAttribute(void* fn, int attr, int value) {
+  if (attr == 8 && noptins < 1024) {  /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
+    strncpy(optins[noptins].symbol, (const char*)fn, sizeof optins[0].symbol - 1);
+    optins[noptins++].bytes = value;
+  }
+  return 0;
+}
+CUresult cuFuncGetAttribute(int* v, int attr, void* fn) {
+  (void)fn;
+  *v = attr == 1 ? FAKE_STATIC_SMEM : 0;  /* CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES */
+  return 0;
+}
 CUresult cuStreamIsCapturing(void* stream, int* status) {
   *status = capturing_stream && (uintptr_t)stream == capturing_stream;
   return 0;

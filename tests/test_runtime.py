@@ -184,6 +184,9 @@ def test_dispatch_launches_the_selected_variant(fake_driver, arch):
             assert list(last.grid) == {want['grid']!r}, ({want['variant']!r}, list(last.grid))
             assert list(last.block) == {want['block']!r}, ({want['variant']!r}, list(last.block))
             assert last.shared == {want['shared']!r} and last.stream == {STREAM}
+            # past 48 KiB of static + dynamic shared memory a kernel needs the opt-in
+            optin = {want['shared']!r} if {want['shared']!r} + fake.fake_static_smem() > 48 * 1024 else 0
+            assert fake.fake_dynamic_smem_optin(last.symbol) == optin, ({want['variant']!r}, optin)
             got = [list(last.params[i])[:n] for i, n in enumerate({list(widths)!r})]
             assert got == {expected_bytes!r}, ({want['variant']!r}, got)
             if {arch != 'ptx'!r} and fake.fake_loads():  # the image it loaded is the variant's cubin

@@ -40,6 +40,7 @@ static struct {
   CUresult (*ModuleLoadData)(CUmodule*, const void*);
   CUresult (*ModuleGetFunction)(CUfunction*, CUmodule, const char*);
   CUresult (*FuncSetAttribute)(CUfunction, int, int);
+  CUresult (*FuncGetAttribute)(int*, int, CUfunction);
   CUresult (*StreamIsCapturing)(CUstream, int*);
   CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, CUstream, void**, void**);
@@ -55,7 +56,7 @@ static const char* symbols[] = {
     "cuInit", "cuDriverGetVersion", "cuGetErrorName", "cuGetErrorString", "cuDeviceGet",
     "cuDeviceGetCount", "cuDeviceGetAttribute", "cuDevicePrimaryCtxRetain", "cuCtxGetCurrent",
     "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2", "cuModuleLoadData", "cuModuleGetFunction",
-    "cuFuncSetAttribute", "cuStreamIsCapturing", "cuLaunchKernel",
+    "cuFuncSetAttribute", "cuFuncGetAttribute", "cuStreamIsCapturing", "cuLaunchKernel",
 };
 
 static void driver_open(void) {
@@ -192,13 +193,22 @@ static int load_kernel(fa_device_t* d, int k, CUstream stream) {
   CUfunction fn;
   int rc = check(cu.ModuleGetFunction(&fn, mod, kd->symbol), "cuModuleGetFunction for", kd->variant);
   if (rc) return rc;
-  if (kd->shared > 48 * 1024) {
-    if ((int)kd->shared > d->smem_optin)
-      return fa_error(FA_ERR_UNAVAILABLE, "fusedaot: kernel %s needs %u bytes of shared memory; device %d allows %d",
-                      kd->variant, kd->shared, d->ordinal, d->smem_optin);
-    rc = check(cu.FuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)kd->shared),
-               "cuFuncSetAttribute for", kd->variant);
+  if (kd->shared > 0) {
+    /* Without the opt-in a block gets 48 KiB of shared memory, static and dynamic together. */
+    int static_bytes = 0;
+    rc = check(cu.FuncGetAttribute(&static_bytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute for",
+               kd->variant);
     if (rc) return rc;
+    const int total = static_bytes + (int)kd->shared;
+    if (total > 48 * 1024) {
+      if (total > d->smem_optin)
+        return fa_error(FA_ERR_UNAVAILABLE,
+                        "fusedaot: kernel %s needs %d bytes of shared memory (%d static); device %d allows %d",
+                        kd->variant, total, static_bytes, d->ordinal, d->smem_optin);
+      rc = check(cu.FuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)kd->shared),
+                 "cuFuncSetAttribute for", kd->variant);
+      if (rc) return rc;
+    }
   }
   __atomic_store_n(&d->functions[k], (void*)fn, __ATOMIC_RELEASE);
   return 0;

@@ -12,19 +12,28 @@ from .core import DTYPES, Op, Param, Variant
 # passes per group, dweight's terms added up in each program's own fp32 row.  The layout is a
 # constexpr: one C function per layout and direction.
 #
-# (largest head_dim, BLOCK_D, HEADS, num_warps), head_dim in ranges, per norm mode (the
-# per_head argument picks the variant).  Wider heads take the last entry and its column loop.
-# Timed through Triton's JIT on an H100 (2026-11-26, bf16, 2048-16384 tokens x 8-32 heads x
-# 128): per head, small programs win (4 heads on 1 warp: 136 us forward and 205 us backward at
-# 16384 x 32 x 128, against 186 and 420 us for 32 heads on 8 warps), since each head's norm
-# stays within its warp and many programs share an SM; over the row, 16 heads on 4 warps
-# (H > 16 takes the two-pass path, whose second read mostly hits L2) was within 3% of a
-# whole-row tile at 32 heads and 35% faster at 8.  head_dim 64 and 256 keep the same values
-# per program, not timed.  Layouts without 16-byte alignment share one variant.  sm80/sm89
-# (not measured) use the same table.
+# (largest head_dim, BLOCK_D, HEADS, num_warps), head_dim in ranges, per direction and norm mode
+# (the per_head argument picks the variant).  Wider heads take the last entry and its column
+# loop.  Timed through Triton's JIT on an H100 (2026-11-26, bf16):
+# - backward, 2048-16384 tokens x 8-32 heads x 128: 4 heads on 1 warp per head (205 us at
+#   16384 x 32 x 128 against 420 us for 32 heads on 8 warps), since each head's norm stays
+#   within its warp and many programs share an SM; over the row, 16 heads on 4 warps;
+# - forward, 16384 tokens x 32 heads x 64/128/256 and 2048 x 32 x 128, 2-32 heads on 1-8 warps
+#   (docs/results/rms_norm_rope_tile_sweep_h100.jsonl): per head, 16 pairs a thread on one warp
+#   (16 heads at head_dim 64, 8 at 128: 75.7% and 76.0% of copy, against 71.6% and 69.7% for
+#   the backward's tiles; 32 heads a warp was faster still at 128 with 32 heads, 79.3%, but
+#   would leave a 8-head k three quarters masked), 16 heads at 256 (73.1%); over the row, 16
+#   heads on 1 warp at 64 (72.5%, against under 63% for 32 on 4); at 128, 8 heads on 2 warps
+#   (79.9% through the JIT at 32 heads) lost to 16 on 4 as AOT images at 64 heads (279 against
+#   249 us: four chunks of heads a token, two passes each) and at 1-128 tokens, so 128 and 256
+#   keep the backward's tiles.
+# Layouts without 16-byte alignment share one variant.  sm80/sm89 (not measured) use the same
+# tables.
 RMS_NORM_ROPE_BLOCKS = {
-    "head": ((64, 64, 8, 1), (128, 128, 4, 1), (None, 256, 2, 1)),
-    "row": ((64, 64, 32, 4), (128, 128, 16, 4), (None, 256, 8, 4)),
+    "fwd": {"head": ((64, 64, 16, 1), (128, 128, 8, 1), (None, 256, 16, 1)),
+            "row": ((64, 64, 16, 1), (128, 128, 16, 4), (None, 256, 8, 4))},
+    "bwd": {"head": ((64, 64, 8, 1), (128, 128, 4, 1), (None, 256, 2, 1)),
+            "row": ((64, 64, 32, 4), (128, 128, 16, 4), (None, 256, 8, 4))},
 }
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
 RMS_NORM_ROPE_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
@@ -72,7 +81,7 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     to one variant."""
     op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
     configs = []
-    for mode, blocks in RMS_NORM_ROPE_BLOCKS.items():
+    for mode, blocks in RMS_NORM_ROPE_BLOCKS[direction].items():
         test = "per_head != 0" if mode == "head" else "per_head == 0"
         for lo, (hi, *rest) in zip((0,) + tuple(b[0] for b in blocks), blocks):
             configs.append((mode, f"{test} && N > {lo}" + (f" && N <= {hi}" if hi else ""), rest))

@@ -103,8 +103,11 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
 // ((groups, J, 2, N) fp32: [dscale | dshift]), added over J by the caller; a resident block keeps
 // them in dynamic shared memory (2 * E * THREADS floats, THREADS >= blockDim.x a compile-time
 // stride; each thread only its own columns: registers then hold only the row, so more rows are
-// in flight per SM), a looped one in that row of partial.
-template <typename T, typename P, int VEC, int NPT, bool LOOPED, bool PER_ROW, int THREADS = 0>
+// in flight per SM), a looped one in that row of partial.  A resident column-sum block requests
+// its next row's x and dy before it waits on this row's reductions, so it always has a row in
+// flight, and reads the shared scale row after the statistics (from L1/L2, where every row of
+// the group finds it).
+template <typename T, typename P, int VEC, int NPT, bool LOOPED, bool PER_ROW, int THREADS = 0, bool AHEAD = false>
 __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __restrict__ x,
                                         const P* __restrict__ scale, T* __restrict__ dx,
                                         P* __restrict__ dscale, P* __restrict__ dshift,
@@ -124,6 +127,22 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
     for (int e = 0; e < NPT * VEC; ++e) ds[e * nt] = dh[e * nt] = 0.0f;
   }
 
+  // resident: this row's x and dy (xv, gv); AHEAD (resident column sums only): loaded one row
+  // ahead
+  static_assert(!AHEAD || (!LOOPED && !PER_ROW), "only resident column-sum forms load ahead");
+  Raw<T, VEC> xv[NPT], gv[NPT];
+  if (AHEAD && part < R) {
+    const i64 row = group * R + part;
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) {
+      const i64 c = col_of(0, k, VEC);
+      if (c < N) {
+        xv[k].load(x + row * stride_x + c);
+        gv[k].load(dy + row * stride_dy + c);
+      }
+    }
+  }
+
   for (i64 j = part; j < R; j += J) {
     const i64 row = group * R + j;
     const T* xr = x + row * stride_x;
@@ -132,19 +151,31 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
     const P* sc = scale + sample * stride_sb + token * stride_ss;
     float mean, rstd;
     if (!LOOPED) {
-      // x, dy and scale are all requested before the first reduction waits on x
-      Raw<T, VEC> xv[NPT], gv[NPT];
+      // x, dy (and, per row, scale) are all requested before the first reduction waits on x;
+      // with column sums, the next row's x and dy too
+      Raw<T, VEC> xn[NPT], gn[NPT];
       Raw<P, VEC> av[NPT];
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
         const i64 c = col_of(0, k, VEC);
-        if (c < N) {
+        if (c >= N) continue;
+        if (!AHEAD) {
           xv[k].load(xr + c);
           gv[k].load(gr + c);
-          av[k].load(sc + c);
+        } else if (j + J < R) {
+          xn[k].load(xr + J * stride_x + c);
+          gn[k].load(gr + J * stride_dy + c);
         }
+        if (PER_ROW) av[k].load(sc + c);
       }
       finish_stats(block_stats(tile_stats<VEC, NPT>(xv, 0, N), shm), N, eps, mean, rstd);
+      if (!PER_ROW) {
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) {
+          const i64 c = col_of(0, k, VEC);
+          if (c < N) av[k].load(sc + c);
+        }
+      }
       float s1 = 0.0f, s2 = 0.0f;  // sum(g) and sum(g * x_hat)
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
@@ -181,6 +212,13 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
             ds[(k * VEC + i) * nt] += g[i] * xh[i];
             dh[(k * VEC + i) * nt] += g[i];
           }
+        }
+      }
+      if (AHEAD) {
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) {
+          xv[k] = xn[k];
+          gv[k] = gn[k];
         }
       }
       continue;
@@ -280,32 +318,41 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
                                             stride_hb, stride_hs, M, N, S, eps);                       \
   }
 
-// M only sizes the grid (M / R groups of rows).
-#define ADA_BWD(T, P, NAME, VEC, NPT, LOOPED, PER_ROW, THREADS, TAG)                                   \
-  extern "C" __global__ void __launch_bounds__(512) ada_layer_norm_bwd_##NAME##_v##VEC##_##TAG(      \
+// M only sizes the grid (M / R groups of rows).  ATTR: the launch bounds, or for the forms that
+// load a row ahead a register cap that keeps two 384-thread blocks on an SM (their x, dy, next x,
+// next dy and scale in registers: 90 registers uncapped, one block).
+#define ADA_BWD(T, P, NAME, VEC, NPT, LOOPED, PER_ROW, THREADS, AHEAD, ATTR, TAG)                       \
+  extern "C" __global__ void ATTR ada_layer_norm_bwd_##NAME##_v##VEC##_##TAG(                          \
       const T* dy, const T* x, const P* scale, T* dx, P* dscale, P* dshift, float* partial,            \
       i64 stride_dy, i64 stride_x, i64 stride_sb, i64 stride_ss, i64 M, i64 N, i64 S, i64 R,           \
       float eps, int flags, int J) {                                                                   \
-    ada_bwd<T, P, VEC, NPT, LOOPED, PER_ROW, THREADS>(dy, x, scale, dx, dscale, dshift, partial,       \
-                                                      stride_dy, stride_x, stride_sb, stride_ss, N, S, \
-                                                      R, eps, J);                                      \
+    ada_bwd<T, P, VEC, NPT, LOOPED, PER_ROW, THREADS, AHEAD>(dy, x, scale, dx, dscale, dshift,         \
+                                                             partial, stride_dy, stride_x, stride_sb,  \
+                                                             stride_ss, N, S, R, eps, J);              \
   }
+#define ADA_BOUNDS __launch_bounds__(512)
+#define ADA_AHEAD_REGS __maxnreg__(80)
 
 // 16-byte vectors (V elements): forward E = 8, 16, 32 resident (up to 512 threads), E = 16, 32,
-// 64 resident with shared scale and shift (s16, s32, s64), and looped with E = 16 a tile; backward E = 16 resident (up to 512 threads) and looped with E = 16.
-// Single elements (any alignment): E = 8 resident forward, 16 backward, and looped with E = 4 a
-// tile.  The backward's
-// resident column-sum forms come once per block size bucket (t128, t256, t512: up to that many
-// threads), each with its own shared-memory size in the spec table.
-#define ADA_BWD_FORMS(T, P, NAME, V, E, LE)                           \
-  ADA_BWD(T, P, NAME, V, E / V, false, true, 0, row_e##E)             \
-  ADA_BWD(T, P, NAME, V, LE / V, true, true, 0, row_loop)             \
-  ADA_BWD(T, P, NAME, V, E / V, false, false, 128, sum_e##E##_t128)   \
-  ADA_BWD(T, P, NAME, V, E / V, false, false, 256, sum_e##E##_t256)   \
-  ADA_BWD(T, P, NAME, V, E / V, false, false, 512, sum_e##E##_t512)   \
-  ADA_BWD(T, P, NAME, V, LE / V, true, false, 0, sum_loop)
+// 64 resident with shared scale and shift (s16, s32, s64), and looped with E = 16 a tile;
+// backward E = 16 resident (up to 512 threads) and looped with E = 16.  Single elements (any
+// alignment): E = 8 resident forward, 16 backward, and looped with E = 4 a tile.  The backward's
+// resident column-sum forms come once per block size bucket (t128, t256, t384, t512: up to that
+// many threads), each with its own shared-memory size in the spec table; with 16-bit x (AH =
+// true) those up to 384 threads load a row ahead.
+#define ADA_BWD_FORMS(T, P, NAME, V, E, LE, AH)                                                 \
+  ADA_BWD(T, P, NAME, V, E / V, false, true, 0, false, ADA_BOUNDS, row_e##E)                      \
+  ADA_BWD(T, P, NAME, V, LE / V, true, true, 0, false, ADA_BOUNDS, row_loop)                      \
+  ADA_BWD(T, P, NAME, V, E / V, false, false, 128, AH, ADA_SUM_ATTR(AH), sum_e##E##_t128)         \
+  ADA_BWD(T, P, NAME, V, E / V, false, false, 256, AH, ADA_SUM_ATTR(AH), sum_e##E##_t256)         \
+  ADA_BWD(T, P, NAME, V, E / V, false, false, 384, AH, ADA_SUM_ATTR(AH), sum_e##E##_t384)         \
+  ADA_BWD(T, P, NAME, V, E / V, false, false, 512, false, ADA_BOUNDS, sum_e##E##_t512)            \
+  ADA_BWD(T, P, NAME, V, LE / V, true, false, 0, false, ADA_BOUNDS, sum_loop)
+#define ADA_SUM_ATTR(AH) ADA_SUM_ATTR_##AH
+#define ADA_SUM_ATTR_true ADA_AHEAD_REGS
+#define ADA_SUM_ATTR_false ADA_BOUNDS
 
-#define ADA_FORMS(T, P, NAME, V)                     \
+#define ADA_FORMS(T, P, NAME, V, AH)                 \
   ADA_FWD(T, P, NAME, V, 8 / V, false, false, e8)    \
   ADA_FWD(T, P, NAME, V, 16 / V, false, false, e16)  \
   ADA_FWD(T, P, NAME, V, 32 / V, false, false, e32)  \
@@ -315,11 +362,11 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
   ADA_FWD(T, P, NAME, V, 16 / V, true, false, loop)  \
   ADA_FWD(T, P, NAME, 1, 8, false, false, e8)        \
   ADA_FWD(T, P, NAME, 1, 4, true, false, loop)       \
-  ADA_BWD_FORMS(T, P, NAME, V, 16, 16)        \
-  ADA_BWD_FORMS(T, P, NAME, 1, 16, 4)
+  ADA_BWD_FORMS(T, P, NAME, V, 16, 16, AH)           \
+  ADA_BWD_FORMS(T, P, NAME, 1, 16, 4, false)
 
-ADA_FORMS(bf16_t, bf16_t, bf16, 8)
-ADA_FORMS(bf16_t, float, bf16_pf32, 8)
-ADA_FORMS(half_t, half_t, fp16, 8)
-ADA_FORMS(half_t, float, fp16_pf32, 8)
-ADA_FORMS(float, float, fp32, 4)
+ADA_FORMS(bf16_t, bf16_t, bf16, 8, true)
+ADA_FORMS(bf16_t, float, bf16_pf32, 8, true)
+ADA_FORMS(half_t, half_t, fp16, 8, true)
+ADA_FORMS(half_t, float, fp16_pf32, 8, true)
+ADA_FORMS(float, float, fp32, 4, false)
