@@ -265,8 +265,10 @@ def test_direct_path_equals_torch_op():
 
 # --- GPU backward -------------------------------------------------------------------------
 
+# backward: resident up to 8192 wide; looped beyond, with the column sums of rows 12288-16384
+# wide in shared memory (12288, 12289 unaligned, 16384), else in a global partial row (8200, 16392)
 BWD = [(2, 3, 1), (3, 4, 127), (2, 37, 1000), (2, 256, 3072), (1, 1024, 1024), (2, 33, 4097), (2, 40, 6144),
-       (2, 21, 8192), (2, 9, 8200), (1, 64, 16392), (2, 3, 65536)]
+       (2, 21, 8192), (2, 9, 8200), (2, 24, 12288), (2, 5, 12289), (1, 5, 16384), (1, 64, 16392), (2, 3, 65536)]
 
 
 @pytest.mark.requires_cuda

@@ -163,3 +163,16 @@ def test_bias_gelu_forward_rows_agree_with_the_kernel():
     tanh, exact = int(defined.group(1)), int(defined.group(2))
     assert (exact, tanh) == specs.bias_gelu.BIAS_GELU_FWD_ROWS
 
+
+
+def test_ada_layer_norm_loop_constants_agree_with_the_kernel():
+    """The looped backward's shared-memory column sums are laid out for ADA_LOOP_THREADS threads
+    and sized (by the spec's shared bytes) for ADA_BWD_LOOP_SMEM_COLS columns; the kernel's own
+    defines must say the same, or a block would index past its shared memory."""
+    source = (REPO / "kernels/cuda/ada_layer_norm.cu").read_text()
+    threads = re.search(r"^#define ADA_LOOP_THREADS (\d+)$", source, re.M)
+    cols = re.search(r"^#define ADA_LOOP_SMEM_COLS (\d+)$", source, re.M)
+    assert threads and cols, "kernels/cuda/ada_layer_norm.cu no longer defines the loop constants"
+    assert int(threads.group(1)) == specs.ada_layer_norm.ADA_LOOP_THREADS
+    assert int(cols.group(1)) == specs.ada_layer_norm.ADA_BWD_LOOP_SMEM_COLS
+    assert "sum_loop_c" + cols.group(1) in source

@@ -103,11 +103,14 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
 // ((groups, J, 2, N) fp32: [dscale | dshift]), added over J by the caller; a resident block keeps
 // them in dynamic shared memory (2 * E * THREADS floats, THREADS >= blockDim.x a compile-time
 // stride; each thread only its own columns: registers then hold only the row, so more rows are
-// in flight per SM), a looped one in that row of partial.  A resident column-sum block requests
+// in flight per SM), a looped one in that row of partial, or, for rows up to SMEM_COLS wide,
+// in dynamic shared memory as well (read and written every row, the fp32 partial row in global
+// memory moved more bytes than x, dy and dx together).  A resident column-sum block requests
 // its next row's x and dy before it waits on this row's reductions, so it always has a row in
 // flight, and reads the shared scale row after the statistics (from L1/L2, where every row of
 // the group finds it).
-template <typename T, typename P, int VEC, int NPT, bool LOOPED, bool PER_ROW, int THREADS = 0, bool AHEAD = false>
+template <typename T, typename P, int VEC, int NPT, bool LOOPED, bool PER_ROW, int THREADS = 0, bool AHEAD = false,
+          int SMEM_COLS = 0>
 __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __restrict__ x,
                                         const P* __restrict__ scale, T* __restrict__ dx,
                                         P* __restrict__ dscale, P* __restrict__ dshift,
@@ -120,11 +123,15 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
   const int part = blockIdx.y;
   constexpr int nt = THREADS;
   float* prow = partial + ((i64)group * J + part) * 2 * N;
-  float* ds = sums + threadIdx.x;                 // ds[(k * VEC + i) * nt]
-  float* dh = sums + NPT * VEC * nt + threadIdx.x;
-  if (!LOOPED && !PER_ROW) {
+  // A thread's e-th column of the row (e = (tile * NPT + k) * VEC + i) has its sums at
+  // ds[e * nt], dh[e * nt]: SPAN of them, NPT * VEC resident, SMEM_COLS / nt looped.
+  constexpr int SPAN = LOOPED ? SMEM_COLS / (nt > 0 ? nt : 1) : NPT * VEC;
+  constexpr bool SUMS_IN_SHARED = !PER_ROW && (!LOOPED || SMEM_COLS > 0);
+  float* ds = sums + threadIdx.x;
+  float* dh = sums + SPAN * nt + threadIdx.x;
+  if (SUMS_IN_SHARED) {
 #pragma unroll
-    for (int e = 0; e < NPT * VEC; ++e) ds[e * nt] = dh[e * nt] = 0.0f;
+    for (int e = 0; e < SPAN; ++e) ds[e * nt] = dh[e * nt] = 0.0f;
   }
 
   // resident: this row's x and dy (xv, gv); AHEAD (resident column sums only): loaded one row
@@ -266,6 +273,13 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
           for (int i = 0; i < VEC; ++i) xh[i] *= gv[k][i];
           store_f32<P, VEC>(dscale + row * N + c, xh);
           if (dshift) store_f32<P, VEC>(dshift + row * N + c, gv[k]);
+        } else if (SMEM_COLS > 0) {
+          const int e0 = ((int)(base / tile) * NPT + k) * VEC;
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            ds[(e0 + i) * nt] += gv[k][i] * xh[i];
+            dh[(e0 + i) * nt] += gv[k][i];
+          }
         } else {
           // this thread owns these columns of prow on every row: no other thread touches them
           float pd[VEC], ph[VEC];
@@ -287,19 +301,22 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
       }
     }
   }
-  if (!LOOPED && !PER_ROW) {
+  if (SUMS_IN_SHARED) {
+    for (i64 base = 0; base < N; base += tile) {
 #pragma unroll
-    for (int k = 0; k < NPT; ++k) {
-      const i64 c = col_of(0, k, VEC);
-      if (c >= N) continue;
-      float a[VEC], b[VEC];
+      for (int k = 0; k < NPT; ++k) {
+        const i64 c = col_of(base, k, VEC);
+        if (c >= N) continue;
+        const int e0 = ((int)(base / tile) * NPT + k) * VEC;
+        float a[VEC], b[VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        a[i] = ds[(k * VEC + i) * nt];
-        b[i] = dh[(k * VEC + i) * nt];
+        for (int i = 0; i < VEC; ++i) {
+          a[i] = ds[(e0 + i) * nt];
+          b[i] = dh[(e0 + i) * nt];
+        }
+        store_f32<float, VEC>(prow + c, a);
+        store_f32<float, VEC>(prow + N + c, b);
       }
-      store_f32<float, VEC>(prow + c, a);
-      store_f32<float, VEC>(prow + N + c, b);
     }
   }
 }
@@ -322,15 +339,22 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
 // load a row ahead a register cap that keeps two 384-thread blocks on an SM (their x, dy, next x,
 // next dy and scale in registers: 90 registers uncapped, one block).
 #define ADA_BWD(T, P, NAME, VEC, NPT, LOOPED, PER_ROW, THREADS, AHEAD, ATTR, TAG)                       \
+  ADA_BWD_COLS(T, P, NAME, VEC, NPT, LOOPED, PER_ROW, THREADS, AHEAD, 0, ATTR, TAG)
+#define ADA_BWD_COLS(T, P, NAME, VEC, NPT, LOOPED, PER_ROW, THREADS, AHEAD, COLS, ATTR, TAG)            \
   extern "C" __global__ void ATTR ada_layer_norm_bwd_##NAME##_v##VEC##_##TAG(                          \
       const T* dy, const T* x, const P* scale, T* dx, P* dscale, P* dshift, float* partial,            \
       i64 stride_dy, i64 stride_x, i64 stride_sb, i64 stride_ss, i64 M, i64 N, i64 S, i64 R,           \
       float eps, int flags, int J) {                                                                   \
-    ada_bwd<T, P, VEC, NPT, LOOPED, PER_ROW, THREADS, AHEAD>(dy, x, scale, dx, dscale, dshift,         \
-                                                             partial, stride_dy, stride_x, stride_sb,  \
-                                                             stride_ss, N, S, R, eps, J);              \
+    ada_bwd<T, P, VEC, NPT, LOOPED, PER_ROW, THREADS, AHEAD, COLS>(dy, x, scale, dx, dscale, dshift,   \
+                                                                   partial, stride_dy, stride_x,       \
+                                                                   stride_sb, stride_ss, N, S, R, eps, \
+                                                                   J);                                 \
   }
 #define ADA_BOUNDS __launch_bounds__(512)
+// The looped forms' block (aot/specs/ada_layer_norm.py: ADA_LOOP_THREADS) and the widest row whose
+// column sums the looped backward keeps in shared memory (ADA_BWD_LOOP_SMEM_COLS).
+#define ADA_LOOP_THREADS 512
+#define ADA_LOOP_SMEM_COLS 16384
 #define ADA_AHEAD_REGS __maxnreg__(80)
 
 // 16-byte vectors (V elements): forward E = 8, 16, 32 resident (up to 512 threads), E = 16, 32,
@@ -339,7 +363,9 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
 // alignment): E = 8 resident forward, 16 backward, and looped with E = 4 a tile.  The backward's
 // resident column-sum forms come once per block size bucket (t128, t256, t384, t512: up to that
 // many threads), each with its own shared-memory size in the spec table; with 16-bit x (AH =
-// true) those up to 384 threads load a row ahead.
+// true) those up to 384 threads load a row ahead.  A looped column-sum form keeps its sums in
+// 128 KiB of shared memory for rows up to 16384 wide (sum_loop_c16384; 512 threads; the spec
+// table picks it from 12288 columns).
 #define ADA_BWD_FORMS(T, P, NAME, V, E, LE, AH)                                                 \
   ADA_BWD(T, P, NAME, V, E / V, false, true, 0, false, ADA_BOUNDS, row_e##E)                      \
   ADA_BWD(T, P, NAME, V, LE / V, true, true, 0, false, ADA_BOUNDS, row_loop)                      \
@@ -347,6 +373,8 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
   ADA_BWD(T, P, NAME, V, E / V, false, false, 256, AH, ADA_SUM_ATTR(AH), sum_e##E##_t256)         \
   ADA_BWD(T, P, NAME, V, E / V, false, false, 384, AH, ADA_SUM_ATTR(AH), sum_e##E##_t384)         \
   ADA_BWD(T, P, NAME, V, E / V, false, false, 512, false, ADA_BOUNDS, sum_e##E##_t512)            \
+  ADA_BWD_COLS(T, P, NAME, V, LE / V, true, false, ADA_LOOP_THREADS, false, ADA_LOOP_SMEM_COLS,     \
+               ADA_BOUNDS, sum_loop_c16384)                                                       \
   ADA_BWD(T, P, NAME, V, LE / V, true, false, 0, false, ADA_BOUNDS, sum_loop)
 #define ADA_SUM_ATTR(AH) ADA_SUM_ATTR_##AH
 #define ADA_SUM_ATTR_true ADA_AHEAD_REGS
