@@ -164,7 +164,6 @@ def test_bias_gelu_forward_rows_agree_with_the_kernel():
     assert (exact, tanh) == specs.bias_gelu.BIAS_GELU_FWD_ROWS
 
 
-
 def test_ada_layer_norm_loop_constants_agree_with_the_kernel():
     """The looped backward's shared-memory column sums are laid out for ADA_LOOP_THREADS threads
     and sized (by the spec's shared bytes) for ADA_BWD_LOOP_SMEM_COLS columns; the kernel's own

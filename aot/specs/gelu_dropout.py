@@ -8,9 +8,8 @@ from .elementwise import DTYPES_WITH_FP64, THREADS
 # gelu_dropout: x flat (n contiguous elements).  A thread takes chunks of VEC elements,
 # VEC = 16 bytes' worth but at least 8 (one Philox call per 8 elements, 16 random bits each):
 # one to four 16-byte accesses when the pointers are aligned, else 8 elements with one access
-# each.  The last
-# n % VEC elements go one by one.  rng: null, or an int64 pair (seed, counter) in device
-# memory that replaces the seed and counter arguments.  dropout = 0: plain GELU.
+# each.  The last n % VEC elements go one by one.  rng: null, or an int64 pair (seed, counter)
+# in device memory that replaces the seed and counter arguments.  dropout = 0: plain GELU.
 # ---------------------------------------------------------------------------------
 
 _RNG = (Param("rng", "ptr", "i64"), Param("n", "i64"), Param("seed", "i64"), Param("counter", "i64"),

@@ -66,35 +66,39 @@ def arch_for(device=None) -> str:
     return arch_for_capability(*torch.cuda.get_device_capability(device))
 
 
-def _packed_call(op: str, fn, fmt: str):
-    """The op's C function as a Python callable: the arguments (stream, device, dtype, params...)
-    go to fusedaot_<op>_packed in one buffer laid out by `fmt` (the manifest's struct format),
-    so ctypes marshals one argument instead of a dozen.  An argument that does not fit its C
-    type is an error here, not a silently truncated value."""
+# The C types of a packed buffer's struct codes, for error messages.
+_C_TYPES = {"Q": "a pointer (uint64)", "q": "int64", "i": "int32", "d": "double"}
+
+
+def _packed_call(op: str, fn, fmt: str, names: list[str]):
+    """The op's C function as a Python callable: the arguments (stream, device, dtype, params...,
+    named by `names`) go to fusedaot_<op>_packed in one buffer laid out by `fmt` (the manifest's
+    struct format), so ctypes marshals one argument instead of a dozen.  An argument that does
+    not fit its C type is an error here, not a silently truncated value."""
     pack = struct.Struct(fmt).pack
 
     def call(*args):
         try:
             buffer = pack(*args)
         except (struct.error, OverflowError) as e:
-            raise FusedAOTError(f"fusedaot: {op}: {_bad_argument(fmt, args)} ({e})") from None
+            raise FusedAOTError(f"fusedaot: {op}: {_bad_argument(fmt, names, args)} ({e})") from None
         return fn(buffer)
 
     call.__name__ = op
     return call
 
 
-def _bad_argument(fmt: str, args: tuple) -> str:
+def _bad_argument(fmt: str, names: list[str], args: tuple) -> str:
     """Which of a packed call's arguments does not fit its C type."""
     codes = fmt.lstrip("=")
     if len(args) != len(codes):
-        return f"{len(args)} arguments given, the C function takes {len(codes)}"
-    for i, (code, value) in enumerate(zip(codes, args)):
+        return f"{len(args)} arguments given, the C function takes {len(codes)} ({', '.join(names)})"
+    for name, code, value in zip(names, codes, args):
         try:
             struct.pack("=" + code, value)
         except (struct.error, OverflowError):
-            return f"argument {i} ({value!r}) does not fit the C type '{code}'"
-    return "the arguments do not fit the C types"
+            return f"argument {name} = {value!r} does not fit its C type, {_C_TYPES[code]}"
+    return "the arguments do not fit their C types"
 
 
 class Library:
@@ -118,7 +122,8 @@ class Library:
         for op, info in m["ops"].items():
             fn = getattr(cdll, f"fusedaot_{op}_packed")
             fn.argtypes, fn.restype = (ctypes.c_char_p,), ctypes.c_int
-            setattr(self, op, _packed_call(op, fn, info["packed"]))
+            names = ["stream", "device", "dtype"] + [name for name, _ in info["params"]]
+            setattr(self, op, _packed_call(op, fn, info["packed"], names))
 
     def error(self, rc: int, op: str = "") -> FusedAOTError:
         text = self._cdll.fusedaot_last_error().decode(errors="replace")
