@@ -18,10 +18,16 @@ from .rms_norm import RMS_NORM_BLOCKS
 
 # (BLOCK_N, ROWS per program, num_warps): the heuristic for arches without a tuning table
 # (sm80, sm89).  The memory pattern is rms_norm's, so is the rule (see RMS_NORM_BLOCKS): its
-# table up to 16384, the widest single block the backward takes.
+# table up to 16384.
 LAYER_NORM_BLOCKS = tuple(b for b in RMS_NORM_BLOCKS if b[0] <= 16384)
 LAYER_NORM_LOOP = (8192, 16)        # chunk width and warps of the looped variants
-LAYER_NORM_SPLIT_ABOVE = 16384      # python/fusedaot/ops/layer_norm.py: wider rows use bwd_stats + bwd_dx
+# python/fusedaot/ops/layer_norm.py: wider rows use bwd_stats + bwd_dx, so the fused backward's
+# single blocks stop here (its looped form still serves any width to callers of the C ABI).
+# Measured on an H100 (docs/results/layer_norm_bwd_split_h100.jsonl), forward + backward: at
+# 8192 wide the fused backward wins (bf16 187 us against 255 at 4096 rows, fp32 277 against
+# 404); from 10240 wide the pair does (bf16 2048 x 12288: 198 us against 245-252, 2048 x
+# 16384: 229 against 295-298; fp32 2048 x 12288: 332 against 442).
+LAYER_NORM_SPLIT_ABOVE = 8192
 LAYER_NORM_DX = (1024, 4, 8)        # bwd_dx: columns per program, rows per step, warps
 LAYER_NORM_DW = (32, 64, 4)         # dw: columns per program, partial rows per step, warps
 
@@ -42,6 +48,8 @@ def layer_norm_configs(arch: str, direction: str, dtype: str):
         return rows, warps, (stages[0] if stages else 1)
 
     widest = table.get("loop_above", LAYER_NORM_BLOCKS[-1][0])
+    if direction == "bwd":
+        widest = min(widest, LAYER_NORM_SPLIT_ABOVE)
     out = [(block, *entry(str(block), (rows, warps)), False, block) for block, rows, warps in LAYER_NORM_BLOCKS
            if block <= widest]
     if "loop_mid" in table:

@@ -4,7 +4,7 @@
 x: (..., N) fp16|bf16|fp32, rows may be strided; weight, bias: (N,) of x's dtype, or fp32 with a
 16-bit x (both the same dtype), or None.  The backward gives dx, dweight and dbias; dweight and
 dbias are summed per program in fp32 and the partial sums are added in a fixed order, so they are
-deterministic.  Rows up to 16384 wide take one fused backward kernel; wider rows take two
+deterministic.  Rows up to 8192 wide take one fused backward kernel; wider rows take two
 (per-row sums, then a 2-D grid over row groups x column blocks), which keeps dweight and dbias in
 registers however wide the row.
 """
@@ -26,7 +26,7 @@ _PARAM_TYPES = (torch.Tensor, torch.nn.Parameter)
 _HAS_W, _HAS_B, _PARAMS_FP32, _RELU = 1, 2, 4, 8
 # Rows wider than this take the two-kernel backward (aot/specs/layer_norm.py: LAYER_NORM_SPLIT_ABOVE),
 # whose second kernel covers LAYER_NORM_DX's 1024 columns per program.
-_SPLIT_ABOVE = 16384
+_SPLIT_ABOVE = 8192
 _DX_COLUMNS = 1024
 
 
