@@ -176,10 +176,12 @@ def test_unsupported_device_type_and_table_grad():
 
 # --- GPU forward ----------------------------------------------------------------------------
 
-# (heads, head_dim, rotary_dim): rows of one tile (32 x 128), rows wider than a tile (40, 64
-# heads: two passes unless per_head), odd head dims, partial rotary, a head wider than the
-# largest tile (512), one without 16-byte alignment (72 -> 36 pairs... and 72 values), tiny heads.
-SHAPES = [(32, 128, 128), (64, 128, 128), (40, 128, 128), (8, 128, 128), (4, 64, 64), (6, 80, 80), (5, 96, 96),
+# (heads, head_dim, rotary_dim): rows of one tile (32 x 128; over the row, 17-32 heads of
+# 65-128 take the 32-head tile), rows wider than a tile (40, 64 heads: two passes unless
+# per_head), odd head dims, partial rotary, a head wider than the largest tile (512), one
+# without 16-byte alignment (72 -> 36 pairs... and 72 values), tiny heads.
+SHAPES = [(32, 128, 128), (64, 128, 128), (40, 128, 128), (8, 128, 128), (17, 128, 128), (24, 96, 64),
+          (16, 128, 128), (33, 128, 128), (4, 64, 64), (6, 80, 80), (5, 96, 96),
           (2, 256, 256), (4, 128, 64), (3, 96, 32), (2, 512, 512), (2, 512, 128), (2, 72, 72), (1, 2, 2)]
 
 

@@ -35,6 +35,11 @@ RMS_NORM_ROPE_BLOCKS = {
     "bwd": {"head": ((64, 64, 8, 1), (128, 128, 4, 1), (None, 256, 2, 1)),
             "row": ((64, 64, 32, 4), (128, 128, 16, 4), (None, 256, 8, 4))},
 }
+# Forward over the row, head_dim 65-128, by head count: (largest H, HEADS, num_warps).  17-32
+# heads fit one 32-head tile on one warp, which reads x once where the 16-head tile read it
+# twice (16384 tokens x 32 heads: 140.5 -> 122.7 us, docs/benchmarks.md); more heads take two
+# passes over 16-head tiles.  This replaces the "row" forward entry of head_dim 128 above.
+RMS_NORM_ROPE_FWD_ROW_D128 = ((16, 16, 4), (32, 32, 1), (None, 16, 2))
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
 RMS_NORM_ROPE_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
 
@@ -84,7 +89,15 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     for mode, blocks in RMS_NORM_ROPE_BLOCKS[direction].items():
         test = "per_head != 0" if mode == "head" else "per_head == 0"
         for lo, (hi, *rest) in zip((0,) + tuple(b[0] for b in blocks), blocks):
-            configs.append((mode, f"{test} && N > {lo}" + (f" && N <= {hi}" if hi else ""), rest))
+            width = f"{test} && N > {lo}" + (f" && N <= {hi}" if hi else "")
+            if direction == "fwd" and mode == "row" and rest[0] == 128:
+                fewer = 0
+                for most, heads, warps in RMS_NORM_ROPE_FWD_ROW_D128:
+                    configs.append((mode, f"{width} && H > {fewer}" + (f" && H <= {most}" if most else ""),
+                                    (128, heads, warps)))
+                    fewer = most
+            else:
+                configs.append((mode, width, rest))
     configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED))
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
