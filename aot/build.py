@@ -85,10 +85,15 @@ def generate(out: Path, arches, results) -> dict:
         img_dir = out / arch / "images"
         img_dir.mkdir(parents=True, exist_ok=True)
         images, image_index, kernels, sources, ptx_versions, embedded = [], {}, [], [], set(), []
+        by_content = {}   # variants whose configs differ only in their dispatch conditions compile
+                          # to the same bytes: the library embeds such an image once
         for op, v, a in specs.enumerate_kernels((arch,)):
             key = ("cuda", op.source, arch) if op.lang == "cuda" else (op.name, v.name, arch)
             image, meta = results[key]
+            if key not in image_index and image in by_content:
+                image_index[key] = by_content[image]
             if key not in image_index:
+                by_content[image] = len(images)
                 stem = Path(op.source).stem if op.lang == "cuda" else v.name
                 sym = f"fa_image_{stem}_{arch}"
                 path = img_dir / f"{stem}_{arch}.bin"

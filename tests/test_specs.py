@@ -49,7 +49,7 @@ def _calls(op, dtypes):
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count): values on
     # each side of every boundary, where the op has them
     switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)),
-                                                    ("per_head", (0, 1)), ("H", (1, 16, 17, 32, 33)))
+                                                    ("per_head", (0, 1)), ("H", (1, 16, 17, 32, 33, 64)))
                 if any(p.name == name for p in op.params)]
     for dtype, n, misalign, stride_pad, null_w, *picked in itertools.product(
             dtypes, WIDTHS, (False, True), (0, 1), (False, True), *(values for _, values in switches)):

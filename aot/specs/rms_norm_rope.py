@@ -38,8 +38,12 @@ RMS_NORM_ROPE_BLOCKS = {
 # Forward over the row, head_dim 65-128, by head count: (largest H, HEADS, num_warps).  17-32
 # heads fit one 32-head tile on one warp, which reads x once where the 16-head tile read it
 # twice (16384 tokens x 32 heads: 140.5 -> 122.7 us, docs/benchmarks.md); more heads take two
-# passes over 16-head tiles.  This replaces the "row" forward entry of head_dim 128 above.
+# passes over 16-head tiles on 2 warps (x 64 heads: 248.2 -> 223.3 us).  This replaces the
+# "row" forward entry of head_dim 128 above for 16-bit dtypes (see _configs).
 RMS_NORM_ROPE_FWD_ROW_D128 = ((16, 16, 4), (32, 32, 1), (None, 16, 2))
+# Per head, 32-head tiles on one warp for a multiple of 32 heads read 79.3% of copy against 75.9%
+# through the JIT, but as AOT images tied at 16384 tokens and lost at 1-2048 (6.5 us against 5.1
+# at one token): per head keeps its one tile.
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
 RMS_NORM_ROPE_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
 
@@ -81,16 +85,18 @@ def _grid(direction: str, heads: int):
     return ("G", "1", "1")
 
 
-def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
-    """Disjoint conditions: aligned calls by norm mode and ranges of head_dim N, unaligned ones
-    to one variant."""
-    op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
+def _configs(direction: str, dtype: str):
+    """[(mode, condition, (BLOCK_D, HEADS, num_warps))]: aligned calls by norm mode, ranges of
+    head_dim N and, for the 16-bit forward over the row at head_dim 65-128, head counts;
+    unaligned ones to one variant.  fp32 keeps one tile per range: its 32-head tile on one warp spills 984 bytes a
+    thread (16-bit: 264)."""
+    by_heads = direction == "fwd" and dtype != "fp32"
     configs = []
     for mode, blocks in RMS_NORM_ROPE_BLOCKS[direction].items():
         test = "per_head != 0" if mode == "head" else "per_head == 0"
         for lo, (hi, *rest) in zip((0,) + tuple(b[0] for b in blocks), blocks):
             width = f"{test} && N > {lo}" + (f" && N <= {hi}" if hi else "")
-            if direction == "fwd" and mode == "row" and rest[0] == 128:
+            if by_heads and mode == "row" and rest[0] == 128:
                 fewer = 0
                 for most, heads, warps in RMS_NORM_ROPE_FWD_ROW_D128:
                     configs.append((mode, f"{width} && H > {fewer}" + (f" && H <= {most}" if most else ""),
@@ -99,9 +105,14 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
             else:
                 configs.append((mode, width, rest))
     configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED))
+    return configs
+
+
+def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
+    op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
-        for mode, width, (block_d, heads, warps) in configs:
+        for mode, width, (block_d, heads, warps) in _configs(direction, dtype):
             aligned = mode != "any"
             out.append(Variant(
                 name=f"{op}_{dtype}_{mode}_d{block_d}_h{heads}_w{warps}{'_a16' if aligned else '_u'}",
