@@ -99,6 +99,8 @@ def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
     fn = getattr(_triton_module(op.source), v.kernel)
     signature, attrs, args = triton_signature(op, v, fn.arg_names)
     options = {"num_warps": v.num_warps, "num_stages": v.num_stages}
+    if v.maxnreg:
+        options["maxnreg"] = v.maxnreg
     key = _digest("triton", triton.__version__, os.environ.get("TRITON_DISABLE_LINE_INFO"), source_text, v.kernel, sorted(signature.items()),
                   sorted(v.constexprs.items()), sorted(attrs.items()), sorted(options.items()), arch)
 

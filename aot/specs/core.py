@@ -50,6 +50,7 @@ class Variant:
     constexprs: dict = field(default_factory=dict)
     num_warps: int = 4             # Triton only
     num_stages: int = 1            # Triton only
+    maxnreg: int | None = None     # Triton only: registers a thread at most (more blocks an SM)
     block: tuple[str, str, str] | None = None   # CUDA C++ only: threads per block
     shared: int = 0                # CUDA C++ only: dynamic shared memory bytes
     aligned: tuple[str, ...] = ()  # params that must be 16-byte aligned (pointers) or

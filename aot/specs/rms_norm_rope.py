@@ -44,6 +44,14 @@ RMS_NORM_ROPE_FWD_ROW_D128 = ((16, 16, 4), (32, 32, 1), (None, 16, 2))
 # Per head, 32-head tiles on one warp for a multiple of 32 heads read 79.3% of copy against 75.9%
 # through the JIT, but as AOT images tied at 16384 tokens and lost at 1-2048 (6.5 us against 5.1
 # at one token): per head keeps its one tile.
+# Per head, 16-bit forward at head_dim <= 128: at most 80 registers a thread.  Uncapped, the
+# one-warp tile took 120 and 16 blocks fitted an SM (25% occupancy: ncu,
+# docs/results/rms_norm_rope_fwd_ncu_h100.txt); capped, 25 do.  Through the JIT with the norm
+# mode a run-time argument, as the AOT images have it (docs/results/rms_norm_rope_fwd_maxnreg_h100.jsonl):
+# 16384 x 32 x 128 71.4 -> 83.1% of copy, x 8 heads 72.5 -> 78.2%, 2048 x 32 x 128 77.9 ->
+# 86.1%, 16384 x 32 x 64 70.0 -> 83.8%; 96 gained less, 64 spilled, and head_dim 256 spilled
+# at every cap.
+RMS_NORM_ROPE_FWD_HEAD_MAXNREG = 80
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
 RMS_NORM_ROPE_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
 
@@ -114,14 +122,18 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     for dtype in ("bf16", "fp16", "fp32"):
         for mode, width, (block_d, heads, warps) in _configs(direction, dtype):
             aligned = mode != "any"
+            capped = direction == "fwd" and mode == "head" and dtype != "fp32" and block_d <= 128
+            maxnreg = RMS_NORM_ROPE_FWD_HEAD_MAXNREG if capped else None
             out.append(Variant(
-                name=f"{op}_{dtype}_{mode}_d{block_d}_h{heads}_w{warps}{'_a16' if aligned else '_u'}",
+                name=f"{op}_{dtype}_{mode}_d{block_d}_h{heads}_w{warps}{f'_r{maxnreg}' if maxnreg else ''}"
+                     f"{'_a16' if aligned else '_u'}",
                 dtype=dtype,
                 kernel=f"_rms_norm_rope_{direction}",
                 when=f"dtype == {DTYPES[dtype]} && {width}",
                 grid=_grid(direction, heads),
                 constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved),
                 num_warps=warps,
+                maxnreg=maxnreg,
                 aligned=_ALIGNED[direction],
                 unaligned=not aligned,
             ))
