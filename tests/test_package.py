@@ -112,6 +112,11 @@ def test_manifest_matches_spec_table(manifest):
     missing, extra = expected - set(got), set(got) - expected
     assert not missing, f"{len(missing)} spec x arch images are not in the manifest, e.g. {sorted(missing)[:5]}"
     assert not extra, f"{len(extra)} manifest images are not in the spec table, e.g. {sorted(extra)[:5]}"
+    caps = {(op.name, v.name): v.maxnreg for op, v, _ in specs.enumerate_kernels()}
+    wrong = [(k["op"], k["variant"], k["arch"], k.get("maxnreg")) for k in manifest["kernels"]
+             if k.get("maxnreg") != caps[(k["op"], k["variant"])]]
+    assert not wrong, f"register caps that differ from the spec table: {wrong[:5]}"
+    assert any(caps.values()), "no variant has a register cap (rms_norm_rope's per-head forward should)"
 
 
 def test_every_image_is_nonempty(manifest):
