@@ -41,9 +41,10 @@ RMS_NORM_ROPE_BLOCKS = {
 # passes over 16-head tiles on 2 warps (x 64 heads: 248.2 -> 223.3 us).  This replaces the
 # "row" forward entry of head_dim 128 above for 16-bit dtypes (see _configs).
 RMS_NORM_ROPE_FWD_ROW_D128 = ((16, 16, 4), (32, 32, 1), (None, 16, 2))
-# Per head, 32-head tiles on one warp for a multiple of 32 heads read 79.3% of copy against 75.9%
-# through the JIT, but as AOT images tied at 16384 tokens and lost at 1-2048 (6.5 us against 5.1
-# at one token): per head keeps its one tile.
+# (Per head, 32-head tiles on one warp for a multiple of 32 heads read 79.3% of copy against
+# 75.9% through the JIT, but as AOT images tied at 16384 tokens and lost at 1-2048 tokens, 6.5
+# against 5.1 us at one: per head keeps its one tile.)
+#
 # Per head, 16-bit forward at head_dim <= 128: at most 80 registers a thread.  Uncapped, the
 # one-warp tile took 120 and 16 blocks fitted an SM (25% occupancy: ncu,
 # docs/results/rms_norm_rope_fwd_ncu_h100.txt); capped, 25 do.  Through the JIT with the norm
@@ -96,8 +97,8 @@ def _grid(direction: str, heads: int):
 def _configs(direction: str, dtype: str):
     """[(mode, condition, (BLOCK_D, HEADS, num_warps))]: aligned calls by norm mode, ranges of
     head_dim N and, for the 16-bit forward over the row at head_dim 65-128, head counts;
-    unaligned ones to one variant.  fp32 keeps one tile per range: its 32-head tile on one warp spills 984 bytes a
-    thread (16-bit: 264)."""
+    unaligned ones to one variant.  fp32 keeps one tile per range: its 32-head tile on one warp
+    spills 984 bytes a thread (16-bit: 264)."""
     by_heads = direction == "fwd" and dtype != "fp32"
     configs = []
     for mode, blocks in RMS_NORM_ROPE_BLOCKS[direction].items():
