@@ -92,7 +92,7 @@ def generate(out: Path, arches, results) -> dict:
             image, meta = results[key]
             if key not in image_index and image in by_content:
                 image_index[key] = by_content[image]
-            if key not in image_index:
+            elif key not in image_index:
                 by_content[image] = len(images)
                 stem = Path(op.source).stem if op.lang == "cuda" else v.name
                 sym = f"fa_image_{stem}_{arch}"

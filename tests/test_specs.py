@@ -8,6 +8,7 @@ so the generated dispatch never falls through and never depends on the order of 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 import re
 import sys
@@ -175,3 +176,16 @@ def test_ada_layer_norm_loop_constants_agree_with_the_kernel():
     assert int(threads.group(1)) == specs.ada_layer_norm.ADA_LOOP_THREADS
     assert int(cols.group(1)) == specs.ada_layer_norm.ADA_BWD_LOOP_SMEM_COLS
     assert "sum_loop_c" + cols.group(1) in source
+
+
+def test_layer_norm_backward_split_agrees_with_the_python_layer():
+    """python/fusedaot/ops/layer_norm.py sends rows wider than its _SPLIT_ABOVE to the two-kernel
+    backward and sizes that grid by _DX_COLUMNS; the spec stops the fused backward's single blocks
+    at LAYER_NORM_SPLIT_ABOVE and gives bwd_dx LAYER_NORM_DX's columns.  They must be the same
+    numbers, or rows would reach the fused kernel's slow looped form or a grid too small for dx."""
+    ops = importlib.import_module("fusedaot.ops.layer_norm")
+    assert ops._SPLIT_ABOVE == specs.layer_norm.LAYER_NORM_SPLIT_ABOVE
+    assert ops._DX_COLUMNS == specs.layer_norm.LAYER_NORM_DX[0]
+    widest = max(v.constexprs["BLOCK_N"] for op in specs.OPS if op.name == "layer_norm_bwd"
+                 for v in op.variants if not v.constexprs["LOOPED"])
+    assert widest == specs.layer_norm.LAYER_NORM_SPLIT_ABOVE
