@@ -113,7 +113,8 @@ def generate(out: Path, arches, results) -> dict:
                                         "image": images[image_index[key]][0],
                                         "compiler": meta["compiler"], "image_bytes": len(image),
                                         "symbol": meta["symbol"], "args": meta["args"], "num_warps": meta["num_warps"],
-                                        "maxnreg": v.maxnreg, "shared": meta["shared"]})
+                                        "maxnreg": v.maxnreg, "shared": meta["shared"],
+                                        "global_scratch": meta.get("global_scratch", 0)})
             manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
         embed = out / arch / f"images_{arch}.S"
         codegen.write_images(embed, embedded, f"the {len(embedded)} images of {arch}")

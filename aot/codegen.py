@@ -87,15 +87,25 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
     cond = v.when
     if v.aligned:
         cond = f"({cond}) && {specs.alignment_condition(op, v)}"
+    check = ""
     if op.lang == "triton":
-        args = [f"&{a}" for a in meta["args"]] + ["&scratch", "&scratch"]
+        # Triton appends two pointers: its global scratch memory (the caller's `scratch`
+        # where the kernel asks for some, for every program of the grid) and profile scratch
+        size = meta.get("global_scratch", 0)
+        args = [f"&{a}" for a in meta["args"]] + ["&scratch" if size else "&fa_no_scratch", "&fa_no_scratch"]
         block = (str(32 * meta["num_warps"]), "1", "1")
         shared = str(meta["shared"])
+        if size:
+            align = meta["global_scratch_align"]
+            check = (f"    if (((uintptr_t)scratch & {align - 1}u) || scratch_bytes < ({v.grid[0]}) * {size})\n"
+                     f"      return fa_error(FA_ERR_SCRATCH, \"fusedaot: {op.name} needs %lld bytes of scratch memory, \"\n"
+                     f"                      \"{align}-byte aligned ({size} a program); got %lld bytes at %p\",\n"
+                     f"                      (long long)(({v.grid[0]}) * {size}), (long long)scratch_bytes, scratch);\n")
     else:
         args = [f"&{p.name}" for p in op.params]
         block, shared = v.block, str(v.shared)
     grid = ", ".join(v.grid)
-    return (f"  if ({cond}) {{  /* {v.name} */\n"
+    return (f"  if ({cond}) {{  /* {v.name} */\n{check}"
             f"    void* args[] = {{{', '.join(args)}}};\n"
             f"    return fa_launch(dev, {index}, {grid}, {', '.join(block)}, {shared}, stream, args);\n"
             f"  }}\n")
@@ -123,7 +133,7 @@ def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels
             continue
         out.append(f"\nFA_EXPORT {c_signature(op)} {{\n"
                    "  fa_device_t* dev;\n  int rc = fa_device_get(device, &dev);\n"
-                   "  if (rc) return rc;\n  CUdeviceptr scratch = 0;\n  (void)scratch;\n")
+                   "  if (rc) return rc;\n  CUdeviceptr fa_no_scratch = 0;\n  (void)fa_no_scratch;\n")
         for v in op.variants:
             if arch not in v.arches:
                 continue

@@ -112,9 +112,12 @@ def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
             raise CompileError(f"Triton failed to compile {v.name} ({op.source}:{v.kernel}) for {arch} "
                                f"with signature {signature} constexprs {v.constexprs}:\n{e}") from e
         md = k.metadata
-        if md.global_scratch_size or md.profile_scratch_size:
-            raise CompileError(f"{v.name} for {arch} needs Triton global scratch memory, "
+        if md.profile_scratch_size:
+            raise CompileError(f"{v.name} for {arch} needs Triton profile scratch memory, "
                                "which the fusedaot runtime does not provide")
+        if md.global_scratch_size and not any(p.name == "scratch" for p in op.params):
+            raise CompileError(f"{v.name} for {arch} needs {md.global_scratch_size} bytes of Triton global "
+                               f"scratch memory a program, but op {op.name} has no `scratch` parameter to pass it")
         ptx = k.asm["ptx"]
         nparams = _ptx_param_count(ptx, md.name)
         if nparams != len(args) + 2:  # Triton appends global and profile scratch pointers
@@ -123,6 +126,7 @@ def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
         image = ptx.encode() + b"\0" if arch == "ptx" else k.asm["cubin"]
         meta = {"symbol": md.name, "num_warps": md.num_warps, "shared": md.shared,
                 "compiler": f"triton {triton.__version__}", "args": args,
+                "global_scratch": md.global_scratch_size, "global_scratch_align": md.global_scratch_align,
                 "ptx_version": _ptx_version(ptx)}
         return image, meta
 

@@ -47,15 +47,21 @@ def triton_jit(triton, specs, m):
         return "Triton not importable or not an sm90 GPU"
     fam, gm_ = specs.gated_mlp, specs.fp8_gemm
     cls = next(c for c, cond in gm_.SHAPE_CLASSES.items() if eval(cond.replace("&&", " and "), {}, {"M": m}))
-    bm, bn, bk, gm, warps, stages = fam.gemm_configs("sm90", "gated_mlp", fam.GATED_MLP_SM90)[cls][:6]
+    tma = cls in fam.GATED_MLP_SM90_TMA
+    bm, bn, bk, gm, warps, stages = fam._sm90_configs()[cls][:6]
     sys.path.insert(0, str(H.ROOT))
     from aot.compile import _triton_module
-    kernel = _triton_module("kernels/triton/gated_mlp.py")._gated_mlp
+    module = _triton_module("kernels/triton/gated_mlp.py")
+    kernel = module._gated_mlp_tma if tma else module._gated_mlp
+    # the TMA kernel's descriptors live in global scratch memory, which Triton's JIT allocates here
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
 
     def run(x, wg, wu):
         (mm, k), n = x.shape, wg.shape[0]
         y = torch.empty(mm, n, device=x.device, dtype=x.dtype)
-        kernel[(triton.cdiv(mm, bm) * triton.cdiv(n, bn),)](
+        tiles = triton.cdiv(mm, bm) * triton.cdiv(n, bn)
+        kernel[(min(sms, tiles) if tma else tiles,)](
             x, wg, wu, y, x.stride(0), wg.stride(0), wu.stride(0), n, mm, n, k, 0,
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=warps, num_stages=stages)
         return y

@@ -322,3 +322,20 @@ def test_cuda_graph_replay():
 def test_sm90_sass_uses_wgmma(tmp_path):
     for text in sm90_sass("_gated_mlp", tmp_path):
         assert "HGMMA." in text, "an sm90 gated_mlp kernel without HGMMA"
+
+
+def test_sm90_tma_kernel_copies_with_tma(tmp_path):
+    """The sm90 kernel of M > 64 loads its tiles with TMA (UTMALDG) and stores y with it (UTMASTG)."""
+    for text in sm90_sass("_gated_mlp_tma", tmp_path):
+        assert "UTMALDG" in text and "UTMASTG" in text, "the sm90 TMA gated_mlp kernel without TMA copies"
+
+
+def test_scratch_covers_every_kernel():
+    """The Python layer allocates SCRATCH_PER_PROGRAM bytes a program (the spec's GATED_MLP_SCRATCH);
+    every kernel that asks Triton for global scratch memory must fit in it."""
+    from fusedaot.ops import gated_mlp
+    from test_specs import specs
+    assert gated_mlp.SCRATCH_PER_PROGRAM == specs.gated_mlp.GATED_MLP_SCRATCH
+    kernels = [k for k in fusedaot._lib.manifest()["kernels"] if k["op"] == "gated_mlp"]
+    assert kernels and all(k["global_scratch"] <= gated_mlp.SCRATCH_PER_PROGRAM for k in kernels)
+    assert any(k["global_scratch"] for k in kernels if k["arch"] == "sm90"), "no sm90 TMA kernel"

@@ -81,7 +81,8 @@ def expected_launch(arch: str, op_name: str, args: dict) -> dict:
         fmt = {"ptr": "<Q", "i64": "<q", "i32": "<i", "f32": "<f"}[ctypes_of[name]]
         params.append((fmt, args[name]))
     if op.lang == "triton":
-        params += [("<Q", 0), ("<Q", 0)]  # global and profile scratch: none
+        # global scratch (the caller's, where the kernel asks for some) and profile scratch (none)
+        params += [("<Q", args["scratch"] if k["global_scratch"] else 0), ("<Q", 0)]
         block = [32 * k["num_warps"], 1, 1]
     else:
         block = [_c_expr(e, args) for e in v.block]
@@ -99,6 +100,11 @@ def call_source(op_name: str, args: dict, stream: int = STREAM, packed: bool = F
     return f"lib.fusedaot_{op_name}({stream}, 0, {args['dtype']}, {values})"
 
 
+# sm90: the TMA kernel, a persistent grid of SMS programs, scratch for each (other arches: no scratch)
+GATED_MLP_TMA = ("gated_mlp", dict(dtype=2, x=ALIGNED, wg=ALIGNED + 0x100000, wu=ALIGNED + 0x200000,
+                                   y=ALIGNED + 0x300000, stride_xm=4096, stride_wg=4096, stride_wu=4096,
+                                   stride_ym=14336, M=2048, N=14336, K=4096, activation=0,
+                                   scratch=ALIGNED + 0x400000, scratch_bytes=SMS * 512))
 CASES = [
     ("rms_norm_fwd", dict(dtype=2, x=ALIGNED, y=ALIGNED + 0x100000, w=ALIGNED + 0x200000,
                           stride_x=4096, stride_y=4096, M=37, N=4096, eps=1e-6)),
@@ -130,7 +136,9 @@ CASES = [
     ("fp8_quantize_row", dict(dtype=2, x=ALIGNED, q=ALIGNED + 0x100000, scale=ALIGNED + 0x200000,
                               stride_x=8192, stride_q=8192, M=4096, N=8192)),
     ("gated_mlp", dict(dtype=1, x=ALIGNED, wg=ALIGNED + 0x100000, wu=MISALIGNED, y=ALIGNED, stride_xm=4096,
-                       stride_wg=4096, stride_wu=4096, stride_ym=14336, M=2048, N=14336, K=4096, activation=2)),
+                       stride_wg=4096, stride_wu=4096, stride_ym=14336, M=2048, N=14336, K=4096, activation=2,
+                       scratch=0, scratch_bytes=0)),
+    GATED_MLP_TMA,
     ("swiglu_fwd", dict(dtype=2, gate=ALIGNED, up=ALIGNED + 0x100000, out=ALIGNED + 0x200000,
                         stride_gate=11008, stride_up=11008, M=2048, N=11008)),
     ("geglu_bwd", dict(dtype=1, dy=ALIGNED, gate=ALIGNED, up=ALIGNED + 2 * 4097, dgate=ALIGNED + 0x100000,
@@ -193,6 +201,25 @@ def test_dispatch_launches_the_selected_variant(fake_driver, arch):
                 assert elf_size(fake.fake_last_image()) == {want['image_bytes']!r}, {want['variant']!r}
         """)
     run(fake_driver, arch, "".join(textwrap.dedent(c) for c in checks))
+
+
+def test_scratch_too_small_or_misaligned_is_refused(fake_driver):
+    """The sm90 TMA kernel writes its descriptors into the caller's scratch memory: less than a
+    program's share for each program, or a misaligned buffer, is an error before any launch."""
+    name, args = GATED_MLP_TMA
+    short = dict(args, scratch_bytes=SMS * 512 - 1)
+    misaligned = dict(args, scratch=ALIGNED + 0x400000 + 64)
+    tiles = dict(args, M=128, N=256, scratch_bytes=2 * 512)   # 2 tiles: 2 programs, 2 shares
+    run(fake_driver, "sm90", f"""
+        for call in ({call_source(name, short)!r}, {call_source(name, misaligned)!r}):
+            fake.fake_reset()
+            rc = eval(call)
+            assert rc == 10007 and fake.fake_launches() == 0, (rc, error())
+            assert "gated_mlp needs {SMS * 512} bytes of scratch memory, 128-byte aligned" in error(), error()
+        fake.fake_reset()
+        assert {call_source(name, tiles)} == 0, error()
+        assert list(fake.fake_last_launch().contents.grid) == [2, 1, 1]
+    """)
 
 
 def test_capture_refused_until_loaded(fake_driver):

@@ -20,6 +20,7 @@
 #define FA_ERR_CAPTURING 10004
 #define FA_ERR_UNAVAILABLE 10005
 #define FA_ERR_LAUNCH_BOUNDS 10006
+#define FA_ERR_SCRATCH 10007
 
 typedef struct {
   const unsigned char* data; /* cubin, or NUL-terminated PTX */

@@ -95,7 +95,8 @@ def _aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch
     if flag is not None:
         when += f" && {flag} {'!=' if fast else '=='} 0"
     return Variant(
-        name=f"{op}_{dtype}_{'_'.join(names)}_{config_tag(cfg)}_a16" + ("_fast" if fast else ""),
+        name=f"{op}_{dtype}_{'_'.join(names)}_{config_tag(cfg)}_a16" + ("_fast" if fast else "")
+        + ("_tma" if kernel.endswith("_tma") else ""),
         dtype=dtype, kernel=kernel, when=when,
         grid=(grid.replace("BLOCK_M", str(cfg[0])).replace("BLOCK_N", str(cfg[1])), "1", "1"),
         constexprs=_constexprs(cfg, promote), num_warps=cfg[4], num_stages=cfg[5],
@@ -112,16 +113,18 @@ def _by_config(configs: dict) -> dict:
 
 def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_by_arch: dict,
                   aligned: tuple[str, ...], grid: str, classes=SHAPE_CLASSES, promote=False,
-                  fast_by_arch: dict | None = None):
+                  fast_by_arch: dict | None = None, kernels_by_arch: dict | None = None):
     """The variants of one GEMM op.  configs_by_arch: arch -> {class: config};
     fallback_by_arch: arch -> config; grid: a C expression of the tile sizes' names
     BLOCK_M and BLOCK_N (a 1-D grid).  fast_by_arch (fp8_gemm only): arch -> {class:
     config with ACC_PROMOTE 0}; on those arches the aligned variants of configs_by_arch
     match FAST_FLAG == 0 and these match FAST_FLAG != 0 (the op needs an i32 parameter
-    FAST_FLAG); the fallback ignores the flag."""
+    FAST_FLAG); the fallback ignores the flag.  kernels_by_arch (gated_mlp's TMA kernel):
+    arch -> {class: (kernel, grid)} for the aligned classes that take another kernel."""
     fast_by_arch = fast_by_arch or {}
     out = []
     for arch, configs in configs_by_arch.items():
+        other = (kernels_by_arch or {}).get(arch, {})
         fast = fast_by_arch.get(arch)
         flag = FAST_FLAG if fast else None
         for cfg in (fast or {}).values():
@@ -129,8 +132,9 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
                 raise ValueError(f"{op}: fast-accumulation config {cfg} for {arch} must end with "
                                  "ACC_PROMOTE 0 (no promotion)")
         for dtype in dtypes:
-            for cfg, names in _by_config(configs).items():
-                out.append(_aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch,
+            for (cfg, kern, kgrid), names in _by_config(
+                    {cls: (cfg, *other.get(cls, (kernel, grid))) for cls, cfg in configs.items()}).items():
+                out.append(_aligned_variant(op, kern, dtype, cfg, names, classes, kgrid, aligned, arch,
                                             promote, flag))
             for cfg, names in _by_config(fast or {}).items():
                 out.append(_aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch,
