@@ -25,10 +25,11 @@ static const void* last_image;
 static const void* images[4096];  /* every image loaded since the last reset */
 #define FAKE_STATIC_SMEM 1024
 static struct {
-  char symbol[128];
+  const void* fn;
   int bytes;
 } optins[1024];  /* every dynamic shared-memory opt-in of the process (functions load once) */
 static int noptins;
+static const void* last_fn;  /* the function of the last launch */
 
 /* --- control, called by the test through ctypes ----------------------------------------- */
 void fake_reset(void) {
@@ -55,10 +56,13 @@ const void* fake_last_image(void) { return last_image; }
 const void* fake_image(int i) { return i < loads && i < 4096 ? images[i] : NULL; }
 const struct fake_launch* fake_last_launch(void) { return &last; }
 int fake_static_smem(void) { return FAKE_STATIC_SMEM; }
-/* The dynamic shared memory the runtime opted function `symbol` in to, or 0. */
+/* The dynamic shared memory the runtime opted the last launched function in to, or 0;
+ * -1 if that function is not `symbol`.  (Functions of one symbol from different images are
+ * different functions, each with its own opt-in.) */
 int fake_dynamic_smem_optin(const char* symbol) {
+  if (!last_fn || strcmp((const char*)last_fn, symbol)) return -1;
   for (int i = noptins - 1; i >= 0; --i)
-    if (!strcmp(optins[i].symbol, symbol)) return optins[i].bytes;
+    if (optins[i].fn == last_fn) return optins[i].bytes;
   return 0;
 }
 
@@ -100,7 +104,7 @@ CUresult cuModuleGetFunction(void** fn, void* mod, const char* name) {
 }
 CUresult cuFuncSetAttribute(void* fn, int attr, int value) {
   if (attr == 8 && noptins < 1024) {  /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
-    strncpy(optins[noptins].symbol, (const char*)fn, sizeof optins[0].symbol - 1);
+    optins[noptins].fn = fn;
     optins[noptins++].bytes = value;
   }
   return 0;
@@ -118,6 +122,7 @@ CUresult cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigne
                         unsigned bz, unsigned shared, void* stream, void** params, void** extra) {
   (void)extra;
   launches++;
+  last_fn = fn;
   memset(&last, 0, sizeof last);
   strncpy(last.symbol, (const char*)fn, sizeof last.symbol - 1);
   last.grid[0] = gx, last.grid[1] = gy, last.grid[2] = gz;
