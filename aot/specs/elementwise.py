@@ -17,9 +17,9 @@ def vec_of(dtype: str) -> int:
 
 
 def ew_grid(elements: str, vec: int) -> tuple[str, str, str]:
-    """ew_loop's grid: about 512 vectors a block (two trips of 256 threads), at most 32 blocks
-    an SM; the kernel's grid-stride loop covers whatever is left, so any grid is correct."""
-    return (f"fa_min(fa_cdiv({elements}, {vec * 2 * THREADS}), dev->sms * 32)", "1", "1")
+    """ew_loop's grid: a thread for every vector, within CUDA's limit on blocks; the kernel's
+    grid-stride loop covers whatever that limit leaves, so any grid is correct."""
+    return (f"fa_min(fa_cdiv({elements}, {vec * THREADS}), 2147483647)", "1", "1")
 
 
 def alignment_test(pointers, integers, vec: int) -> str:

@@ -33,7 +33,6 @@ using AddReluFwd = BinaryFwd<T, VEC, AddRelu>;
 template <typename T, int VEC>
 struct AddReluBwd {
   typedef BwdParams<T> Params;
-  static constexpr int UNROLL = EW_UNROLL_FOR(VEC, 2);
   struct Frag {
     Vec<T, VEC> dy, y;
     i64 out;

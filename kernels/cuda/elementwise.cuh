@@ -3,10 +3,12 @@
 //
 // An elementwise kernel visits an index space (D0, D1, D2) in row-major order, VEC consecutive
 // elements of the last dimension at a time: one 16-byte access in the aligned variants, one
-// element (VEC = 1) in the unaligned ones.  Thread t of T visits groups t, t + T, t + 2T, ...
-// (coalesced: neighbouring threads, neighbouring groups), Body::UNROLL groups per trip with every
-// load issued before any arithmetic.  Coordinates are 64-bit and advanced by a step decomposed
-// once per thread, so no index is divided inside the loop.
+// element (VEC = 1) in the unaligned ones.  The grid has a thread for every group, so thread t
+// visits group t and is done (Inductor's shape; a grid-stride loop of two groups a trip over at
+// most 32 blocks an SM ran 2-8% slower at 16M-256M bf16 elements on an H100, and 2x slower
+// with a broadcast (N,) operand of 1024; docs/benchmarks.md).  The loop that remains covers a
+// grid capped by CUDA's limits.  Coordinates are 64-bit and advanced by a step decomposed once
+// per thread.
 #pragma once
 #include "fa_common.cuh"
 
@@ -15,10 +17,6 @@
 // At least 4 blocks (1024 threads) per SM: 64 registers a thread, which holds a trip's loads
 // without spilling, and enough warps to hide the memory latency.
 #define EW_MIN_BLOCKS 4
-// Groups per trip of ew_loop for a body reading INPUTS tensors: about four 16-byte loads in
-// flight per thread (64 KiB per SM at 1024 threads, several times what HBM3 latency needs);
-// scalar variants take two to four elements per trip.
-#define EW_UNROLL_FOR(VEC, INPUTS) ((INPUTS) >= 3 ? ((VEC) == 1 ? 2 : 1) : ((VEC) == 1 ? 4 : 2))
 
 // The arithmetic type: fp32 for fp16, bf16 and fp32 data; fp64 for fp64 data.
 template <typename T> struct Acc { typedef float type; };
@@ -56,16 +54,20 @@ struct Pos {
   i64 o, r, c;
 };
 
-// Moves a Pos forward by a fixed number of elements `step`, decomposed once into (so, sr, sc):
-// c + sc < 2 D2 and r + sr + 1 < 2 D1, so one conditional subtraction per level suffices.
-// One flat row (D0 = D1 = 1) and two levels (D1 = 1) skip the divisions they do not need.
+// Positions in a (D0, D1, D2) space: at(e) decomposes a flat index e once, with 32-bit division
+// where the whole space fits 32 bits (the common case; 64-bit division is a long dependent chain
+// ahead of the first load).  advance() moves a Pos forward by a fixed `step`, decomposed once
+// into (so, sr, sc) unless no thread ever advances (step >= the space): c + sc < 2 D2 and
+// r + sr + 1 < 2 D1, so one conditional subtraction per level suffices.  One flat row
+// (D0 = D1 = 1) and two levels (D1 = 1) skip the divisions they do not need.
 struct Stepper {
   i64 D1, D2, so, sr, sc;
-  bool flat;
+  bool flat, narrow;
 
   __device__ __forceinline__ Stepper(i64 d0, i64 d1, i64 d2, i64 step)
-      : D1(d1), D2(d2), so(0), sr(0), sc(step), flat(d0 == 1 && d1 == 1) {
-    if (flat) return;
+      : D1(d1), D2(d2), so(0), sr(0), sc(step), flat(d0 == 1 && d1 == 1),
+        narrow(d0 * d1 * d2 <= 0xFFFFFFFFll) {
+    if (flat || step >= d0 * d1 * d2) return;
     sc = step % D2;
     const i64 q = step / D2;
     if (D1 == 1) {
@@ -79,6 +81,13 @@ struct Stepper {
   __device__ __forceinline__ Pos at(i64 e) const {
     Pos p = {0, 0, e};
     if (flat) return p;
+    if (narrow) {
+      const unsigned u = (unsigned)e, d2 = (unsigned)D2, d1 = (unsigned)D1, q = u / d2;
+      p.c = u - q * d2;
+      p.r = D1 == 1 ? 0 : q % d1;
+      p.o = D1 == 1 ? q : q / d1;
+      return p;
+    }
     p.c = e % D2;
     const i64 q = e / D2;
     if (D1 == 1) {
@@ -102,10 +111,11 @@ struct Stepper {
   }
 };
 
-// Runs Body<T, VEC> over every VEC-group of a (D0, D1, D2) space.  Requires D2 % VEC == 0, or
+// Runs Body<T, VEC> over every VEC-group of a (D0, D1, D2) space, one group a thread where the
+// grid has a thread for each (see the top of this file).  Requires D2 % VEC == 0, or
 // D0 * D1 == 1 (one flat row), where the last D2 % VEC elements go through Body<T, 1>.
 //
-// Body<T, W>(params) provides UNROLL (groups per trip), a fragment type `Frag` and
+// Body<T, W>(params) provides a fragment type `Frag` and
 //   load(Frag&, const Pos&)  issue the loads of the W elements at the position (and keep in
 //                            the fragment what store needs, e.g. the output offset)
 //   store(const Frag&)       compute and store them
@@ -117,17 +127,11 @@ __device__ __forceinline__ void ew_loop(const Params& prm, i64 D0, i64 D1, i64 D
   const Body<T, VEC> body(prm);
   const Stepper st(D0, D1, D2, T_ * VEC);
   Pos p = st.at(tid * VEC);
-  constexpr int U = Body<T, VEC>::UNROLL;
-  for (i64 g = tid; g < groups; g += U * T_) {
-    typename Body<T, VEC>::Frag f[U];
-#pragma unroll
-    for (int k = 0; k < U; ++k) {
-      if (g + k * T_ < groups) body.load(f[k], p);
-      st.advance(p);
-    }
-#pragma unroll
-    for (int k = 0; k < U; ++k)
-      if (g + k * T_ < groups) body.store(f[k]);
+  for (i64 g = tid; g < groups; g += T_) {
+    typename Body<T, VEC>::Frag f;
+    body.load(f, p);
+    body.store(f);
+    if (g + T_ < groups) st.advance(p);
   }
   if (VEC > 1 && D2 % VEC != 0) {  // the tail of a single flat row
     const Body<T, 1> tail(prm);
@@ -192,7 +196,6 @@ struct BinaryParams {
 template <typename T, int VEC, typename F>
 struct BinaryFwd {
   typedef BinaryParams<T> Params;
-  static constexpr int UNROLL = EW_UNROLL_FOR(VEC, 2);
   struct Frag {
     Vec<T, VEC> a, b;
     i64 out;

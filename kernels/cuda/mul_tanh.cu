@@ -38,7 +38,6 @@ __device__ __forceinline__ A tanh_grad(A dy, A a, A b) {
 template <typename T, int VEC>
 struct MulTanhBwd {
   typedef BwdParams<T> Params;
-  static constexpr int UNROLL = EW_UNROLL_FOR(VEC, 3);
   struct Frag {
     Vec<T, VEC> dy, a, b;
     i64 out;

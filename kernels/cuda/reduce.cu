@@ -156,7 +156,6 @@ struct BwdParams {
 template <typename T, int VEC>
 struct ReduceBwd {
   typedef typename Acc<T>::type A;
-  static constexpr int UNROLL = 2;
   struct Frag {
     Vec<T, VEC> x, g;
     i64 out;
