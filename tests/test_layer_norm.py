@@ -360,9 +360,9 @@ def test_backward_of_a_sum(n, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,n", [(5, 8193), (17, 12288), (37, 20000), (3, 40000)], ids=str)
 def test_fused_looped_backward_through_the_c_abi(m, n, dtype):
-    """The fused backward's looped variant (rows wider than its widest single block, 8192 on
-    every arch since its single blocks stop at LAYER_NORM_SPLIT_ABOVE; Python sends such rows
-    to the two-kernel backward, C callers may not) gives the same results."""
+    """The fused backward's looped variant (rows wider than its widest single block, which is
+    at most LAYER_NORM_SPLIT_ABOVE = 8192 wide; Python sends such rows to the two-kernel
+    backward, C callers may not) gives the same results."""
     from fusedaot import _lib
 
     x, w, b = inputs((m, n), dtype, "cuda", "wb32")
