@@ -12,9 +12,12 @@ from .core import DTYPES, Op, Param, Variant
 # passes per group, dweight's terms added up in each program's own fp32 row.  The layout is a
 # constexpr: one C function per layout and direction.
 #
-# (largest head_dim, BLOCK_D, HEADS, num_warps), head_dim in ranges, per direction and norm mode
-# (the per_head argument picks the variant).  Wider heads take the last entry and its column
-# loop.  Timed through Triton's JIT on an H100 (2026-11-26, bf16):
+# RMS_NORM_ROPE_TILES[table][mode]: rows (largest head_dim, largest head count, BLOCK_D, HEADS,
+# num_warps, maxnreg), None for no bound or no register cap.  head_dim falls in ranges (a row's
+# lower bound is the previous row's head_dim bound); within one head_dim range, head counts do
+# too.  Tables: "fwd16" the 16-bit forward, "fwd32" the fp32 forward, "bwd" every backward; the
+# norm mode ("head" or "row") is the per_head argument.  Wider heads take the last row and its
+# column loop.  Timed through Triton's JIT on an H100 (2026-11-26, bf16):
 # - backward, 2048-16384 tokens x 8-32 heads x 128: 4 heads on 1 warp per head (205 us at
 #   16384 x 32 x 128 against 420 us for 32 heads on 8 warps), since each head's norm stays
 #   within its warp and many programs share an SM; over the row, 16 heads on 4 warps;
@@ -29,18 +32,11 @@ from .core import DTYPES, Op, Param, Variant
 #   keep the backward's tiles.
 # Layouts without 16-byte alignment share one variant.  sm80/sm89 (not measured) use the same
 # tables.
-RMS_NORM_ROPE_BLOCKS = {
-    "fwd": {"head": ((64, 64, 16, 1), (128, 128, 8, 1), (None, 256, 16, 1)),
-            "row": ((64, 64, 16, 1), (128, 128, 16, 4), (None, 256, 8, 4))},
-    "bwd": {"head": ((64, 64, 8, 1), (128, 128, 4, 1), (None, 256, 2, 1)),
-            "row": ((64, 64, 32, 4), (128, 128, 16, 4), (None, 256, 8, 4))},
-}
-# Forward over the row, head_dim 65-128, by head count: (largest H, HEADS, num_warps).  17-32
-# heads fit one 32-head tile on one warp, which reads x once where the 16-head tile read it
-# twice (16384 tokens x 32 heads: 140.5 -> 122.7 us, docs/benchmarks.md); more heads take two
-# passes over 16-head tiles on 2 warps (x 64 heads: 248.2 -> 223.3 us).  This replaces the
-# "row" forward entry of head_dim 128 above for 16-bit dtypes (see _configs).
-RMS_NORM_ROPE_FWD_ROW_D128 = ((16, 16, 4), (32, 32, 1), (None, 16, 2))
+# Forward over the row, 16-bit, head_dim 65-128, by head count: 17-32 heads fit one 32-head
+# tile on one warp, which reads x once where the 16-head tile read it twice (16384 tokens x 32
+# heads: 140.5 -> 122.7 us, docs/benchmarks.md); more heads take two passes over 16-head tiles
+# on 2 warps (x 64 heads: 248.2 -> 223.3 us).  fp32 keeps the 16-head tile: its 32-head tile
+# on one warp spills 984 bytes a thread (16-bit: 264).
 # (Per head, 32-head tiles on one warp for a multiple of 32 heads read 79.3% of copy against
 # 75.9% through the JIT, but as AOT images tied at 16384 tokens and lost at 1-2048 tokens, 6.5
 # against 5.1 us at one: per head keeps its one tile.)
@@ -52,7 +48,16 @@ RMS_NORM_ROPE_FWD_ROW_D128 = ((16, 16, 4), (32, 32, 1), (None, 16, 2))
 # 16384 x 32 x 128 71.4 -> 83.1% of copy, x 8 heads 72.5 -> 78.2%, 2048 x 32 x 128 77.9 ->
 # 86.1%, 16384 x 32 x 64 70.0 -> 83.8%; 96 gained less, 64 spilled, and head_dim 256 spilled
 # at every cap.
-RMS_NORM_ROPE_FWD_HEAD_MAXNREG = 80
+RMS_NORM_ROPE_TILES = {
+    "fwd16": {"head": ((64, None, 64, 16, 1, 80), (128, None, 128, 8, 1, 80), (None, None, 256, 16, 1, None)),
+              "row": ((64, None, 64, 16, 1, None),
+                      (128, 16, 128, 16, 4, None), (128, 32, 128, 32, 1, None), (128, None, 128, 16, 2, None),
+                      (None, None, 256, 8, 4, None))},
+    "fwd32": {"head": ((64, None, 64, 16, 1, None), (128, None, 128, 8, 1, None), (None, None, 256, 16, 1, None)),
+              "row": ((64, None, 64, 16, 1, None), (128, None, 128, 16, 4, None), (None, None, 256, 8, 4, None))},
+    "bwd": {"head": ((64, None, 64, 8, 1, None), (128, None, 128, 4, 1, None), (None, None, 256, 2, 1, None)),
+            "row": ((64, None, 64, 32, 4, None), (128, None, 128, 16, 4, None), (None, None, 256, 8, 4, None))},
+}
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
 RMS_NORM_ROPE_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
 
@@ -95,25 +100,23 @@ def _grid(direction: str, heads: int):
 
 
 def _configs(direction: str, dtype: str):
-    """[(mode, condition, (BLOCK_D, HEADS, num_warps))]: aligned calls by norm mode, ranges of
-    head_dim N and, for the 16-bit forward over the row at head_dim 65-128, head counts;
-    unaligned ones to one variant.  fp32 keeps one tile per range: its 32-head tile on one warp
-    spills 984 bytes a thread (16-bit: 264)."""
-    by_heads = direction == "fwd" and dtype != "fp32"
+    """[(mode, condition, (BLOCK_D, HEADS, num_warps, maxnreg))]: aligned calls by norm mode and
+    the ranges of RMS_NORM_ROPE_TILES; unaligned ones to one variant."""
+    table = "bwd" if direction == "bwd" else ("fwd32" if dtype == "fp32" else "fwd16")
     configs = []
-    for mode, blocks in RMS_NORM_ROPE_BLOCKS[direction].items():
+    for mode, rows in RMS_NORM_ROPE_TILES[table].items():
         test = "per_head != 0" if mode == "head" else "per_head == 0"
-        for lo, (hi, *rest) in zip((0,) + tuple(b[0] for b in blocks), blocks):
-            width = f"{test} && N > {lo}" + (f" && N <= {hi}" if hi else "")
-            if by_heads and mode == "row" and rest[0] == 128:
-                fewer = 0
-                for most, heads, warps in RMS_NORM_ROPE_FWD_ROW_D128:
-                    configs.append((mode, f"{width} && H > {fewer}" + (f" && H <= {most}" if most else ""),
-                                    (128, heads, warps)))
-                    fewer = most
-            else:
-                configs.append((mode, width, rest))
-    configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED))
+        n_lo = h_lo = 0
+        for n_hi, h_hi, *tile in rows:
+            cond = f"{test} && N > {n_lo}" + (f" && N <= {n_hi}" if n_hi else "")
+            if h_lo or h_hi:
+                cond += f" && H > {h_lo}" + (f" && H <= {h_hi}" if h_hi else "")
+            configs.append((mode, cond, tuple(tile)))
+            if h_hi:   # the next row takes the same head_dim range's next head counts
+                h_lo = h_hi
+            else:      # this head_dim range is done
+                n_lo, h_lo = n_hi, 0
+    configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED + (None,)))
     return configs
 
 
@@ -121,10 +124,8 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
-        for mode, width, (block_d, heads, warps) in _configs(direction, dtype):
+        for mode, width, (block_d, heads, warps, maxnreg) in _configs(direction, dtype):
             aligned = mode != "any"
-            capped = direction == "fwd" and mode == "head" and dtype != "fp32" and block_d <= 128
-            maxnreg = RMS_NORM_ROPE_FWD_HEAD_MAXNREG if capped else None
             out.append(Variant(
                 name=f"{op}_{dtype}_{mode}_d{block_d}_h{heads}_w{warps}{f'_r{maxnreg}' if maxnreg else ''}"
                      f"{'_a16' if aligned else '_u'}",
