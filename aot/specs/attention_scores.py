@@ -2,13 +2,20 @@
 Kernel in kernels/triton/attention_scores.py; variants from the GEMM family's builder
 (aot/specs/fp8_gemm.py).  Here M is the number of query rows and K the head dim.
 
-Shape classes: "decode" M <= 64 (64-row tiles), "prefill" beyond.  The inner dimension is
-a head dim (64-128), so each program is short: the cost is storing s, and the tiles are
+Shape classes: "gemv" M <= 8 (a query row or a few per head: reading k is the cost),
+"decode" M <= 64 (64-row tiles), "prefill" beyond.  The inner dimension is a head dim
+(64-128), so each program is short: the cost is storing s (or reading k), and the tiles are
 as wide as registers allow.
-- sm90: python -m aot.tune_gemm writes aot/tuning/sm90.json's "attention_scores" entry;
-  ATTENTION_SCORES_SM90 where it has none (no entry is committed yet; not timed).
+- sm90: python -m aot.tune_gemm writes aot/tuning/sm90.json's "attention_scores" entry
+  (decode and prefill, H100); ATTENTION_SCORES_SM90 where it has none.  gemv: 64x512 tiles
+  on 8 warps, 2 stages, timed through Triton's JIT on an H100
+  (docs/results/attention_scores_decode_tiles_h100.jsonl): one query row per head, 32 x 32
+  heads x 4096 keys x 128, 385 us against 468 for the decode tile and 383 for eager's
+  matmul; 64 x 1 x 8192 x 128, 63.4 against 77.5 and 63.8.  At 16 query rows the decode
+  tile stays ahead (208 against 219 us at 256 x 16 x 8192 x 128).
 - sm80, sm89 and the PTX library: heuristics, not measured: 128x128x64 tiles, 8 warps,
-  2 stages (64 KiB of shared memory).
+  2 stages (64 KiB of shared memory); gemv as decode (a 64x512 tile's two stages would not
+  fit sm89's 99 KiB).
 """
 from __future__ import annotations
 
@@ -16,10 +23,12 @@ from .core import Param, Op
 from .fp8_gemm import gemm_configs, gemm_variants
 
 ATTENTION_DTYPES = ("bf16", "fp16")
-CLASSES = {"decode": "M <= 64", "prefill": "M > 64"}
+CLASSES = {"gemv": "M <= 8", "decode": "M > 8 && M <= 64", "prefill": "M > 64"}
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
-ATTENTION_SCORES_SM90 = {"decode": (64, 128, 64, 1, 4, 3), "prefill": (128, 128, 64, 8, 8, 3)}
-ATTENTION_SCORES_MMA = {"decode": (64, 128, 64, 1, 4, 2), "prefill": (128, 128, 64, 8, 8, 2)}
+ATTENTION_SCORES_SM90 = {"gemv": (64, 512, 64, 1, 8, 2), "decode": (64, 128, 64, 1, 4, 3),
+                         "prefill": (128, 128, 64, 8, 8, 3)}
+ATTENTION_SCORES_MMA = {"gemv": (64, 128, 64, 1, 4, 2), "decode": (64, 128, 64, 1, 4, 2),
+                        "prefill": (128, 128, 64, 8, 8, 2)}
 ATTENTION_SCORES_FALLBACK = (64, 64, 32, 8, 4, 2)
 
 _PARAMS = (
