@@ -59,5 +59,7 @@ OPS = (
                      "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)",
                      kernels_by_arch={"sm90": {cls: ("_gated_mlp_tma", _PERSISTENT_GRID) for cls in GATED_MLP_SM90_TMA}}),
        dtypes=GATED_MLP_DTYPES,
-       doc="y = act(x @ wg^T) * (x @ wu^T); activation 0 silu, 1 gelu (erf), 2 gelu (tanh); fp32 sums"),
+       doc="y = act(x @ wg^T) * (x @ wu^T); activation 0 silu, 1 gelu (erf), 2 gelu (tanh); fp32 sums; "
+           "scratch: 128-byte aligned device memory the sm90 TMA variants build descriptors in, "
+           f"scratch_bytes >= {GATED_MLP_SCRATCH} x the SM count (other libraries ignore it)"),
 )

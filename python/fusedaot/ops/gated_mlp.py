@@ -9,8 +9,6 @@ x's dtype (the reference composition, fusedaot.reference.fused_gated_mlp_backwar
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .. import _lib, reference
@@ -37,13 +35,6 @@ def _weight(w: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     return w, (w.stride(0) if w.shape[0] > 1 else k)
 
 
-@functools.lru_cache(maxsize=None)
-def _scratch_bytes(dev: int) -> int:
-    """Scratch memory for one call: the sm90 TMA kernels build their tensor descriptors there,
-    SCRATCH_PER_PROGRAM bytes for each of at most one program per SM (aot/specs/gated_mlp.py)."""
-    return SCRATCH_PER_PROGRAM * torch.cuda.get_device_properties(dev).multi_processor_count
-
-
 def _launch(lib, dev, x, w_gate, w_up, activation):
     n = w_gate.shape[0]
     y = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype, device=x.device)
@@ -54,7 +45,9 @@ def _launch(lib, dev, x, w_gate, w_up, activation):
     x2, m, k, stride = launch_rows(x)
     wg, stride_g = _weight(w_gate, k)
     wu, stride_u = _weight(w_up, k)
-    scratch = torch.empty(_scratch_bytes(dev), dtype=torch.uint8, device=x.device)
+    # the sm90 TMA kernels build their tensor descriptors here: a share for each of at most one
+    # program per SM (aot/specs/gated_mlp.py); a fresh buffer per call, so no two streams share one
+    scratch = torch.empty(SCRATCH_PER_PROGRAM * _lib.sm_count(dev), dtype=torch.uint8, device=x.device)
     rc = lib.gated_mlp(_lib.current_stream(dev), dev, _lib.DTYPE_CODES[x.dtype], x2.data_ptr(), wg.data_ptr(),
                        wu.data_ptr(), y.data_ptr(), stride, stride_g, stride_u, n, m, n, k, ACTIVATIONS[activation],
                        scratch.data_ptr(), scratch.numel())
