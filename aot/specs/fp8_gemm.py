@@ -89,14 +89,14 @@ def _constexprs(cfg, promote: bool) -> dict:
     return out
 
 
-def _aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch, promote, flag=None, fast=False):
+def _aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch, promote, flag=None, fast=False,
+                     tag=""):
     cond = " || ".join(f"({classes[c]})" for c in names)
     when = f"dtype == {DTYPES[dtype]} && ({cond})"
     if flag is not None:
         when += f" && {flag} {'!=' if fast else '=='} 0"
     return Variant(
-        name=f"{op}_{dtype}_{'_'.join(names)}_{config_tag(cfg)}_a16" + ("_fast" if fast else "")
-        + ("_tma" if kernel.endswith("_tma") else ""),
+        name=f"{op}_{dtype}_{'_'.join(names)}_{config_tag(cfg)}_a16" + ("_fast" if fast else "") + tag,
         dtype=dtype, kernel=kernel, when=when,
         grid=(grid.replace("BLOCK_M", str(cfg[0])).replace("BLOCK_N", str(cfg[1])), "1", "1"),
         constexprs=_constexprs(cfg, promote), num_warps=cfg[4], num_stages=cfg[5],
@@ -120,7 +120,8 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
     config with ACC_PROMOTE 0}; on those arches the aligned variants of configs_by_arch
     match FAST_FLAG == 0 and these match FAST_FLAG != 0 (the op needs an i32 parameter
     FAST_FLAG); the fallback ignores the flag.  kernels_by_arch (gated_mlp's TMA kernel):
-    arch -> {class: (kernel, grid)} for the aligned classes that take another kernel."""
+    arch -> {class: (kernel, grid)} for the aligned classes that take another kernel (named
+    after the op's kernel, e.g. "_gated_mlp_tma": the rest, "_tma", tags the variant)."""
     fast_by_arch = fast_by_arch or {}
     out = []
     for arch, configs in configs_by_arch.items():
@@ -135,7 +136,7 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
             for (cfg, kern, kgrid), names in _by_config(
                     {cls: (cfg, *other.get(cls, (kernel, grid))) for cls, cfg in configs.items()}).items():
                 out.append(_aligned_variant(op, kern, dtype, cfg, names, classes, kgrid, aligned, arch,
-                                            promote, flag))
+                                            promote, flag, tag=kern.removeprefix(kernel)))
             for cfg, names in _by_config(fast or {}).items():
                 out.append(_aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch,
                                             promote, flag, fast=True))
