@@ -180,12 +180,13 @@ def test_ada_layer_norm_loop_constants_agree_with_the_kernel():
 
 def test_layer_norm_backward_split_agrees_with_the_python_layer():
     """python/fusedaot/ops/layer_norm.py sends rows wider than its _SPLIT_ABOVE to the two-kernel
-    backward and sizes that grid by _DX_COLUMNS; the spec stops the fused backward's single blocks
-    at LAYER_NORM_SPLIT_ABOVE and gives bwd_dx LAYER_NORM_DX's columns.  They must be the same
-    numbers, or rows would reach the fused kernel's slow looped form or a grid too small for dx."""
+    backward and sizes that grid by _DX_COLUMNS and _DX_ROWS; the spec stops the fused backward's
+    single blocks at LAYER_NORM_SPLIT_ABOVE and gives bwd_dx LAYER_NORM_DX's columns and rows.  They
+    must be the same numbers, or rows would reach the fused kernel's slow looped form or the
+    grid would be sized for another tile."""
     ops = importlib.import_module("fusedaot.ops.layer_norm")
     assert ops._SPLIT_ABOVE == specs.layer_norm.LAYER_NORM_SPLIT_ABOVE
-    assert ops._DX_COLUMNS == specs.layer_norm.LAYER_NORM_DX[0]
+    assert (ops._DX_COLUMNS, ops._DX_ROWS) == specs.layer_norm.LAYER_NORM_DX[:2]
     widest = max(v.constexprs["BLOCK_N"] for op in specs.OPS if op.name == "layer_norm_bwd"
                  for v in op.variants if not v.constexprs["LOOPED"])
     assert widest == specs.layer_norm.LAYER_NORM_SPLIT_ABOVE

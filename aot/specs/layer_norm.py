@@ -2,6 +2,8 @@
 dweight/dbias reduction."""
 from __future__ import annotations
 
+import itertools
+
 from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, merge_arches, tuning
 from .rms_norm import RMS_NORM_BLOCKS
 
@@ -28,11 +30,21 @@ LAYER_NORM_LOOP = (8192, 16)        # chunk width and warps of the looped varian
 # 404); from 10240 wide the pair does (bf16 2048 x 12288: 198 us against 245-252, 2048 x
 # 16384: 229 against 295-298; fp32 2048 x 12288: 332 against 442).
 LAYER_NORM_SPLIT_ABOVE = 8192
-LAYER_NORM_DX = (1024, 4, 8)        # bwd_dx: columns per program, rows per step, warps
+# The pair's configs, every arch (measured on an H100 through Triton's JIT with M and G not
+# specialised, as in the AOT images; docs/results/layer_norm_sweep_h100.jsonl).  bwd_stats:
+# chunk width and warps; 2048-wide chunks on 8 warps came within 4% of each aligned shape's best
+# and were the best for unaligned fp32 (8192 on 16 warps: up to 1.9x slower at 10240-16384).
+# The 2-byte accesses of unaligned 16-bit rows want 1024-wide chunks (1.3-1.9x faster at 12289
+# and 65537 than 2048 or 8192).  bwd_dx: columns per program, rows per step, warps, one config
+# for all (Python sizes the grid's row groups from it): within 3% of the best aligned and 11%
+# unaligned (1024 x 4 rows: 4x slower unaligned).
+LAYER_NORM_STATS = (2048, 8)
+LAYER_NORM_STATS_U16 = (1024, 8)
+LAYER_NORM_DX = (512, 2, 8)
 LAYER_NORM_DW = (32, 64, 4)         # dw: columns per program, partial rows per step, warps
 
 
-def layer_norm_configs(arch: str, direction: str, dtype: str):
+def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = True):
     """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None)] for one arch, narrowest
     rows first: tuned where measured (aot/tuning/<arch>.json, key layer_norm_<direction>), else
     the heuristic above.  Table entries: "<BLOCK_N>": [ROWS, num_warps(, num_stages)] for single
@@ -40,12 +52,19 @@ def layer_norm_configs(arch: str, direction: str, dtype: str):
     num_stages)] of the looped form (LAYER_NORM_LOOP's chunk) beyond; and optionally
     "loop_mid": [ROWS, num_warps, num_stages, chunk, widest N], a looped form with a smaller
     chunk for the rows between, where more programs per SM hide the latency of each row's two
-    reductions while the rows they hold still fit in L2 for the second pass."""
-    table = tuning(arch).get(f"layer_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
+    reductions while the rows they hold still fit in L2 for the second pass.  An "unaligned"
+    entry, where present, serves the unaligned variants instead: its keys replace those above
+    and "loop_mid" is dropped; its "loop" may name the chunk width as a fourth value (16-bit
+    accesses of unaligned rows favour narrower chunks than the aligned variants' vectors)."""
+    table = dict(tuning(arch).get(f"layer_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {}))
+    unaligned = table.pop("unaligned", None)
+    if unaligned and not aligned:
+        table.pop("loop_mid", None)
+        table.update(unaligned)
 
     def entry(key, default):
-        rows, warps, *stages = table.get(key, default)
-        return rows, warps, (stages[0] if stages else 1)
+        rows, warps, stages = (list(table.get(key, default)) + [1])[:3]
+        return rows, warps, stages
 
     widest = table.get("loop_above", LAYER_NORM_BLOCKS[-1][0])
     if direction == "bwd":
@@ -55,7 +74,8 @@ def layer_norm_configs(arch: str, direction: str, dtype: str):
     if "loop_mid" in table:
         rows, warps, stages, chunk, upto = table["loop_mid"]
         out.append((chunk, rows, warps, stages, True, upto))
-    out.append((LAYER_NORM_LOOP[0], *entry("loop", (1, LAYER_NORM_LOOP[1])), True, None))
+    chunk = (list(table.get("loop", ())) + [LAYER_NORM_LOOP[0]] * 4)[3]
+    out.append((chunk, *entry("loop", (1, LAYER_NORM_LOOP[1])), True, None))
     return out
 
 
@@ -97,48 +117,47 @@ def _strides(op_params) -> tuple[str, ...]:
     return tuple(p.name for p in op_params if p.name.startswith("stride_"))
 
 
-def _aligned_pair(op: str, dtype: str, tag: str, when: list[str], params, **kw):
-    """The 16-byte-aligned variant (vector accesses) and its unaligned fallback."""
-    for aligned in (True, False):
-        yield Variant(name=f"{op}_{dtype}_{tag}{'_a16' if aligned else '_u'}", dtype=dtype,
-                      when=" && ".join([f"dtype == {DTYPES[dtype]}", *when]),
-                      aligned=_pointers(params) + _strides(params) + ("N",), unaligned=not aligned, **kw)
+def _variant(op: str, dtype: str, tag: str, when: list[str], params, aligned: bool, **kw) -> Variant:
+    """The variant for calls whose pointers, strides and N are 16-byte aligned (vector
+    accesses), or the unaligned fallback."""
+    return Variant(name=f"{op}_{dtype}_{tag}{'_a16' if aligned else '_u'}", dtype=dtype,
+                   when=" && ".join([f"dtype == {DTYPES[dtype]}", *when]),
+                   aligned=_pointers(params) + _strides(params) + ("N",), unaligned=not aligned, **kw)
 
 
 def _row_variants(direction: str) -> tuple[Variant, ...]:
-    """fwd / bwd: width buckets per arch.  Conditions are disjoint (width ranges, aligned or
-    not), so the dispatch order does not matter and each arch may have its own configs."""
+    """fwd / bwd: width buckets per arch and alignment.  Conditions are disjoint (width ranges,
+    aligned or not), so the dispatch order does not matter and each may have its own configs."""
     params = _FWD_PARAMS if direction == "fwd" else _BWD_PARAMS
     out = []
-    for arch in ARCHES:
-        for dtype in _DTYPES:
-            lower = 0
-            for block, rows, warps, stages, looped, upper in layer_norm_configs(arch, direction, dtype):
-                width = f"N > {lower}" + ("" if upper is None else f" && N <= {upper}")
-                tag = ((f"loop{block}" + ("" if upper is None else f"_n{lower + 1}_{upper}")) if looped
-                       else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
-                lower = upper
-                out += _aligned_pair(
-                    f"layer_norm_{direction}", dtype, tag, [width], params,
-                    kernel=f"_layer_norm_{direction}",
-                    grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
-                    constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped),
-                    num_warps=warps, num_stages=stages, arches=(arch,))
+    for arch, dtype, aligned in itertools.product(ARCHES, _DTYPES, (True, False)):
+        lower = 0
+        for block, rows, warps, stages, looped, upper in layer_norm_configs(arch, direction, dtype, aligned):
+            width = f"N > {lower}" + ("" if upper is None else f" && N <= {upper}")
+            tag = ((f"loop{block}" + ("" if upper is None else f"_n{lower + 1}_{upper}")) if looped
+                   else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
+            lower = upper
+            out.append(_variant(
+                f"layer_norm_{direction}", dtype, tag, [width], params, aligned,
+                kernel=f"_layer_norm_{direction}",
+                grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
+                constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped),
+                num_warps=warps, num_stages=stages, arches=(arch,)))
     return merge_arches(out)
 
 
 def _split_variants() -> tuple[tuple[Variant, ...], tuple[Variant, ...]]:
     """bwd_stats (one looped program per row) and bwd_dx (column blocks x row groups): any width."""
-    chunk, warps = LAYER_NORM_LOOP
     dx_cols, dx_rows, dx_warps = LAYER_NORM_DX
     stats, dx = [], []
-    for dtype in _DTYPES:
-        stats += _aligned_pair("layer_norm_bwd_stats", dtype, f"loop{chunk}_r1_w{warps}", [], _STATS_PARAMS,
-                               kernel="_layer_norm_bwd_stats", grid=("M", "1", "1"),
-                               constexprs=dict(BLOCK_N=chunk, ROWS=1), num_warps=warps)
-        dx += _aligned_pair("layer_norm_bwd_dx", dtype, f"b{dx_cols}_r{dx_rows}_w{dx_warps}", [], _DX_PARAMS,
-                            kernel="_layer_norm_bwd_dx", grid=(f"fa_cdiv(N, {dx_cols})", "G", "1"),
-                            constexprs=dict(BLOCK_N=dx_cols, ROWS=dx_rows), num_warps=dx_warps)
+    for dtype, aligned in itertools.product(_DTYPES, (True, False)):
+        chunk, warps = LAYER_NORM_STATS if aligned or ELEM_BYTES[dtype] == 4 else LAYER_NORM_STATS_U16
+        stats.append(_variant("layer_norm_bwd_stats", dtype, f"loop{chunk}_r1_w{warps}", [], _STATS_PARAMS, aligned,
+                              kernel="_layer_norm_bwd_stats", grid=("M", "1", "1"),
+                              constexprs=dict(BLOCK_N=chunk, ROWS=1), num_warps=warps))
+        dx.append(_variant("layer_norm_bwd_dx", dtype, f"b{dx_cols}_r{dx_rows}_w{dx_warps}", [], _DX_PARAMS, aligned,
+                           kernel="_layer_norm_bwd_dx", grid=(f"fa_cdiv(N, {dx_cols})", "G", "1"),
+                           constexprs=dict(BLOCK_N=dx_cols, ROWS=dx_rows), num_warps=dx_warps))
     return tuple(stats), tuple(dx)
 
 

@@ -25,9 +25,9 @@ _PARAM_TYPES = (torch.Tensor, torch.nn.Parameter)
 # flags of the kernels (kernels/triton/layer_norm.py)
 _HAS_W, _HAS_B, _PARAMS_FP32, _RELU = 1, 2, 4, 8
 # Rows wider than this take the two-kernel backward (aot/specs/layer_norm.py: LAYER_NORM_SPLIT_ABOVE),
-# whose second kernel covers LAYER_NORM_DX's 1024 columns per program.
+# whose second kernel takes LAYER_NORM_DX's 512 columns per program, 2 rows a step.
 _SPLIT_ABOVE = 8192
-_DX_COLUMNS = 1024
+_DX_COLUMNS, _DX_ROWS = 512, 2
 
 
 def _flags(x: torch.Tensor, weight, bias, relu: bool) -> int:
@@ -99,7 +99,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
         rc = lib.layer_norm_bwd_stats(stream, dev, code, dy2.data_ptr(), x2.data_ptr(), _ptr(w), _ptr(b),
                                       stats.data_ptr(), *strides[:2], m, n, eps, flags)
         # row groups: with the column blocks, about four programs per SM
-        g = max(1, min(-(-m // 4), -(-4 * sms // -(-n // _DX_COLUMNS))))
+        g = max(1, min(-(-m // _DX_ROWS), -(-4 * sms // -(-n // _DX_COLUMNS))))
         partial = torch.empty((g, 2 * n) if affine and g > 1 else (0,), dtype=torch.float32, device=x.device)
         if not rc:
             rc = lib.layer_norm_bwd_dx(stream, dev, code, dy2.data_ptr(), x2.data_ptr(), _ptr(w), _ptr(b),
