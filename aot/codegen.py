@@ -95,16 +95,18 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
         args = [f"&{a}" for a in meta["args"]] + ["&scratch" if size else "&fa_no_scratch", "&fa_no_scratch"]
         block = (str(32 * meta["num_warps"]), "1", "1")
         shared = str(meta["shared"])
-        if size:
+        if size:  # scratch for every program of the grid, whose size is evaluated once
             align = meta["global_scratch_align"]
-            check = (f"    if (((uintptr_t)scratch & {align - 1}u) || scratch_bytes < ({v.grid[0]}) * {size})\n"
+            check = (f"    const int64_t fa_grid[3] = {{{', '.join(v.grid)}}};\n"
+                     f"    const int64_t fa_programs = fa_grid[0] * fa_grid[1] * fa_grid[2];\n"
+                     f"    if (((uintptr_t)scratch & {align - 1}u) || scratch_bytes < fa_programs * {size})\n"
                      f"      return fa_error(FA_ERR_SCRATCH, \"fusedaot: {op.name} needs %lld bytes of scratch memory, \"\n"
                      f"                      \"{align}-byte aligned ({size} a program); got %lld bytes at %p\",\n"
-                     f"                      (long long)(({v.grid[0]}) * {size}), (long long)scratch_bytes, scratch);\n")
+                     f"                      (long long)(fa_programs * {size}), (long long)scratch_bytes, scratch);\n")
     else:
         args = [f"&{p.name}" for p in op.params]
         block, shared = v.block, str(v.shared)
-    grid = ", ".join(v.grid)
+    grid = "fa_grid[0], fa_grid[1], fa_grid[2]" if check else ", ".join(v.grid)
     return (f"  if ({cond}) {{  /* {v.name} */\n{check}"
             f"    void* args[] = {{{', '.join(args)}}};\n"
             f"    return fa_launch(dev, {index}, {grid}, {', '.join(block)}, {shared}, stream, args);\n"

@@ -74,7 +74,7 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
         if direction == "fwd":
             def run():
                 kernel[(triton.cdiv(m, rows),)](x, out, w, n, n, m, n, 1e-6, None, None, 0, 0,
-                                                HAS_RES=False, **consts)
+                                                HAS_RES=False, UNROLL=None, **consts)
         else:
             def run():
                 kernel[(g,)](dy, x, w, out, part, w, n, n, n, m, n, 1e-6, g, None, 0, HAS_DRES=False, **consts)

@@ -101,16 +101,26 @@ def test_variant_names_are_unique_and_say_their_dtype():
 
 
 def test_tuned_configs_are_well_formed():
-    for arch in specs.ARCHES:
-        for direction in ("fwd", "bwd"):
-            for dtype, fused in itertools.product(specs.FLOAT_DTYPES, (False, True)):
-                configs = specs.rms_norm.rms_norm_configs(arch, direction, dtype, fused)
-                blocks = [b for b, _, _, _, looped in configs if not looped]
-                assert blocks == sorted(blocks) and configs[-1][-1], (arch, direction, dtype)
-                assert [looped for *_, looped in configs].count(True) == 1, (arch, direction, dtype)
-                for block, rows, warps, stages, looped in configs:
-                    assert rows >= 1 and warps in (1, 2, 4, 8, 16, 32) and stages >= 1, (arch, block)
-                    assert block & (block - 1) == 0 and block * rows >= 32 * warps, (arch, block, looped)
+    """rms_norm's and layer_norm's width buckets, as the spec reads them from the tuning tables:
+    single blocks then looped forms, widths rising and the last unbounded; only a looped
+    forward unrolls its chunks (the kernels' UNROLL)."""
+    def check(configs, where):
+        uppers = [upper for *_, upper, _ in configs]
+        assert uppers[-1] is None and None not in uppers[:-1] and uppers[:-1] == sorted(uppers[:-1]), where
+        looped = [c[4] for c in configs]
+        assert looped == sorted(looped) and looped[-1], where   # single blocks first
+        for block, rows, warps, stages, is_looped, upper, unroll in configs:
+            assert rows >= 1 and warps in (1, 2, 4, 8, 16, 32) and stages >= 1, (where, block)
+            assert block & (block - 1) == 0 and block * rows >= 32 * warps, (where, block)
+            assert is_looped or upper == block, (where, block)
+            assert unroll is None or (is_looped and where[1] == "fwd" and unroll >= 2), (where, block)
+
+    for arch, direction in itertools.product(specs.ARCHES, ("fwd", "bwd")):
+        for dtype, aligned in itertools.product(specs.FLOAT_DTYPES, (True, False)):
+            for fused in (False, True):
+                check(specs.rms_norm.rms_norm_configs(arch, direction, dtype, fused, aligned),
+                      (arch, direction, dtype, aligned, fused))
+            check(specs.layer_norm.layer_norm_configs(arch, direction, dtype, aligned), (arch, direction, dtype, aligned))
 
 
 def test_gemm_tuning_tables_are_well_formed():

@@ -108,6 +108,14 @@ def tuning(arch: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def loop_entry(entry, chunk: int) -> tuple:
+    """(chunk, ROWS, num_warps, num_stages, unroll) of a looped form's tuning entry [ROWS,
+    num_warps(, num_stages(, chunk(, unroll)))]: one stage, `chunk` and no unrolling unless it
+    says otherwise.  unroll: chunks whose loads a program issues at once (None: one)."""
+    rows, warps, stages, chunk, unroll = [*entry, *(None, None, 1, chunk, None)[len(entry):]]
+    return chunk, rows, warps, stages, unroll
+
+
 def merge_arches(variants):
     """One Variant per name, valid on every arch that produced it.  Variants of one name must
     be the same but for their arches (a name stands for one kernel config and condition)."""

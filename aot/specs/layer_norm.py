@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, merge_arches, tuning
+from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, loop_entry, merge_arches, tuning
 from .rms_norm import RMS_NORM_BLOCKS
 
 # ---------------------------------------------------------------------------------
@@ -32,30 +32,34 @@ LAYER_NORM_LOOP = (8192, 16)        # chunk width and warps of the looped varian
 LAYER_NORM_SPLIT_ABOVE = 8192
 # The pair's configs, every arch (measured on an H100 through Triton's JIT with M and G not
 # specialised, as in the AOT images; docs/results/layer_norm_sweep_h100.jsonl).  bwd_stats:
-# chunk width and warps; 2048-wide chunks on 8 warps came within 4% of each aligned shape's best
-# and were the best for unaligned fp32 (8192 on 16 warps: up to 1.9x slower at 10240-16384).
-# The 2-byte accesses of unaligned 16-bit rows want 1024-wide chunks (1.3-1.9x faster at 12289
-# and 65537 than 2048 or 8192).  bwd_dx: columns per program, rows per step, warps, one config
-# for all (Python sizes the grid's row groups from it): within 3% of the best aligned and 11%
-# unaligned (1024 x 4 rows: 4x slower unaligned).
-LAYER_NORM_STATS = (2048, 8)
-LAYER_NORM_STATS_U16 = (1024, 8)
+# (widest M or None, chunk width, warps), one program a row.  From 1024 rows, 2048-wide chunks
+# on 8 warps came within 4% of each aligned shape's best and were the best for unaligned fp32
+# (8192 on 16 warps: up to 1.9x slower at 10240-16384).  Few rows want the wider programs:
+# 8192 on 16 warps is the best at 512 x 65536 and keeps 1-16 rows of 65536 at 33-44 us, where
+# 2048 on 8 takes 42-54 (docs/results/norm_loop_unroll_ab_h100.jsonl).  The 2-byte accesses of
+# unaligned 16-bit rows want 1024-wide chunks (1.3-1.9x faster at 12289 and 65537, 512 rows
+# included).  bwd_dx: columns per program, rows per step, warps, one config for all (Python
+# sizes the grid's row groups from it): within 3% of the best aligned and 11% unaligned (1024 x
+# 4 rows: 4x slower unaligned).
+LAYER_NORM_STATS = ((512, 8192, 16), (None, 2048, 8))
+LAYER_NORM_STATS_U16 = ((None, 1024, 8),)
 LAYER_NORM_DX = (512, 2, 8)
 LAYER_NORM_DW = (32, 64, 4)         # dw: columns per program, partial rows per step, warps
 
 
 def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = True):
-    """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None)] for one arch, narrowest
-    rows first: tuned where measured (aot/tuning/<arch>.json, key layer_norm_<direction>), else
-    the heuristic above.  Table entries: "<BLOCK_N>": [ROWS, num_warps(, num_stages)] for single
-    blocks; "loop_above": the widest single block worth using; "loop": [ROWS, num_warps(,
-    num_stages)] of the looped form (LAYER_NORM_LOOP's chunk) beyond; and optionally
+    """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None, unroll)] for one arch,
+    narrowest rows first: tuned where measured (aot/tuning/<arch>.json, key
+    layer_norm_<direction>), else the heuristic above.  Table entries: "<BLOCK_N>": [ROWS,
+    num_warps(, num_stages)] for single blocks; "loop_above": the widest single block worth
+    using; "loop": the looped form beyond, [ROWS, num_warps(, num_stages(, chunk(, unroll)))]
+    (core.loop_entry; LAYER_NORM_LOOP's chunk unless given); and optionally
     "loop_mid": [ROWS, num_warps, num_stages, chunk, widest N], a looped form with a smaller
     chunk for the rows between, where more programs per SM hide the latency of each row's two
     reductions while the rows they hold still fit in L2 for the second pass.  An "unaligned"
     entry, where present, serves the unaligned variants instead: its keys replace those above
-    and "loop_mid" is dropped; its "loop" may name the chunk width as a fourth value (16-bit
-    accesses of unaligned rows favour narrower chunks than the aligned variants' vectors)."""
+    and "loop_mid" is dropped (16-bit accesses of unaligned rows favour other tiles than the
+    aligned variants' vectors)."""
     table = dict(tuning(arch).get(f"layer_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {}))
     unaligned = table.pop("unaligned", None)
     if unaligned and not aligned:
@@ -69,13 +73,13 @@ def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = Tr
     widest = table.get("loop_above", LAYER_NORM_BLOCKS[-1][0])
     if direction == "bwd":
         widest = min(widest, LAYER_NORM_SPLIT_ABOVE)
-    out = [(block, *entry(str(block), (rows, warps)), False, block) for block, rows, warps in LAYER_NORM_BLOCKS
+    out = [(block, *entry(str(block), (rows, warps)), False, block, None) for block, rows, warps in LAYER_NORM_BLOCKS
            if block <= widest]
     if "loop_mid" in table:
         rows, warps, stages, chunk, upto = table["loop_mid"]
-        out.append((chunk, rows, warps, stages, True, upto))
-    chunk = (list(table.get("loop", ())) + [LAYER_NORM_LOOP[0]] * 4)[3]
-    out.append((chunk, *entry("loop", (1, LAYER_NORM_LOOP[1])), True, None))
+        out.append((chunk, rows, warps, stages, True, upto, None))
+    chunk, rows, warps, stages, unroll = loop_entry(table.get("loop", (1, LAYER_NORM_LOOP[1])), LAYER_NORM_LOOP[0])
+    out.append((chunk, rows, warps, stages, True, None, unroll))
     return out
 
 
@@ -132,16 +136,18 @@ def _row_variants(direction: str) -> tuple[Variant, ...]:
     out = []
     for arch, dtype, aligned in itertools.product(ARCHES, _DTYPES, (True, False)):
         lower = 0
-        for block, rows, warps, stages, looped, upper in layer_norm_configs(arch, direction, dtype, aligned):
+        for block, rows, warps, stages, looped, upper, unroll in layer_norm_configs(arch, direction, dtype, aligned):
             width = f"N > {lower}" + ("" if upper is None else f" && N <= {upper}")
             tag = ((f"loop{block}" + ("" if upper is None else f"_n{lower + 1}_{upper}")) if looped
-                   else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
+                   else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "") + (
+                   f"_unroll{unroll}" if unroll else "")
             lower = upper
             out.append(_variant(
                 f"layer_norm_{direction}", dtype, tag, [width], params, aligned,
                 kernel=f"_layer_norm_{direction}",
                 grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
-                constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped),
+                constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped,
+                                **(dict(UNROLL=unroll) if direction == "fwd" else {})),
                 num_warps=warps, num_stages=stages, arches=(arch,)))
     return merge_arches(out)
 
@@ -151,10 +157,14 @@ def _split_variants() -> tuple[tuple[Variant, ...], tuple[Variant, ...]]:
     dx_cols, dx_rows, dx_warps = LAYER_NORM_DX
     stats, dx = [], []
     for dtype, aligned in itertools.product(_DTYPES, (True, False)):
-        chunk, warps = LAYER_NORM_STATS if aligned or ELEM_BYTES[dtype] == 4 else LAYER_NORM_STATS_U16
-        stats.append(_variant("layer_norm_bwd_stats", dtype, f"loop{chunk}_r1_w{warps}", [], _STATS_PARAMS, aligned,
-                              kernel="_layer_norm_bwd_stats", grid=("M", "1", "1"),
-                              constexprs=dict(BLOCK_N=chunk, ROWS=1), num_warps=warps))
+        by_rows = LAYER_NORM_STATS if aligned or ELEM_BYTES[dtype] == 4 else LAYER_NORM_STATS_U16
+        lower = 0
+        for upper, chunk, warps in by_rows:
+            rows = [f"M > {lower}" + ("" if upper is None else f" && M <= {upper}")] if len(by_rows) > 1 else []
+            stats.append(_variant("layer_norm_bwd_stats", dtype, f"loop{chunk}_r1_w{warps}", rows, _STATS_PARAMS, aligned,
+                                  kernel="_layer_norm_bwd_stats", grid=("M", "1", "1"),
+                                  constexprs=dict(BLOCK_N=chunk, ROWS=1), num_warps=warps))
+            lower = upper
         dx.append(_variant("layer_norm_bwd_dx", dtype, f"b{dx_cols}_r{dx_rows}_w{dx_warps}", [], _DX_PARAMS, aligned,
                            kernel="_layer_norm_bwd_dx", grid=(f"fa_cdiv(N, {dx_cols})", "G", "1"),
                            constexprs=dict(BLOCK_N=dx_cols, ROWS=dx_rows), num_warps=dx_warps))

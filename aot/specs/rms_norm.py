@@ -1,7 +1,9 @@
 """rms_norm (Triton): forward, backward and the dweight reduction."""
 from __future__ import annotations
 
-from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, merge_arches, tuning
+import itertools
+
+from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, loop_entry, merge_arches, tuning
 
 # ---------------------------------------------------------------------------------
 # rms_norm (Triton): y = x * rsqrt(mean(x^2) + eps) * w, rows of x strided.
@@ -27,13 +29,17 @@ RMS_NORM_BLOCKS = (
 )
 RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
 
-def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False):
-    """[(BLOCK_N, ROWS, num_warps, num_stages, looped)] for one arch: tuned where measured,
-    else heuristic.  A tuning entry is [ROWS, num_warps] or [ROWS, num_warps, num_stages];
-    "loop_above" is the widest single block worth using (the looped form is faster beyond).
-    fused (fused_add_rms_norm): "loop_fused", [ROWS, num_warps, num_stages, chunk], replaces
+def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False, aligned: bool = True):
+    """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None, unroll)] for one arch:
+    tuned where measured, else heuristic.  A tuning entry is [ROWS, num_warps] or [ROWS,
+    num_warps, num_stages]; "loop_above" is the widest single block worth using (the looped
+    form is faster beyond), whose entry "loop" may add its chunk width and unroll factor
+    (core.loop_entry).  fused (fused_add_rms_norm): "loop_fused", in the same form, replaces
     "loop" where the table has it: that form moves twice the bytes per chunk (x and r in, s
-    out, then s back from L2), and a wider chunk keeps more of them in flight."""
+    out, then s back from L2), and a wider chunk keeps more of them in flight.  "loop_wide",
+    in the same form, takes aligned rows wider than "loop_wide_above" (plain rms_norm only):
+    unrolled chunks put a whole row's loads in flight, which the 16-bit accesses of unaligned
+    rows cannot afford in registers."""
     table = tuning(arch).get(f"rms_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
 
     def entry(key, default):
@@ -41,13 +47,15 @@ def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False)
         return rows, warps, (stages[0] if stages else 1)
 
     widest = table.get("loop_above", RMS_NORM_BLOCKS[-1][0])  # wider rows take the looped form
-    out = [(block, *entry(str(block), (rows, warps)), False) for block, rows, warps in RMS_NORM_BLOCKS
+    out = [(block, *entry(str(block), (rows, warps)), False, block, None) for block, rows, warps in RMS_NORM_BLOCKS
            if block <= widest]
-    if fused and "loop_fused" in table:
-        rows, warps, stages, chunk = table["loop_fused"]
-        out.append((chunk, rows, warps, stages, True))
-    else:
-        out.append((RMS_NORM_LOOP[0], *entry("loop", (1, RMS_NORM_LOOP[1])), True))
+    key = "loop_fused" if fused and "loop_fused" in table else "loop"
+    wide = "loop_wide" in table and aligned and not fused
+    chunk, rows, warps, stages, unroll = loop_entry(table.get(key, (1, RMS_NORM_LOOP[1])), RMS_NORM_LOOP[0])
+    out.append((chunk, rows, warps, stages, True, table["loop_wide_above"] if wide else None, unroll))
+    if wide:
+        chunk, rows, warps, stages, unroll = loop_entry(table["loop_wide"], RMS_NORM_LOOP[0])
+        out.append((chunk, rows, warps, stages, True, None, unroll))
     return out
 
 
@@ -153,32 +161,32 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
         strides += ("stride_r", "stride_s") if direction == "fwd" else ("stride_dres",)
     op = ("fused_add_rms_norm_" if fused else "rms_norm_") + direction
     out = []
-    for arch in ARCHES:
-        for dtype in ("bf16", "fp16", "fp32"):
-            lower = 0
-            for block, rows, warps, stages, looped in rms_norm_configs(arch, direction, dtype, fused):
-                width = f"N > {lower}" if looped else f"N > {lower} && N <= {block}"
-                lower = block
-                tag = (f"loop{block}" if looped else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
-                for aligned in (True, False):
-                    for has_w in ((True,) if fused else (True, False)):
-                        cond = [f"dtype == {DTYPES[dtype]}", width]
-                        if not fused:
-                            cond.insert(1, "w != 0" if has_w else "w == 0")
-                        out.append(Variant(
-                            name=f"{op}_{dtype}_{tag}{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
-                            dtype=dtype,
-                            kernel=f"_rms_norm_{direction}",
-                            when=" && ".join(cond),
-                            grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
-                            constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped,
-                                            **(_RESIDUAL if fused else _NO_RESIDUAL)[direction]),
-                            num_warps=warps,
-                            num_stages=stages,
-                            aligned=ptrs + strides + ("N",),
-                            unaligned=not aligned,
-                            arches=(arch,),
-                        ))
+    for arch, dtype, aligned in itertools.product(ARCHES, ("bf16", "fp16", "fp32"), (True, False)):
+        lower = 0
+        for block, rows, warps, stages, looped, upper, unroll in rms_norm_configs(arch, direction, dtype, fused, aligned):
+            width = f"N > {lower}" + ("" if upper is None else f" && N <= {upper}")
+            tag = ((f"loop{block}" + (f"_n{lower + 1}_{upper}" if upper else "") if looped else f"b{block}")
+                   + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "") + (f"_unroll{unroll}" if unroll else ""))
+            lower = upper
+            for has_w in ((True,) if fused else (True, False)):
+                cond = [f"dtype == {DTYPES[dtype]}", width]
+                if not fused:
+                    cond.insert(1, "w != 0" if has_w else "w == 0")
+                out.append(Variant(
+                    name=f"{op}_{dtype}_{tag}{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
+                    dtype=dtype,
+                    kernel=f"_rms_norm_{direction}",
+                    when=" && ".join(cond),
+                    grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
+                    constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped,
+                                    **(dict(UNROLL=unroll) if direction == "fwd" else {}),
+                                    **(_RESIDUAL if fused else _NO_RESIDUAL)[direction]),
+                    num_warps=warps,
+                    num_stages=stages,
+                    aligned=ptrs + strides + ("N",),
+                    unaligned=not aligned,
+                    arches=(arch,),
+                ))
     return merge_arches(out)
 
 

@@ -59,6 +59,7 @@ def _rms_norm_fwd(
     HAS_W: tl.constexpr,
     LOOPED: tl.constexpr,
     HAS_RES: tl.constexpr,
+    UNROLL: tl.constexpr,    # looped form: chunks unrolled, their loads in flight at once (None: 1)
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
@@ -70,7 +71,7 @@ def _rms_norm_fwd(
             # phase 1: s = x + r, stored, and its sum of squares; phase 2 reads s back (from L2)
             r_rows = r + rows.to(tl.int64)[:, None] * stride_r
             s_rows = s + rows.to(tl.int64)[:, None] * stride_s
-            for start in range(0, N, BLOCK_N):
+            for start in tl.range(0, N, BLOCK_N, loop_unroll_factor=UNROLL):
                 cols = start + tl.arange(0, BLOCK_N)
                 sv = _add_residual(x_rows, r_rows, s_rows, cols[None, :], row_ok[:, None] & (cols[None, :] < N))
                 acc += sv * sv
@@ -78,13 +79,13 @@ def _rms_norm_fwd(
             x_rows = s_rows
         else:
             # phase 1: sum of squares over the row, chunk by chunk
-            for start in range(0, N, BLOCK_N):
+            for start in tl.range(0, N, BLOCK_N, loop_unroll_factor=UNROLL):
                 cols = start + tl.arange(0, BLOCK_N)
                 xv = _load_row(x_rows, cols[None, :], row_ok[:, None] & (cols[None, :] < N), True)
                 acc += xv * xv
         rstd = tl.rsqrt(tl.sum(acc, axis=1) / N + eps)
         # phase 2: re-read (from L2), scale, store
-        for start in range(0, N, BLOCK_N):
+        for start in tl.range(0, N, BLOCK_N, loop_unroll_factor=UNROLL):
             cols = start + tl.arange(0, BLOCK_N)
             mask = row_ok[:, None] & (cols[None, :] < N)
             xv = _load_row(x_rows, cols[None, :], mask, False)
