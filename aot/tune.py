@@ -2,6 +2,8 @@
 
     python -m aot.tune --out aot/tuning/sm90.json [--quick]
 
+Updates rms_norm's entries in an existing table and keeps everything else in it.
+
 Needs a GPU, torch and Triton (the same Triton version the build pins: the JIT compiles
 exactly what the AOT build will).  For each row-width bucket of each tunable op it times
 every candidate (ROWS, num_warps, num_stages) at a bandwidth-bound size and keeps the fastest.  The
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import statistics
 from pathlib import Path
@@ -58,7 +61,9 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
 
     from .compile import _triton_module
 
-    kernel = getattr(_triton_module("kernels/triton/rms_norm.py"), f"_rms_norm_{direction}")
+    # M and G unspecialised, as in the AOT images (the JIT would assume M % 16 == 0 where it is)
+    fn = getattr(_triton_module("kernels/triton/rms_norm.py"), f"_rms_norm_{direction}").fn
+    kernel = triton.jit(do_not_specialize=[a for a in ("M", "G") if a in inspect.signature(fn).parameters])(fn)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     m = max(1, ELEMENTS // n)
     x = torch.randn(m, n, device="cuda", dtype=dtype)
@@ -127,12 +132,16 @@ def main(argv=None):
     result = {"arch": f"sm{major}{minor}", "card": torch.cuda.get_device_name(),
               "date": datetime.date.today().isoformat(), "triton": triton.__version__,
               "torch": torch.__version__}
+    # Only rms_norm's entries change: the table's other keys (other ops, notes, the looped forms'
+    # extra entries such as loop_fused and loop_wide) are kept as they are.
+    table = json.loads(args.out.read_text()) if args.out.exists() else {}
+    table.update(result)
     for direction in ("fwd", "bwd"):
-        result[f"rms_norm_{direction}"] = {
-            str(es): tune_rms_norm(direction, dt, args.quick)
-            for es, dt in ((2, torch.bfloat16), (4, torch.float32))}
+        entries = table.setdefault(f"rms_norm_{direction}", {})
+        for es, dt in ((2, torch.bfloat16), (4, torch.float32)):
+            entries.setdefault(str(es), {}).update(tune_rms_norm(direction, dt, args.quick))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -48,7 +48,7 @@ def triton_jit(triton, specs, m):
     fam, gm_ = specs.gated_mlp, specs.fp8_gemm
     cls = next(c for c, cond in gm_.SHAPE_CLASSES.items() if eval(cond.replace("&&", " and "), {}, {"M": m}))
     tma = cls in fam.GATED_MLP_SM90_TMA
-    bm, bn, bk, gm, warps, stages = fam._sm90_configs()[cls][:6]
+    bm, bn, bk, gm, warps, stages = fam.sm90_configs()[cls][:6]
     sys.path.insert(0, str(H.ROOT))
     from aot.compile import _triton_module
     module = _triton_module("kernels/triton/gated_mlp.py")

@@ -44,15 +44,16 @@ _PARAMS = (
 )
 
 
-def _sm90_configs() -> dict:
-    """class -> config on sm90: the TMA table's where it has the class, else the tuned one."""
+def sm90_configs() -> dict:
+    """class -> config on sm90: the TMA table's where it has the class, else the tuned one (also
+    what benchmarks/bench_gated_mlp.py gives its Triton JIT baseline)."""
     return {**gemm_configs("sm90", "gated_mlp", GATED_MLP_SM90), **GATED_MLP_SM90_TMA}
 
 
 OPS = (
     Op("gated_mlp", "triton", "kernels/triton/gated_mlp.py", _PARAMS,
        gemm_variants("gated_mlp", "_gated_mlp", GATED_MLP_DTYPES,
-                     {"sm90": _sm90_configs(),
+                     {"sm90": sm90_configs(),
                       "sm89": GATED_MLP_MMA, "sm80": GATED_MLP_MMA, "ptx": GATED_MLP_MMA},
                      {a: GATED_MLP_FALLBACK for a in ("sm80", "sm89", "sm90", "ptx")},
                      ("x", "wg", "wu", "y", "stride_xm", "stride_wg", "stride_wu", "stride_ym", "N", "K"),
