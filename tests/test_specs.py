@@ -203,3 +203,12 @@ def test_layer_norm_backward_split_agrees_with_the_python_layer():
     widest = max(v.constexprs["BLOCK_N"] for op in specs.OPS if op.name == "layer_norm_bwd"
                  for v in op.variants if not v.constexprs["LOOPED"])
     assert widest == specs.layer_norm.LAYER_NORM_SPLIT_ABOVE
+
+
+def test_layer_norm_loop_takes_no_unroll_factor(monkeypatch):
+    """Only rms_norm's looped forward unrolls (UNROLL); a LayerNorm table entry asking for it is
+    an error at build time, not a factor silently dropped."""
+    monkeypatch.setattr(specs.layer_norm, "tuning",
+                        lambda arch: {"layer_norm_fwd": {"2": {"loop": [1, 32, 1, 16384, 4]}}})
+    with pytest.raises(ValueError, match="the looped LayerNorm kernels do not unroll"):
+        specs.layer_norm.layer_norm_configs("sm90", "fwd", "bf16")

@@ -108,6 +108,20 @@ def tuning(arch: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def block_entries(table: dict, blocks, widest: int) -> list[tuple]:
+    """The single-block width buckets of a norm's tuning table, narrowest first: (BLOCK_N, ROWS,
+    num_warps, num_stages, False, BLOCK_N, None) for each heuristic (BLOCK_N, ROWS, num_warps)
+    of `blocks` up to `widest`, the table's "<BLOCK_N>": [ROWS, num_warps(, num_stages)] where
+    it has one (the tuple's form: BLOCK_N, ROWS, num_warps, num_stages, looped, widest N,
+    unroll)."""
+    out = []
+    for block, rows, warps in blocks:
+        if block <= widest:
+            rows, warps, stages = [*table.get(str(block), (rows, warps)), 1][:3]
+            out.append((block, rows, warps, stages, False, block, None))
+    return out
+
+
 def loop_entry(entry, chunk: int) -> tuple:
     """(chunk, ROWS, num_warps, num_stages, unroll) of a looped form's tuning entry [ROWS,
     num_warps(, num_stages(, chunk(, unroll)))]: one stage, `chunk` and no unrolling unless it

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, loop_entry, merge_arches, tuning
+from .core import (ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, block_entries, loop_entry, merge_arches,
+                   tuning)
 from .rms_norm import RMS_NORM_BLOCKS
 
 # ---------------------------------------------------------------------------------
@@ -52,8 +53,9 @@ def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = Tr
     narrowest rows first: tuned where measured (aot/tuning/<arch>.json, key
     layer_norm_<direction>), else the heuristic above.  Table entries: "<BLOCK_N>": [ROWS,
     num_warps(, num_stages)] for single blocks; "loop_above": the widest single block worth
-    using; "loop": the looped form beyond, [ROWS, num_warps(, num_stages(, chunk(, unroll)))]
-    (core.loop_entry; LAYER_NORM_LOOP's chunk unless given); and optionally
+    using; "loop": the looped form beyond, [ROWS, num_warps(, num_stages(, chunk))]
+    (core.loop_entry; LAYER_NORM_LOOP's chunk unless given; no unroll factor: unrolling the
+    looped forward gained nothing, docs/results/norm_loop_unroll_everywhere_ab_h100.jsonl); and optionally
     "loop_mid": [ROWS, num_warps, num_stages, chunk, widest N], a looped form with a smaller
     chunk for the rows between, where more programs per SM hide the latency of each row's two
     reductions while the rows they hold still fit in L2 for the second pass.  An "unaligned"
@@ -65,21 +67,18 @@ def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = Tr
     if unaligned and not aligned:
         table.pop("loop_mid", None)
         table.update(unaligned)
-
-    def entry(key, default):
-        rows, warps, stages = (list(table.get(key, default)) + [1])[:3]
-        return rows, warps, stages
-
     widest = table.get("loop_above", LAYER_NORM_BLOCKS[-1][0])
     if direction == "bwd":
         widest = min(widest, LAYER_NORM_SPLIT_ABOVE)
-    out = [(block, *entry(str(block), (rows, warps)), False, block, None) for block, rows, warps in LAYER_NORM_BLOCKS
-           if block <= widest]
+    out = block_entries(table, LAYER_NORM_BLOCKS, widest)
     if "loop_mid" in table:
         rows, warps, stages, chunk, upto = table["loop_mid"]
         out.append((chunk, rows, warps, stages, True, upto, None))
     chunk, rows, warps, stages, unroll = loop_entry(table.get("loop", (1, LAYER_NORM_LOOP[1])), LAYER_NORM_LOOP[0])
-    out.append((chunk, rows, warps, stages, True, None, unroll))
+    if unroll:
+        raise ValueError(f"{arch} layer_norm_{direction}: the looped LayerNorm kernels do not unroll "
+                         f"(unrolling its forward gained nothing); drop the unroll factor {unroll}")
+    out.append((chunk, rows, warps, stages, True, None, None))
     return out
 
 
@@ -136,18 +135,16 @@ def _row_variants(direction: str) -> tuple[Variant, ...]:
     out = []
     for arch, dtype, aligned in itertools.product(ARCHES, _DTYPES, (True, False)):
         lower = 0
-        for block, rows, warps, stages, looped, upper, unroll in layer_norm_configs(arch, direction, dtype, aligned):
+        for block, rows, warps, stages, looped, upper, _ in layer_norm_configs(arch, direction, dtype, aligned):
             width = f"N > {lower}" + ("" if upper is None else f" && N <= {upper}")
             tag = ((f"loop{block}" + ("" if upper is None else f"_n{lower + 1}_{upper}")) if looped
-                   else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "") + (
-                   f"_unroll{unroll}" if unroll else "")
+                   else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
             lower = upper
             out.append(_variant(
                 f"layer_norm_{direction}", dtype, tag, [width], params, aligned,
                 kernel=f"_layer_norm_{direction}",
                 grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
-                constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped,
-                                **(dict(UNROLL=unroll) if direction == "fwd" else {})),
+                constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped),
                 num_warps=warps, num_stages=stages, arches=(arch,)))
     return merge_arches(out)
 

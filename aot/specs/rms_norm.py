@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import itertools
 
-from .core import ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, loop_entry, merge_arches, tuning
+from .core import (ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, block_entries, loop_entry, merge_arches,
+                   tuning)
 
 # ---------------------------------------------------------------------------------
 # rms_norm (Triton): y = x * rsqrt(mean(x^2) + eps) * w, rows of x strided.
@@ -41,14 +42,7 @@ def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False,
     unrolled chunks put a whole row's loads in flight, which the 16-bit accesses of unaligned
     rows cannot afford in registers."""
     table = tuning(arch).get(f"rms_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {})
-
-    def entry(key, default):
-        rows, warps, *stages = table.get(key, default)
-        return rows, warps, (stages[0] if stages else 1)
-
-    widest = table.get("loop_above", RMS_NORM_BLOCKS[-1][0])  # wider rows take the looped form
-    out = [(block, *entry(str(block), (rows, warps)), False, block, None) for block, rows, warps in RMS_NORM_BLOCKS
-           if block <= widest]
+    out = block_entries(table, RMS_NORM_BLOCKS, table.get("loop_above", RMS_NORM_BLOCKS[-1][0]))
     key = "loop_fused" if fused and "loop_fused" in table else "loop"
     wide = "loop_wide" in table and aligned and not fused
     chunk, rows, warps, stages, unroll = loop_entry(table.get(key, (1, RMS_NORM_LOOP[1])), RMS_NORM_LOOP[0])

@@ -60,7 +60,7 @@ def _params(w, b, cols, col_ok, flags):
 
 
 @triton.jit
-def _looped_stats(x_rows, row_ok, N, eps, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr):
+def _looped_stats(x_rows, row_ok, N, eps, BLOCK_N: tl.constexpr):
     """(mean, rstd) of [ROWS] rows wider than one block, in one pass over x.
 
     Sums of d = x - K with K the mean of the row's first chunk: var = mean(d^2) - mean(d)^2.
@@ -75,7 +75,7 @@ def _looped_stats(x_rows, row_ok, N, eps, BLOCK_N: tl.constexpr, UNROLL: tl.cons
     d = tl.where(mask, x0 - k[:, None], 0.0)
     s1 = d
     s2 = d * d
-    for start in tl.range(BLOCK_N, N, BLOCK_N, loop_unroll_factor=UNROLL):
+    for start in range(BLOCK_N, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = row_ok[:, None] & (cols[None, :] < N)
         d = tl.where(mask, _load_rows(x_rows, cols[None, :], mask, True) - k[:, None], 0.0)
@@ -122,7 +122,6 @@ def _layer_norm_fwd(
     BLOCK_N: tl.constexpr,   # columns per block (>= N unless LOOPED)
     ROWS: tl.constexpr,      # rows per program
     LOOPED: tl.constexpr,
-    UNROLL: tl.constexpr,    # looped form: chunks unrolled, their loads in flight at once (None: 1)
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
@@ -130,8 +129,8 @@ def _layer_norm_fwd(
     y_rows = y + rows.to(tl.int64)[:, None] * stride_y
     if LOOPED:
         # phase 1: mean and rstd in one pass; phase 2: re-read (from L2), normalise, store
-        mean, rstd = _looped_stats(x_rows, row_ok, N, eps, BLOCK_N, UNROLL)
-        for start in tl.range(0, N, BLOCK_N, loop_unroll_factor=UNROLL):
+        mean, rstd = _looped_stats(x_rows, row_ok, N, eps, BLOCK_N)
+        for start in range(0, N, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             mask = row_ok[:, None] & (cols[None, :] < N)
             xv = _load_rows(x_rows, cols[None, :], mask, False)
@@ -224,7 +223,7 @@ def _layer_norm_bwd(
             row_ok = rows < M
             r64 = rows.to(tl.int64)[:, None]
             # phase 1: mean and rstd (x); phase 2: mean(g), mean(g * x_hat) (x, dy from L2)
-            mean, rstd = _looped_stats(x + r64 * stride_x, row_ok, N, eps, BLOCK_N, None)
+            mean, rstd = _looped_stats(x + r64 * stride_x, row_ok, N, eps, BLOCK_N)
             c1, c2 = _looped_grad_sums(x + r64 * stride_x, dy + r64 * stride_dy, row_ok, mean, rstd,
                                        w, b, N, flags, BLOCK_N, ROWS)
             # phase 3: dx, and dw, db into this program's partial row
@@ -296,7 +295,7 @@ def _layer_norm_bwd_stats(
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
     r64 = rows.to(tl.int64)[:, None]
-    mean, rstd = _looped_stats(x + r64 * stride_x, row_ok, N, eps, BLOCK_N, None)
+    mean, rstd = _looped_stats(x + r64 * stride_x, row_ok, N, eps, BLOCK_N)
     c1, c2 = _looped_grad_sums(x + r64 * stride_x, dy + r64 * stride_dy, row_ok, mean, rstd,
                                w, b, N, flags, BLOCK_N, ROWS)
     out = stats + rows.to(tl.int64) * 4
