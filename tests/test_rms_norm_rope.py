@@ -260,8 +260,13 @@ def test_direct_path_equals_torch_op():
 
 # --- GPU backward -----------------------------------------------------------------------------
 
-BWD = [(32, 128, 128), (64, 128, 128), (6, 80, 80), (4, 128, 64), (2, 512, 512), (2, 512, 128), (2, 72, 72),
-       (1, 2, 2)]
+# Over the row, a tile that holds the whole row takes the one-pass backward: head counts at and
+# past each tile's bound (8, 16, 17, 32, 33, 64 heads of 128; 32, 33, 65 of 64; 9, 33 of 256),
+# a narrower head in a wider tile (96); 65 heads of 128, partial rotary and heads wider than
+# the largest tile take two passes.  Per head: a last chunk of heads part empty (6 heads).
+BWD = [(32, 128, 128), (64, 128, 128), (8, 128, 128), (16, 128, 128), (17, 128, 128), (33, 128, 128),
+       (65, 128, 128), (32, 64, 64), (33, 64, 64), (65, 64, 64), (9, 256, 256), (33, 256, 256), (3, 96, 96),
+       (6, 80, 80), (4, 128, 64), (2, 512, 512), (2, 512, 128), (2, 72, 72), (1, 2, 2)]
 
 
 @pytest.mark.requires_cuda
@@ -278,9 +283,10 @@ def test_backward(h, d, r, interleaved, per_head, dtype):
 
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("per_head", [False, True], ids=["row", "per_head"])
-@pytest.mark.parametrize("tokens", [0, 1, 1000])
+@pytest.mark.parametrize("tokens", [0, 1, 1000, 5000])
 def test_backward_token_counts(tokens, per_head):
-    # 1000 tokens: several tokens per program, and the dweight reduction over every program
+    # 1000 and 5000 tokens: several tokens per program (16 programs an SM per head, 4 over the
+    # row), and the dweight reduction over every program
     x, w = inputs(1, tokens, 8, 128, torch.bfloat16, "cuda", per_head)
     cos, sin = rope_tables(max(tokens, 1), 128, torch.bfloat16, "cuda")
     dx, dw = check_backward(x, w, cos, sin, 128, per_head)

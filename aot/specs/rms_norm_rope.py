@@ -7,20 +7,30 @@ from .core import DTYPES, Op, Param, Variant
 # A program's tile is HEADS heads x BLOCK_D columns (BLOCK_D a power of two, held as two
 # [HEADS, BLOCK_D/2] pair tiles).  Forward: one program per token (per_head: per token and
 # chunk of HEADS heads); a group that fits one tile (D <= BLOCK_D, and per_head or
-# H <= HEADS) is read once, any other in two passes.  Backward: G programs walk the tokens
-# (G = 16 per SM per head, 4 per SM over the row: python/fusedaot/ops/rms_norm_rope.py), two
-# passes per group, dweight's terms added up in each program's own fp32 row.  The layout is a
-# constexpr: one C function per layout and direction.
+# H <= HEADS) is read once, any other in two passes.  Backward: G x C programs (G along the
+# tokens, 16 per SM per head and 4 over the row; C along the heads per head when tokens are
+# few: python/fusedaot/ops/rms_norm_rope.py), each with its own fp32 row of dweight's partial
+# sums.  A tile of whole groups with full rotary (as the forward's fast path) is read once and
+# keeps dweight's terms in registers until the program ends; any other group takes two passes
+# per token and adds its terms into the partial row in memory.  The layout is a constexpr: one
+# C function per layout and direction.
 #
 # RMS_NORM_ROPE_TILES[table][mode]: rows (largest head_dim, largest head count, BLOCK_D, HEADS,
-# num_warps, maxnreg), None for no bound or no register cap.  head_dim falls in ranges (a row's
-# lower bound is the previous row's head_dim bound); within one head_dim range, head counts do
-# too.  Tables: "fwd16" the 16-bit forward, "fwd32" the fp32 forward, "bwd" every backward; the
-# norm mode ("head" or "row") is the per_head argument.  Wider heads take the last row and its
-# column loop.  Timed through Triton's JIT on an H100 (2026-11-26, bf16):
-# - backward, 2048-16384 tokens x 8-32 heads x 128: 4 heads on 1 warp per head (205 us at
-#   16384 x 32 x 128 against 420 us for 32 heads on 8 warps), since each head's norm stays
-#   within its warp and many programs share an SM; over the row, 16 heads on 4 warps;
+# num_warps, last), None for no bound; last is maxnreg in the forward tables (None: no register
+# cap) and STAGES, the software pipelining of the token loop over the row, in "bwd".  head_dim
+# falls in ranges (a row's lower bound is the previous row's head_dim bound); within one
+# head_dim range, head counts do too.  Tables: "fwd16" the 16-bit forward, "fwd32" the fp32
+# forward, "bwd" every backward; the norm mode ("head" or "row") is the per_head argument.
+# Wider heads take the last row and its column loop.  Timed through Triton's JIT on an H100 (2026-11-26, bf16):
+# - backward (docs/results/rms_norm_rope_bwd_sweep_h100.jsonl, bwd + dweight kernels): per
+#   head, 4 heads on 1 warp at 128 (one-pass: 169 us at 16384 x 32 x 128, 81% of copy, against
+#   225 us for the two-pass kernel), 8 at 64, 2 at 256; over the row, a tile of all H heads with
+#   about 16 pairs a thread: at 16384 tokens x 128, 8 heads on 2 warps 92 us (two-pass 279),
+#   16 on 2 warps 118 (302), 32 on 2 warps 193-211 (460), 64 on 4 warps pipelined 386 (809);
+#   x 64: 32 heads on 2 warps pipelined 120 (302), 64 on 2 warps 217 (461); x 256: 8 heads on 2
+#   warps 116 (271), 16 on 4 warps 223 (458), 32 on 4 warps 419 (830).  Register pressure makes
+#   neighbouring tiles and STAGES differ by 10-50% either way; more than 64 heads (two-pass)
+#   keep the earlier tiles;
 # - forward, 16384 tokens x 32 heads x 64/128/256 and 2048 x 32 x 128, 2-32 heads on 1-8 warps
 #   (docs/results/rms_norm_rope_tile_sweep_h100.jsonl): per head, 16 pairs a thread on one warp
 #   (16 heads at head_dim 64, 8 at 128: 75.7% and 76.0% of copy, against 71.6% and 69.7% for
@@ -55,11 +65,20 @@ RMS_NORM_ROPE_TILES = {
                       (None, None, 256, 8, 4, None))},
     "fwd32": {"head": ((64, None, 64, 16, 1, None), (128, None, 128, 8, 1, None), (None, None, 256, 16, 1, None)),
               "row": ((64, None, 64, 16, 1, None), (128, None, 128, 16, 4, None), (None, None, 256, 8, 4, None))},
-    "bwd": {"head": ((64, None, 64, 8, 1, None), (128, None, 128, 4, 1, None), (None, None, 256, 2, 1, None)),
-            "row": ((64, None, 64, 32, 4, None), (128, None, 128, 16, 4, None), (None, None, 256, 8, 4, None))},
+    "bwd": {"head": ((64, None, 64, 8, 1, 1), (128, None, 128, 4, 1, 1), (None, None, 256, 2, 1, 1)),
+            "row": ((64, 32, 64, 32, 2, 2), (64, 64, 64, 64, 2, 2), (64, None, 64, 32, 4, 1),
+                    (128, 8, 128, 8, 2, 1), (128, 16, 128, 16, 2, 1), (128, 32, 128, 32, 2, 1),
+                    (128, 64, 128, 64, 4, 2), (128, None, 128, 16, 4, 1),
+                    (None, 8, 256, 8, 2, 1), (None, 16, 256, 16, 4, 1), (None, 32, 256, 32, 4, 1),
+                    (None, None, 256, 8, 4, 1))},
 }
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
-RMS_NORM_ROPE_DW = (32, 64, 4)   # columns per program, partial rows per step, warps
+# dweight's reduction of the (G*C, W) partial rows: (largest W, columns per program, partial
+# rows per step, warps).  Per head the rows are D wide and thousands tall, so narrow programs
+# give the reduction more SMs; timed in CUDA graphs (docs/results/rms_norm_rope_dw_h100.jsonl):
+# 2112 x 128 13.8 -> 3.5 us and 4096 x 128 25.8 -> 5.3 us against the previous 32 columns on 4
+# warps, 528 x 4096 5.0 -> 3.2 and 528 x 8192 5.5 -> 4.6 us.
+RMS_NORM_ROPE_DW = ((1024, 8, 128, 8), (None, 16, 64, 8))
 
 _FWD_PARAMS = (
     Param("x", "ptr"), Param("w", "ptr"), Param("cos", "ptr"), Param("sin", "ptr"),
@@ -78,7 +97,7 @@ _BWD_PARAMS = (
     Param("stride_cb", "i64"), Param("stride_cs", "i64"), Param("stride_pb", "i64"),
     Param("M", "i32"), Param("S", "i32"), Param("H", "i32"), Param("N", "i32"), Param("pairs", "i32"),
     Param("P", "i32"), Param("eps", "f32"), Param("per_head", "i32"), Param("flags", "i32"),
-    Param("G", "i32"), Param("W", "i32"),
+    Param("G", "i32"), Param("C", "i32"), Param("W", "i32"),
 )
 _DW_PARAMS = (Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"), Param("G", "i32"), Param("W", "i32"))
 # Every integer that bounds a column mask is aligned too (N = head_dim and pairs = rotary_dim/2):
@@ -96,7 +115,7 @@ _ALIGNED = {
 def _grid(direction: str, heads: int):
     if direction == "fwd":   # one program per token, and per chunk of heads when per_head
         return ("M", f"fa_max(1, per_head * fa_cdiv(H, {heads}))", "1")
-    return ("G", "1", "1")
+    return ("G", "C", "1")
 
 
 def _configs(direction: str, dtype: str):
@@ -116,7 +135,7 @@ def _configs(direction: str, dtype: str):
                 h_lo = h_hi
             else:      # this head_dim range is done
                 n_lo, h_lo = n_hi, 0
-    configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED + (None,)))
+    configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED + ((1,) if direction == "bwd" else (None,))))
     return configs
 
 
@@ -124,16 +143,19 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
-        for mode, width, (block_d, heads, warps, maxnreg) in _configs(direction, dtype):
+        for mode, width, (block_d, heads, warps, last) in _configs(direction, dtype):
             aligned = mode != "any"
+            maxnreg, stages = (None, last) if direction == "bwd" else (last, None)
             out.append(Variant(
                 name=f"{op}_{dtype}_{mode}_d{block_d}_h{heads}_w{warps}{f'_r{maxnreg}' if maxnreg else ''}"
+                     f"{f'_s{stages}' if stages and stages > 1 else ''}"
                      f"{'_a16' if aligned else '_u'}",
                 dtype=dtype,
                 kernel=f"_rms_norm_rope_{direction}",
                 when=f"dtype == {DTYPES[dtype]} && {width}",
                 grid=_grid(direction, heads),
-                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved),
+                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved,
+                                **({"STAGES": stages} if direction == "bwd" else {})),
                 num_warps=warps,
                 maxnreg=maxnreg,
                 aligned=_ALIGNED[direction],
@@ -143,16 +165,20 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
 
 
 def _dw_variants() -> tuple[Variant, ...]:
-    block_n, block_g, warps = RMS_NORM_ROPE_DW
-    return tuple(Variant(
-        name=f"rms_norm_rope_dw_{dtype}_b{block_n}_g{block_g}_w{warps}",
-        dtype=dtype,
-        kernel="_rms_norm_rope_dw",
-        when=f"dtype == {DTYPES[dtype]}",
-        grid=(f"fa_cdiv(W, {block_n})", "1", "1"),
-        constexprs=dict(BLOCK_N=block_n, BLOCK_G=block_g),
-        num_warps=warps,
-    ) for dtype in ("bf16", "fp16", "fp32"))
+    out, w_lo = [], 0
+    for w_hi, block_n, block_g, warps in RMS_NORM_ROPE_DW:
+        width = f"W > {w_lo}" + (f" && W <= {w_hi}" if w_hi else "")
+        out += [Variant(
+            name=f"rms_norm_rope_dw_{dtype}_b{block_n}_g{block_g}_w{warps}",
+            dtype=dtype,
+            kernel="_rms_norm_rope_dw",
+            when=f"dtype == {DTYPES[dtype]} && {width}",
+            grid=(f"fa_cdiv(W, {block_n})", "1", "1"),
+            constexprs=dict(BLOCK_N=block_n, BLOCK_G=block_g),
+            num_warps=warps,
+        ) for dtype in ("bf16", "fp16", "fp32")]
+        w_lo = w_hi
+    return tuple(out)
 
 
 _SRC = "kernels/triton/rope.py"

@@ -351,16 +351,46 @@ def _bwd_pass(dy_rows, x_rows, w_rows, dx_rows, part, h, rstd, c, D, pairs, row_
 
 
 @triton.jit
+def _bwd_token(t, dy, x, dx, cos, sin, pos, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb, stride_dxs,
+               stride_cb, stride_cs, stride_pb, S, P, pairs, has_pos, half_table,
+               INTERLEAVED: tl.constexpr, HALF: tl.constexpr):
+    """Token t's rows of dy, x and dx, and its transposed table values (one-pass backward)."""
+    b = (t // S).to(tl.int64)
+    s = (t % S).to(tl.int64)
+    r, ok = _table_row(pos, b, s, stride_pb, P, has_pos)
+    c1, c2, s1, s2 = _tables(cos + b * stride_cb + r * stride_cs, sin + b * stride_cb + r * stride_cs, 0, pairs, ok,
+                             half_table, True, INTERLEAVED, HALF)
+    return (dy + b * stride_dyb + s * stride_dys, x + b * stride_xb + s * stride_xs,
+            dx + b * stride_dxb + s * stride_dxs, c1, c2, s1, s2)
+
+
+@triton.jit
+def _bwd_tile(dy_row, x_row, dx_row, w, h, c1, c2, s1, s2, stride_wh, D, H, pairs, n_group, eps, per_head,
+              INTERLEAVED: tl.constexpr, HALF: tl.constexpr):
+    """Heads h of one token, whole norm groups read once: store dx, return dw's terms."""
+    row_ok = (h < H)[:, None]
+    dz1, dz2, x1, x2, w1, w2 = _bwd_pairs(dy_row + (h * D)[:, None], x_row + (h * D)[:, None],
+                                          w + (h * stride_wh)[:, None], 0, pairs, row_ok, c1, c2, s1, s2,
+                                          INTERLEAVED, HALF)
+    rstd = _rstd(tl.sum(x1 * x1 + x2 * x2, axis=1), per_head, n_group, eps)
+    c = rstd * _group_sum(tl.sum(x1 * w1 * dz1 + x2 * w2 * dz2, axis=1), per_head) / n_group
+    return _bwd_dx(dx_row + (h * D)[:, None], dz1, dz2, x1, x2, w1, w2, rstd, c, 0, pairs, row_ok, INTERLEAVED, HALF)
+
+
+@triton.jit
 def _rms_norm_rope_bwd(
     dy, x, w, cos, sin, pos, dx,   # as _rms_norm_rope_fwd; dy, dx: (B, S, H*D)
-    dw_partial,               # (G, W) fp32: program g's sum of dz * x_hat over its tokens
+    dw_partial,               # (G*C, W) fp32: program (g, c)'s sum of dz * x_hat, row g*C + c
     stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb, stride_dxs, stride_wh,
     stride_cb, stride_cs, stride_pb,
     M, S, H, N, pairs, P, eps, per_head,
     flags,                    # as in _rope: 1 positions given, 2 half tables
-    G,                        # programs; program g takes tokens g, g + G, ...
+    G,                        # programs along the tokens: program (g, c) takes tokens g, g + G, ...
+    C,                        # per_head: programs along the heads, (g, c) takes chunks c, c + C, ...
+                              # of HEADS heads (few tokens, many heads); over the row 1
     W,                        # weight length: D (per_head) or H*D
     BLOCK_D: tl.constexpr, HEADS: tl.constexpr, INTERLEAVED: tl.constexpr,
+    STAGES: tl.constexpr,     # software pipelining depth of the one-pass loop over the row
 ):
     HALF: tl.constexpr = BLOCK_D // 2
     D = N
@@ -368,9 +398,56 @@ def _rms_norm_rope_bwd(
     has_pos = (flags & 1) != 0
     half_table = (flags & 2) != 0
     pid = tl.program_id(0)
-    part = dw_partial + pid.to(tl.int64) * W
+    cid = tl.program_id(1)
+    part = dw_partial + (pid.to(tl.int64) * C + cid) * W
     group = tl.where(per_head, HEADS, H)      # heads normalised together (per_head: a chunk)
     n_group = tl.where(per_head, D, H * D)
+    if (D <= BLOCK_D) & (2 * pairs == D) & (per_head | (H <= HEADS)):
+        # one pass: a tile of heads holds whole groups (per head, or the whole row), so dy and
+        # x are read once; dw's terms stay in registers until the program's last token
+        acc1 = tl.zeros([HEADS, HALF], tl.float32)
+        acc2 = tl.zeros([HEADS, HALF], tl.float32)
+        if per_head:
+            # a token's chunks of heads in turn, its table row read once for all of them
+            for t in range(pid, M, G):
+                dy_row, x_row, dx_row, c1, c2, s1, s2 = _bwd_token(
+                    t, dy, x, dx, cos, sin, pos, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb, stride_dxs,
+                    stride_cb, stride_cs, stride_pb, S, P, pairs, has_pos, half_table, INTERLEAVED, HALF)
+                for h0 in range(cid * HEADS, H, C * HEADS):
+                    g1, g2 = _bwd_tile(dy_row, x_row, dx_row, w, h0 + tl.arange(0, HEADS), c1, c2, s1, s2, stride_wh,
+                                       D, H, pairs, n_group, eps, per_head, INTERLEAVED, HALF)
+                    acc1 += g1
+                    acc2 += g2
+            # one weight for every head: the heads' sum
+            _store_pairs(part, tl.sum(acc1, axis=0)[None, :], tl.sum(acc2, axis=0)[None, :], 0, pairs, True,
+                         INTERLEAVED, HALF)
+        else:
+            # the row is one tile; the token loop is software-pipelined (STAGES)
+            h = tl.arange(0, HEADS)
+            for t in tl.range(pid, M, G, num_stages=STAGES):
+                dy_row, x_row, dx_row, c1, c2, s1, s2 = _bwd_token(
+                    t, dy, x, dx, cos, sin, pos, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb, stride_dxs,
+                    stride_cb, stride_cs, stride_pb, S, P, pairs, has_pos, half_table, INTERLEAVED, HALF)
+                g1, g2 = _bwd_tile(dy_row, x_row, dx_row, w, h, c1, c2, s1, s2, stride_wh, D, H, pairs, n_group,
+                                   eps, per_head, INTERLEAVED, HALF)
+                acc1 += g1
+                acc2 += g2
+            _store_pairs(part + (h * D)[:, None], acc1, acc2, 0, pairs, (h < H)[:, None], INTERLEAVED, HALF)
+    else:
+        _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
+                      stride_dxs, stride_wh, stride_cb, stride_cs, stride_pb, M, S, H, D, pairs, P, eps, per_head,
+                      has_pos, half_table, group, n_group, pid, G, cid, C, W, BLOCK_D, HEADS, INTERLEAVED)
+
+
+@triton.jit
+def _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
+                  stride_dxs, stride_wh, stride_cb, stride_cs, stride_pb, M, S, H, D, pairs, P, eps, per_head,
+                  has_pos, half_table, group, n_group, pid, G, cid, C, W,
+                  BLOCK_D: tl.constexpr, HEADS: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """The backward of any group and rotary_dim: per token, the group's sums over chunks of
+    heads and columns, then dx (its reads mostly from L1); dw's terms added into the program's
+    partial row in memory."""
+    HALF: tl.constexpr = BLOCK_D // 2
     for c0 in range(0, W, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D)
         tl.store(part + cols, tl.zeros([BLOCK_D], tl.float32), mask=cols < W)
@@ -383,7 +460,7 @@ def _rms_norm_rope_bwd(
         r, ok = _table_row(pos, b, s, stride_pb, P, has_pos)
         cos_row = cos + b * stride_cb + r * stride_cs
         sin_row = sin + b * stride_cb + r * stride_cs
-        for g0 in range(0, H, group):
+        for g0 in range(cid * group, H, C * group):
             # pass 1: the group's two sums
             ss = tl.zeros([HEADS], tl.float32)
             sx = tl.zeros([HEADS], tl.float32)

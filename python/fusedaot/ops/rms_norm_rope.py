@@ -113,11 +113,15 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torc
     dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
     if tokens == 0 or hidden == 0:
         return dx.view(x.shape), dw.zero_()
-    # G programs walk the tokens, each owning one fp32 row of dweight's partial sums: 16 per SM
-    # per head (small programs of a few heads, aot/specs/rms_norm_rope.py), 4 per SM over the
-    # row (programs of 16 heads; the partial rows are H*D wide)
-    g = min(tokens, (16 if per_head else 4) * _lib.sm_count(dev))
-    partial = torch.empty((g, width), dtype=torch.float32, device=x.device)
+    # G x C programs, each owning one fp32 row of dweight's partial sums.  G walk the tokens:
+    # 16 per SM per head (small programs of a few heads, aot/specs/rms_norm_rope.py), 4 per SM
+    # over the row (a program holds the row; the partial rows are H*D wide).  Per head, fewer
+    # tokens than that share theirs among C programs along the heads (those past the last chunk
+    # of heads add nothing and write zeros).
+    programs = (16 if per_head else 4) * _lib.sm_count(dev)
+    g = min(tokens, programs)
+    c = min(lay.heads, -(-programs // tokens)) if per_head else 1
+    partial = torch.empty((g * c, width), dtype=torch.float32, device=x.device)
     w = weight.contiguous()
     cos, sin, stride_cb, stride_cs, rows = _table_strides(cos, sin)
     pos, pos_ptr, stride_pb = positions(position_ids, seq)
@@ -126,9 +130,9 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torc
     rc = fn(stream, dev, code, dys.data_ptr(), xs.data_ptr(), w.data_ptr(), cos.data_ptr(), sin.data_ptr(), pos_ptr,
             dx.data_ptr(), partial.data_ptr(), *_token_strides(dys), *_token_strides(xs), *_token_strides(dx),
             0 if per_head else head_dim, stride_cb, stride_cs, stride_pb, tokens, seq, lay.heads, head_dim,
-            lay.rotary_dim // 2, rows, eps, bool(per_head), table_flags(pos, lay.half_table), g, width)
+            lay.rotary_dim // 2, rows, eps, bool(per_head), table_flags(pos, lay.half_table), g, c, width)
     if rc == 0:
-        rc = lib.rms_norm_rope_dw(stream, dev, code, partial.data_ptr(), dw.data_ptr(), g, width)
+        rc = lib.rms_norm_rope_dw(stream, dev, code, partial.data_ptr(), dw.data_ptr(), g * c, width)
     if rc:
         raise lib.error(rc, OP + " backward")
     return dx.view(x.shape), dw
