@@ -47,13 +47,15 @@ def _calls(op, dtypes):
     """Argument dicts covering the cases the conditions distinguish."""
     pointers = [p.name for p in op.params if p.ctype == "ptr"]
     # integer switches some ops' conditions read (AdaLN's fp32-parameter flag and rows per scale
-    # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count, the GEMMs'
-    # shape classes and layer_norm's bwd_stats by rows M): values on each side of every
-    # boundary, where the op has them
+    # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
+    # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
+    # M): values on each side of every boundary, where the op has them
     conditions = " ".join(_condition(op, v) for v in op.variants)
     switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)),
-                                                    ("per_head", (0, 1)), ("H", (1, 16, 17, 32, 33, 64)),
-                                                    ("M", (1, 8, 9, 64, 65, 512, 513, 1024, 1025)))
+                                                    ("per_head", (0, 1)),
+                                                    ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65)),
+                                                    ("M", (1, 8, 9, 64, 65, 512, 513, 1024, 1025)),
+                                                    ("W", (1, 1024, 1025)))
                 if re.search(rf"\b{name}\b", conditions)]
     for dtype, n, misalign, stride_pad, null_w, *picked in itertools.product(
             dtypes, WIDTHS, (False, True), (0, 1), (False, True), *(values for _, values in switches)):
