@@ -150,10 +150,11 @@ def _rope(
 #     dx = rstd * (w*dz - x_hat * mean(x_hat * w*dz)),   dw = sum over tokens (and heads) of dz * x_hat
 # Tiles are HEADS heads x BLOCK_D columns: pairs as two [HEADS, BLOCK_D/2] tiles, the
 # pass-through columns [2*pairs, D) of partial rotary as masked [HEADS, BLOCK_D] tiles.
-# Forward fast path: the group fits one tile (D <= BLOCK_D, and per_head or H <= HEADS) and x
-# is read once.  Otherwise, and always in the backward, two passes over chunks of heads and
-# columns: the sums, then the rest (its reads mostly from L1 or L2).  The backward adds dw's
-# terms up in the program's own row of dw_partial.
+# Fast path: the group fits one tile (D <= BLOCK_D, and per_head or H <= HEADS; the backward
+# also needs full rotary) and x (backward: dy and x) is read once; the backward keeps dw's
+# terms in registers and writes them to the program's row of dw_partial at its end.
+# Otherwise two passes over chunks of heads and columns: the sums, then the rest (its reads
+# mostly from L1 or L2), the backward adding dw's terms into its row of dw_partial per token.
 
 
 @triton.jit
