@@ -24,7 +24,9 @@ finally:
     sys.path.remove(str(REPO))
 
 WIDTHS = sorted({1, 3, 7, 8, 127, 1000, 3072, 4097, 65536, 131072, 1 << 20}
-                | {b + d for b, _, _ in specs.rms_norm.RMS_NORM_BLOCKS for d in (-1, 0, 1)})
+                | {b + d for b, _, _ in specs.rms_norm.RMS_NORM_BLOCKS for d in (-1, 0, 1)}
+                | {row[0] + d for table in specs.rms_norm_rope.RMS_NORM_ROPE_TILES.values()
+                   for rows in table.values() for row in rows if row[0] for d in (-1, 0, 1)})
 ALIGNED_PTR, MISALIGNED_PTR = 0x7F0000001000, 0x7F0000001002
 OPTIONAL_POINTERS = {"w", "dres"}  # may be NULL (rms_norm without weight, a backward without dres)
 
@@ -49,18 +51,20 @@ def _calls(op, dtypes):
     # integer switches some ops' conditions read (AdaLN's fp32-parameter flag and rows per scale
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
     # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
-    # M): values on each side of every boundary, where the op has them
+    # M): values on each side of every boundary, where the op has them; rms_norm_rope's
+    # backward also tells full rotary (2 * pairs == N) from partial
     conditions = " ".join(_condition(op, v) for v in op.variants)
+    rotary = (2, 4) if re.search(r"\bpairs\b", conditions) else (None,)
     switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)),
                                                     ("per_head", (0, 1)),
                                                     ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65)),
                                                     ("M", (1, 8, 9, 64, 65, 512, 513, 1024, 1025)),
                                                     ("W", (1, 1024, 1025)))
                 if re.search(rf"\b{name}\b", conditions)]
-    for dtype, n, misalign, stride_pad, null_w, *picked in itertools.product(
-            dtypes, WIDTHS, (False, True), (0, 1), (False, True), *(values for _, values in switches)):
-        args = {"dtype": dtype, "N": n, "D": 2 * n, "pairs": n, "M": 64, "K": n, "G": 4, "eps": 1e-6,
-                "approximate": 0}
+    for dtype, n, per_pair, misalign, stride_pad, null_w, *picked in itertools.product(
+            dtypes, WIDTHS, rotary, (False, True), (0, 1), (False, True), *(values for _, values in switches)):
+        args = {"dtype": dtype, "N": n, "D": 2 * n, "pairs": n // per_pair if per_pair else n, "M": 64, "K": n,
+                "G": 4, "eps": 1e-6, "approximate": 0}
         args.update({name: value for (name, _), value in zip(switches, picked)})
         for name in pointers:
             args[name] = MISALIGNED_PTR if misalign and name == pointers[0] else ALIGNED_PTR
@@ -87,6 +91,21 @@ def test_exactly_one_variant_matches(op, arch):
     for args in _calls(op, [c for d, c in specs.DTYPES.items() if d not in op.dtypes]):
         hits = [name for name, code in compiled if eval(code, {}, dict(args))]
         assert not hits, f"{op.name} on {arch} with {args}: {hits} match a dtype the op does not take"
+
+
+@pytest.mark.parametrize("name", ["rms_norm_rope_bwd", "rms_norm_rope_bwd_interleaved"])
+def test_rms_norm_rope_one_pass_variants_get_whole_groups_only(name):
+    """A ONE_PASS backward reads each token's group once and has no code for anything else:
+    every call its condition admits has full rotary, heads no wider than the tile and, over
+    the row, every head in the tile."""
+    op = next(op for op in specs.OPS if op.name == name)
+    compiled = [(v, compile(_condition(op, v), v.name, "eval")) for v in op.variants]
+    assert {v.constexprs["ONE_PASS"] for v, _ in compiled} == {True, False}
+    for args in _calls(op, [specs.DTYPES[d] for d in op.dtypes]):
+        for v, code in compiled:
+            if v.constexprs["ONE_PASS"] and eval(code, {}, dict(args)):
+                assert 2 * args["pairs"] == args["N"] <= v.constexprs["BLOCK_D"], (v.name, args)
+                assert args["per_head"] or args["H"] <= v.constexprs["HEADS"], (v.name, args)
 
 
 def test_conditions_use_only_op_parameters():

@@ -118,24 +118,62 @@ def _grid(direction: str, heads: int):
     return ("G", "C", "1")
 
 
+def _ranges(rows):
+    """A table's rows as [(n_lo, n_hi, [(h_lo, h_hi, tile)])], one entry per head_dim range."""
+    out, n_lo, h_lo, heads = [], 0, 0, []
+    for n_hi, h_hi, *tile in rows:
+        heads.append((h_lo, h_hi, tuple(tile)))
+        if h_hi:   # the next row takes the same head_dim range's next head counts
+            h_lo = h_hi
+        else:      # this head_dim range is done
+            out.append((n_lo, n_hi, heads))
+            n_lo, h_lo, heads = n_hi, 0, []
+    return out
+
+
+def _bwd_paths(mode, n_hi, h_lo, h_hi, block_d, heads, last_row):
+    """[(condition, one_pass)] of a backward tile: the one-pass form where its calls have whole
+    groups in the tile and full rotary, and, on a head_dim range's last row, the two-pass form
+    for every other call of the range."""
+    whole = "2 * pairs == N" + (f" && N <= {block_d}" if n_hi is None or n_hi > block_d else "")
+    other = "2 * pairs != N" + (f" || N > {block_d}" if n_hi is None or n_hi > block_d else "")
+    paths = []
+    if mode == "head" or (h_hi and h_hi <= heads):
+        paths.append((whole, True))
+    elif h_hi:
+        raise ValueError(f"rms_norm_rope bwd: a tile of {heads} heads cannot hold {h_hi} heads in one pass")
+    if last_row:
+        paths.append((f"(H > {h_lo} || {other})" if h_lo else f"({other})", False))
+    return paths
+
+
 def _configs(direction: str, dtype: str):
-    """[(mode, condition, (BLOCK_D, HEADS, num_warps, maxnreg))]: aligned calls by norm mode and
-    the ranges of RMS_NORM_ROPE_TILES; unaligned ones to one variant."""
+    """[(mode, condition, (BLOCK_D, HEADS, num_warps, last), one_pass)]: aligned calls by norm
+    mode and the ranges of RMS_NORM_ROPE_TILES, unaligned ones to one tile; one_pass (the
+    backward's ONE_PASS) is None in the forward."""
     table = "bwd" if direction == "bwd" else ("fwd32" if dtype == "fp32" else "fwd16")
     configs = []
     for mode, rows in RMS_NORM_ROPE_TILES[table].items():
         test = "per_head != 0" if mode == "head" else "per_head == 0"
-        n_lo = h_lo = 0
-        for n_hi, h_hi, *tile in rows:
-            cond = f"{test} && N > {n_lo}" + (f" && N <= {n_hi}" if n_hi else "")
-            if h_lo or h_hi:
-                cond += f" && H > {h_lo}" + (f" && H <= {h_hi}" if h_hi else "")
-            configs.append((mode, cond, tuple(tile)))
-            if h_hi:   # the next row takes the same head_dim range's next head counts
-                h_lo = h_hi
-            else:      # this head_dim range is done
-                n_lo, h_lo = n_hi, 0
-    configs.append(("any", "N > 0", RMS_NORM_ROPE_UNALIGNED + ((1,) if direction == "bwd" else (None,))))
+        for n_lo, n_hi, tiles in _ranges(rows):
+            width = f"{test} && N > {n_lo}" + (f" && N <= {n_hi}" if n_hi else "")
+            for h_lo, h_hi, tile in tiles:
+                if direction == "fwd":
+                    cond = width + (f" && H > {h_lo}" if h_lo else "") + (f" && H <= {h_hi}" if h_hi else "")
+                    configs.append((mode, cond, tile, None))
+                    continue
+                if {t[0] for *_, t in tiles} != {tile[0]}:
+                    raise ValueError("rms_norm_rope bwd: one BLOCK_D per head_dim range")
+                bounds = (f" && H > {h_lo}" if h_lo and h_hi else "") + (f" && H <= {h_hi}" if h_hi else "")
+                for path, one_pass in _bwd_paths(mode, n_hi, h_lo, h_hi, tile[0], tile[1], h_hi is None):
+                    configs.append((mode, f"{width}{bounds} && {path}", tile, one_pass))
+    block_d, heads, warps = RMS_NORM_ROPE_UNALIGNED
+    if direction == "fwd":
+        configs.append(("any", "N > 0", (block_d, heads, warps, None), None))
+    else:
+        whole = f"2 * pairs == N && N <= {block_d} && (per_head != 0 || H <= {heads})"
+        configs.append(("any", f"N > 0 && {whole}", (block_d, heads, warps, 1), True))
+        configs.append(("any", f"N > 0 && !({whole})", (block_d, heads, warps, 1), False))
     return configs
 
 
@@ -143,19 +181,20 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
-        for mode, width, (block_d, heads, warps, last) in _configs(direction, dtype):
+        for mode, width, (block_d, heads, warps, last), one_pass in _configs(direction, dtype):
             aligned = mode != "any"
             maxnreg, stages = (None, last) if direction == "bwd" else (last, None)
+            bwd = {"STAGES": stages, "ONE_PASS": one_pass} if direction == "bwd" else {}
             out.append(Variant(
                 name=f"{op}_{dtype}_{mode}_d{block_d}_h{heads}_w{warps}{f'_r{maxnreg}' if maxnreg else ''}"
                      f"{f'_s{stages}' if stages and stages > 1 else ''}"
+                     f"{'' if one_pass is None else ('_1p' if one_pass else '_2p')}"
                      f"{'_a16' if aligned else '_u'}",
                 dtype=dtype,
                 kernel=f"_rms_norm_rope_{direction}",
                 when=f"dtype == {DTYPES[dtype]} && {width}",
                 grid=_grid(direction, heads),
-                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved,
-                                **({"STAGES": stages} if direction == "bwd" else {})),
+                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved, **bwd),
                 num_warps=warps,
                 maxnreg=maxnreg,
                 aligned=_ALIGNED[direction],

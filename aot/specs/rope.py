@@ -20,13 +20,20 @@ from .core import DTYPES, Op, Param, Variant
 # head_dim <= 32 keeps the same 512 pairs a warp, not timed.  sm80/sm89 (not measured) use the
 # same table.
 # ---------------------------------------------------------------------------------
+# The last column caps the 16-bit aligned variants' registers a thread (maxnreg, below).
 ROPE_BLOCKS = (
-    (16, 16, 32, 1),     # head_dim <= 32
-    (32, 32, 16, 1),     # head_dim <= 64
-    (64, 64, 8, 1),      # head_dim <= 128 (80, 96, 112, 128)
-    (None, 128, 8, 2),   # wider: head_dim 256 in one step, wider heads in several
+    (16, 16, 32, 1, None),   # head_dim <= 32 (not timed; capped at 72 it would spill 24-32 bytes)
+    (32, 32, 16, 1, 72),     # head_dim <= 64
+    (64, 64, 8, 1, 72),      # head_dim <= 128 (80, 96, 112, 128)
+    (None, 128, 8, 2, 72),   # wider: head_dim 256 in one step, wider heads in several
 )
 ROPE_UNALIGNED = (64, 8, 2)   # BLOCK_N, HEADS, num_warps for layouts without 16-byte alignment
+# maxnreg: 16-bit aligned variants take at most 72 registers a thread.  Uncapped the
+# one-warp tiles took 80-87, 24 blocks an SM; capped, every block slot of the SM fills.  The
+# same tiles through the JIT with caps 56-72 (docs/results/rope_maxnreg_h100.jsonl, bf16,
+# 16384 tokens x 32/8 heads): head_dim 128 86.7 -> 93.5% of copy (64/8 heads 88.0 -> 94.5%),
+# 64 82.7 -> 85.4%, 256 92.0 -> 95.1%, 2048 tokens x 128 74.3 -> 77.9%; 72 was best at every
+# shape, 64 and 56 gained less.  fp32 (not timed) stays uncapped.
 
 _ROPE_PARAMS = (
     Param("q", "ptr"), Param("k", "ptr"), Param("cos", "ptr"), Param("sin", "ptr"),
@@ -46,10 +53,12 @@ _ALIGNED = ("q", "k", "cos", "sin", "q_out", "k_out",
             "stride_cb", "stride_cs", "N", "D")
 
 
-def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, warps: int, width: str,
+def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, warps: int, maxnreg, width: str,
              aligned: bool) -> Variant:
+    maxnreg = maxnreg if aligned and dtype != "fp32" else None
     return Variant(
-        name=f"{op}_{dtype}_n{block_n}_h{heads}_w{warps}{'_a16' if aligned else '_u'}",
+        name=f"{op}_{dtype}_n{block_n}_h{heads}_w{warps}{f'_r{maxnreg}' if maxnreg else ''}"
+             f"{'_a16' if aligned else '_u'}",
         dtype=dtype,
         kernel="_rope",
         when=f"dtype == {DTYPES[dtype]} && {width}",
@@ -57,6 +66,7 @@ def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, w
         grid=(f"M * fa_cdiv(Hq + Hk, {heads})", "1", "1"),
         constexprs=dict(BLOCK_N=block_n, HEADS=heads, INTERLEAVED=interleaved),
         num_warps=warps,
+        maxnreg=maxnreg,
         aligned=_ALIGNED,
         unaligned=not aligned,
     )
@@ -67,11 +77,11 @@ def _rope_variants(op: str, interleaved: bool) -> tuple[Variant, ...]:
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
         lower = 0
-        for upper, block_n, heads, warps in ROPE_BLOCKS:
+        for upper, block_n, heads, warps, maxnreg in ROPE_BLOCKS:
             width = f"N > {lower}" + (f" && N <= {upper}" if upper else "")
-            out.append(_variant(op, dtype, interleaved, block_n, heads, warps, width, True))
+            out.append(_variant(op, dtype, interleaved, block_n, heads, warps, maxnreg, width, True))
             lower = upper
-        out.append(_variant(op, dtype, interleaved, *ROPE_UNALIGNED, "N > 0", False))
+        out.append(_variant(op, dtype, interleaved, *ROPE_UNALIGNED, None, "N > 0", False))
     return tuple(out)
 
 

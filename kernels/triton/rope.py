@@ -392,6 +392,9 @@ def _rms_norm_rope_bwd(
     W,                        # weight length: D (per_head) or H*D
     BLOCK_D: tl.constexpr, HEADS: tl.constexpr, INTERLEAVED: tl.constexpr,
     STAGES: tl.constexpr,     # software pipelining depth of the one-pass loop over the row
+    ONE_PASS: tl.constexpr,   # the variant's calls have whole groups in the tile and full rotary
+                              # (D <= BLOCK_D, 2 * pairs == D, per_head or H <= HEADS: the spec's
+                              # conditions); otherwise the two-pass form for any group
 ):
     HALF: tl.constexpr = BLOCK_D // 2
     D = N
@@ -401,9 +404,8 @@ def _rms_norm_rope_bwd(
     pid = tl.program_id(0)
     cid = tl.program_id(1)
     part = dw_partial + (pid.to(tl.int64) * C + cid) * W
-    group = tl.where(per_head, HEADS, H)      # heads normalised together (per_head: a chunk)
-    n_group = tl.where(per_head, D, H * D)
-    if (D <= BLOCK_D) & (2 * pairs == D) & (per_head | (H <= HEADS)):
+    n_group = tl.where(per_head, D, H * D)   # values a norm is over
+    if ONE_PASS:
         # one pass: a tile of heads holds whole groups (per head, or the whole row), so dy and
         # x are read once; dw's terms stay in registers until the program's last token
         acc1 = tl.zeros([HEADS, HALF], tl.float32)
@@ -437,18 +439,19 @@ def _rms_norm_rope_bwd(
     else:
         _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
                       stride_dxs, stride_wh, stride_cb, stride_cs, stride_pb, M, S, H, D, pairs, P, eps, per_head,
-                      has_pos, half_table, group, n_group, pid, G, cid, C, W, BLOCK_D, HEADS, INTERLEAVED)
+                      has_pos, half_table, n_group, pid, G, cid, C, W, BLOCK_D, HEADS, INTERLEAVED)
 
 
 @triton.jit
 def _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
                   stride_dxs, stride_wh, stride_cb, stride_cs, stride_pb, M, S, H, D, pairs, P, eps, per_head,
-                  has_pos, half_table, group, n_group, pid, G, cid, C, W,
+                  has_pos, half_table, n_group, pid, G, cid, C, W,
                   BLOCK_D: tl.constexpr, HEADS: tl.constexpr, INTERLEAVED: tl.constexpr):
     """The backward of any group and rotary_dim: per token, the group's sums over chunks of
     heads and columns, then dx (its reads mostly from L1); dw's terms added into the program's
     partial row in memory."""
     HALF: tl.constexpr = BLOCK_D // 2
+    group = tl.where(per_head, HEADS, H)   # heads normalised together (per_head: a chunk)
     for c0 in range(0, W, BLOCK_D):
         cols = c0 + tl.arange(0, BLOCK_D)
         tl.store(part + cols, tl.zeros([BLOCK_D], tl.float32), mask=cols < W)
