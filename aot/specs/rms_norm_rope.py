@@ -12,8 +12,13 @@ from .core import DTYPES, Op, Param, Variant
 # few: python/fusedaot/ops/rms_norm_rope.py), each with its own fp32 row of dweight's partial
 # sums.  A tile of whole groups with full rotary (as the forward's fast path) is read once and
 # keeps dweight's terms in registers until the program ends; any other group takes two passes
-# per token and adds its terms into the partial row in memory.  The layout is a constexpr: one
-# C function per layout and direction.
+# per token and adds its terms into the partial row in memory.  The two forms are separate
+# variants (ONE_PASS): a one-pass tile takes only the calls it holds whole with full rotary, and
+# the last row of a head_dim range in "bwd" (the two-pass tile) every other call of the range
+# (_bwd_paths), so no image carries code its calls never run (both in one image doubled the
+# family's compile time and size; partial rotary over the row ran 1.28-1.51x faster on the
+# 16-head two-pass tile, docs/benchmarks.md).  The layout is a constexpr: one C function per
+# layout and direction.
 #
 # RMS_NORM_ROPE_TILES[table][mode]: rows (largest head_dim, largest head count, BLOCK_D, HEADS,
 # num_warps, last), None for no bound; last is maxnreg in the forward tables (None: no register
