@@ -181,8 +181,9 @@ def test_unsupported_device_type_and_table_grad():
 # per_head), odd head dims, partial rotary, a head wider than the largest tile (512), one
 # without 16-byte alignment (72 -> 36 pairs... and 72 values), tiny heads.
 SHAPES = [(32, 128, 128), (64, 128, 128), (40, 128, 128), (8, 128, 128), (17, 128, 128), (24, 96, 64),
-          (16, 128, 128), (33, 128, 128), (4, 64, 64), (6, 80, 80), (5, 96, 96),
-          (2, 256, 256), (4, 128, 64), (3, 96, 32), (2, 512, 512), (2, 512, 128), (2, 72, 72), (1, 2, 2)]
+          (16, 128, 128), (33, 128, 128), (4, 64, 64), (6, 80, 80), (5, 96, 96), (24, 64, 64), (20, 256, 256),
+          (24, 128, 64), (2, 256, 256), (4, 128, 64), (3, 96, 32), (2, 512, 512), (2, 512, 128), (2, 72, 72),
+          (1, 2, 2)]
 
 
 @pytest.mark.requires_cuda
@@ -190,9 +191,12 @@ SHAPES = [(32, 128, 128), (64, 128, 128), (40, 128, 128), (8, 128, 128), (17, 12
 @pytest.mark.parametrize("per_head", [False, True], ids=["row", "per_head"])
 @pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
 @pytest.mark.parametrize("h,d,r", SHAPES, ids=[f"{h}x{d}r{r}" for h, d, r in SHAPES])
-def test_forward_shapes(h, d, r, interleaved, per_head, dtype):
-    x, w = inputs(2, 13, h, d, dtype, "cuda", per_head)
-    cos, sin = rope_tables(13, r, dtype, "cuda", interleaved=interleaved)
+@pytest.mark.parametrize("seq", [13, 80], ids=["26tokens", "160tokens"])
+def test_forward_shapes(seq, h, d, r, interleaved, per_head, dtype):
+    # 26 tokens take the 16-bit forward's few-token tiles where it has them (up to 128 tokens,
+    # aot/specs/rms_norm_rope.py), 160 the others
+    x, w = inputs(2, seq, h, d, dtype, "cuda", per_head)
+    cos, sin = rope_tables(seq, r, dtype, "cuda", interleaved=interleaved)
     check(x, w, cos, sin, d, per_head, None, interleaved, r if r < d else None)
 
 

@@ -58,7 +58,7 @@ def _calls(op, dtypes):
     switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)),
                                                     ("per_head", (0, 1)),
                                                     ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65)),
-                                                    ("M", (1, 8, 9, 64, 65, 512, 513, 1024, 1025)),
+                                                    ("M", (1, 8, 9, 64, 65, 128, 129, 512, 513, 1024, 1025)),
                                                     ("W", (1, 1024, 1025)))
                 if re.search(rf"\b{name}\b", conditions)]
     for dtype, n, per_pair, misalign, stride_pad, null_w, *picked in itertools.product(
