@@ -278,10 +278,12 @@ BWD = [(32, 128, 128), (64, 128, 128), (8, 128, 128), (16, 128, 128), (17, 128, 
 @pytest.mark.parametrize("per_head", [False, True], ids=["row", "per_head"])
 @pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
 @pytest.mark.parametrize("h,d,r", BWD, ids=[f"{h}x{d}r{r}" for h, d, r in BWD])
-def test_backward(h, d, r, interleaved, per_head, dtype):
-    x, w = inputs(2, 13, h, d, dtype, "cuda", per_head)
+@pytest.mark.parametrize("seq", [13, 80], ids=["26tokens", "160tokens"])
+def test_backward(seq, h, d, r, interleaved, per_head, dtype):
+    # as test_forward_shapes: few-token tiles at 26 tokens, the others at 160
+    x, w = inputs(2, seq, h, d, dtype, "cuda", per_head)
     cos, sin = rope_tables(40, r, dtype, "cuda", kind="random", interleaved=interleaved)
-    pos = torch.randint(0, 40, (2, 13), device="cuda")
+    pos = torch.randint(0, 40, (2, seq), device="cuda")
     check_backward(x, w, cos, sin, d, per_head, pos, interleaved, r if r < d else None)
 
 

@@ -78,25 +78,34 @@ RMS_NORM_ROPE_TILES = {
                     (None, None, 256, 8, 4, 1))},
 }
 RMS_NORM_ROPE_UNALIGNED = (128, 32, 8)
-# The 16-bit forward at few tokens (M <= RMS_NORM_ROPE_FEW_TOKENS): each program (a token, per
-# head a token's chunk of heads) has an SM to itself, so the kernel takes one program's latency,
-# and tiles with more warps, or with all of a row's heads, finish sooner.  Rows (norm mode,
-# head_dim range, head-count range, (BLOCK_D, HEADS, num_warps)); ranges are (lower, upper],
-# None unbounded.  Timed in CUDA graphs through the JIT, bf16, 1-512 tokens against the tiles
-# above (docs/results/rms_norm_rope_fwd_few_tokens_h100.jsonl), us at 1 / 128 tokens: over the
-# row 32 heads of 64 3.73 -> 2.59 / 3.88 -> 2.99, of 128 3.38 -> 2.64 / 3.94 -> 3.20 (512 tokens
-# 5.07 -> 4.30), 64 heads of 128 5.74 -> 3.18 / 6.12 -> 3.98, 32 of 256 5.30 -> 2.84 / 5.70 ->
-# 3.87; per head at head_dim 256 4.26 -> 2.38 / 4.73 -> 3.32.  Per head at head_dim 64-128 the
-# best tiles gained 3-7% and were slower at some token counts: those keep the tiles above, as
-# do row counts not measured here (up to 16 heads, 33-64 heads of 64).
+# Few tokens (M <= RMS_NORM_ROPE_FEW_TOKENS): each program (a token, per head a token's chunk
+# of heads) has an SM to itself, so the kernel takes one program's latency, and tiles with more
+# warps, or with all of a row's heads, finish sooner.  RMS_NORM_ROPE_FEW[table]: rows (norm
+# mode, head_dim range, head-count range, (BLOCK_D, HEADS, num_warps, last)), ranges (lower,
+# upper], None unbounded, last as in RMS_NORM_ROPE_TILES; "fwd16" the 16-bit forward, "bwd"
+# the backward's one-pass form (full rotary only).  Timed in CUDA graphs through the JIT,
+# bf16, against the tiles above, us at 1 / 128 tokens:
+# - forward (docs/results/rms_norm_rope_fwd_few_tokens_h100.jsonl): over the row 32 heads of 64
+#   3.73 -> 2.59 / 3.88 -> 2.99, of 128 3.38 -> 2.64 / 3.94 -> 3.20 (512 tokens 5.07 -> 4.30), 64
+#   heads of 128 5.74 -> 3.18 / 6.12 -> 3.98, 32 of 256 5.30 -> 2.84 / 5.70 -> 3.87; per head at
+#   head_dim 256 4.26 -> 2.38 / 4.73 -> 3.32.  Per head at head_dim 64-128 the best tiles gained
+#   3-7% and were slower at some token counts: those keep the tiles above;
+# - backward over the row (docs/results/rms_norm_rope_bwd_few_tokens_h100.jsonl, the backward
+#   kernel alone): 32 heads of 128 4.52 -> 3.37 / 5.37 -> 4.09, 64 of 128 5.18 -> 4.40 / 6.77 ->
+#   5.70, 32 of 64 3.15 -> 2.73 / 3.59 -> 3.19, 32 of 256 4.99 -> 4.43 / 6.21 -> 5.70.
+# Head counts not measured here (up to 16 heads, 33-64 heads of 64) keep the tiles above.
 RMS_NORM_ROPE_FEW_TOKENS = 128
-RMS_NORM_ROPE_FEW = (
-    ("row", (0, 64), (16, 32), (64, 32, 1)),
-    ("row", (64, 128), (16, 32), (128, 32, 2)),
-    ("row", (64, 128), (32, 64), (128, 64, 4)),
-    ("row", (128, 256), (16, 32), (256, 32, 4)),
-    ("head", (128, 256), (0, None), (256, 8, 4)),
-)
+RMS_NORM_ROPE_FEW = {
+    "fwd16": (("row", (0, 64), (16, 32), (64, 32, 1, None)),
+              ("row", (64, 128), (16, 32), (128, 32, 2, None)),
+              ("row", (64, 128), (32, 64), (128, 64, 4, None)),
+              ("row", (128, 256), (16, 32), (256, 32, 4, None)),
+              ("head", (128, 256), (0, None), (256, 8, 4, None))),
+    "bwd": (("row", (0, 64), (16, 32), (64, 32, 4, 2)),
+            ("row", (64, 128), (16, 32), (128, 32, 4, 2)),
+            ("row", (64, 128), (32, 64), (128, 64, 8, 2)),
+            ("row", (128, 256), (16, 32), (256, 32, 8, 2))),
+}
 # dweight's reduction of the (G*C, W) partial rows: (largest W, columns per program, partial
 # rows per step, warps).  Per head the rows are D wide and thousands tall, so narrow programs
 # give the reduction more SMs; timed in CUDA graphs (docs/results/rms_norm_rope_dw_h100.jsonl):
@@ -176,43 +185,45 @@ def _meets(a_lo, a_hi, b_lo, b_hi) -> bool:
     return (b_hi is None or a_lo < b_hi) and (a_hi is None or b_lo < a_hi)
 
 
-def _few_tokens(mode: str, n_lo=0, n_hi=None, h_lo=0, h_hi=None) -> list:
-    """[(condition, (BLOCK_D, HEADS, num_warps))] of the few-token forward tiles of this norm
-    mode whose ranges meet head_dim (n_lo, n_hi] and head count (h_lo, h_hi]."""
+def _few_tokens(table: str, mode: str, n_lo=0, n_hi=None, h_lo=0, h_hi=None) -> list:
+    """[(condition, (BLOCK_D, HEADS, num_warps, last))] of the table's few-token tiles of this
+    norm mode whose ranges meet head_dim (n_lo, n_hi] and head count (h_lo, h_hi]; the
+    backward's conditions also ask for full rotary (they are one-pass tiles)."""
     out = []
-    for few_mode, (lo, hi), (few_h_lo, few_h_hi), tile in RMS_NORM_ROPE_FEW:
+    for few_mode, (lo, hi), (few_h_lo, few_h_hi), tile in RMS_NORM_ROPE_FEW.get(table, ()):
         if few_mode == mode and _meets(n_lo, n_hi, lo, hi) and _meets(h_lo, h_hi, few_h_lo, few_h_hi):
             cond = (f"M <= {RMS_NORM_ROPE_FEW_TOKENS} && N > {lo} && N <= {hi}"
-                    + (f" && H > {few_h_lo}" if few_h_lo else "") + (f" && H <= {few_h_hi}" if few_h_hi else ""))
+                    + (f" && H > {few_h_lo}" if few_h_lo else "") + (f" && H <= {few_h_hi}" if few_h_hi else "")
+                    + (" && 2 * pairs == N" if table == "bwd" else ""))
             out.append((cond, tile))
     return out
 
 
 def _configs(direction: str, dtype: str):
     """[(mode, condition, (BLOCK_D, HEADS, num_warps, last), one_pass)]: aligned calls by norm
-    mode and the ranges of RMS_NORM_ROPE_TILES (the 16-bit forward's few-token calls by
-    RMS_NORM_ROPE_FEW, mode "<mode>_few"), unaligned ones to one tile; one_pass (the backward's
-    ONE_PASS) is None in the forward."""
+    mode and the ranges of RMS_NORM_ROPE_TILES (few-token calls by RMS_NORM_ROPE_FEW, mode
+    "<mode>_few"), unaligned ones to one tile; one_pass (the backward's ONE_PASS) is None in the
+    forward."""
     table = "bwd" if direction == "bwd" else ("fwd32" if dtype == "fp32" else "fwd16")
     configs = []
     for mode, rows in RMS_NORM_ROPE_TILES[table].items():
         test = "per_head != 0" if mode == "head" else "per_head == 0"
-        if table == "fwd16":
-            configs += [(f"{mode}_few", f"{test} && {cond}", tile + (None,), None)
-                        for cond, tile in _few_tokens(mode)]
+        configs += [(f"{mode}_few", f"{test} && {cond}", tile, True if direction == "bwd" else None)
+                    for cond, tile in _few_tokens(table, mode)]
         for n_lo, n_hi, tiles in _ranges(rows):
             width = f"{test} && N > {n_lo}" + (f" && N <= {n_hi}" if n_hi else "")
             for h_lo, h_hi, tile in tiles:
                 if direction == "fwd":
                     cond = width + (f" && H > {h_lo}" if h_lo else "") + (f" && H <= {h_hi}" if h_hi else "")
-                    if table == "fwd16":   # calls a few-token tile takes
-                        cond += "".join(f" && !({few})" for few, _ in _few_tokens(mode, n_lo, n_hi, h_lo, h_hi))
+                    cond += "".join(f" && !({few})" for few, _ in _few_tokens(table, mode, n_lo, n_hi, h_lo, h_hi))
                     configs.append((mode, cond, tile, None))
                     continue
                 if {t[0] for *_, t in tiles} != {tile[0]}:
                     raise ValueError("rms_norm_rope bwd: one BLOCK_D per head_dim range")
                 bounds = (f" && H > {h_lo}" if h_lo and h_hi else "") + (f" && H <= {h_hi}" if h_hi else "")
                 for path, one_pass in _bwd_paths(mode, n_hi, h_lo, h_hi, tile[0], tile[1], h_hi is None):
+                    if one_pass:   # calls a few-token tile takes
+                        path += "".join(f" && !({few})" for few, _ in _few_tokens(table, mode, n_lo, n_hi, h_lo, h_hi))
                     configs.append((mode, f"{width}{bounds} && {path}", tile, one_pass))
     block_d, heads, warps = RMS_NORM_ROPE_UNALIGNED
     if direction == "fwd":
