@@ -164,10 +164,10 @@ def _ranges(rows):
     return out
 
 
-def _bwd_paths(mode, n_hi, h_lo, h_hi, block_d, heads, last_row):
+def _bwd_paths(mode, n_hi, h_lo, h_hi, block_d, heads):
     """[(condition, one_pass)] of a backward tile: the one-pass form where its calls have whole
-    groups in the tile and full rotary, and, on a head_dim range's last row, the two-pass form
-    for every other call of the range."""
+    groups in the tile and full rotary, and, on a head_dim range's last row (no head-count
+    bound), the two-pass form for every other call of the range."""
     whole = "2 * pairs == N" + (f" && N <= {block_d}" if n_hi is None or n_hi > block_d else "")
     other = "2 * pairs != N" + (f" || N > {block_d}" if n_hi is None or n_hi > block_d else "")
     paths = []
@@ -175,7 +175,7 @@ def _bwd_paths(mode, n_hi, h_lo, h_hi, block_d, heads, last_row):
         paths.append((whole, True))
     elif h_hi:
         raise ValueError(f"rms_norm_rope bwd: a tile of {heads} heads cannot hold {h_hi} heads in one pass")
-    if last_row:
+    if h_hi is None:
         paths.append((f"(H > {h_lo} || {other})" if h_lo else f"({other})", False))
     return paths
 
@@ -212,16 +212,17 @@ def _configs(direction: str, dtype: str):
                     for cond, tile in _few_tokens(table, mode)]
         for n_lo, n_hi, tiles in _ranges(rows):
             width = f"{test} && N > {n_lo}" + (f" && N <= {n_hi}" if n_hi else "")
+            if direction == "bwd" and len({tile[0] for *_, tile in tiles}) > 1:
+                raise ValueError("rms_norm_rope bwd: one BLOCK_D per head_dim range (the two-pass tile's "
+                                 "condition reads it)")
             for h_lo, h_hi, tile in tiles:
                 if direction == "fwd":
                     cond = width + (f" && H > {h_lo}" if h_lo else "") + (f" && H <= {h_hi}" if h_hi else "")
                     cond += "".join(f" && !({few})" for few, _ in _few_tokens(table, mode, n_lo, n_hi, h_lo, h_hi))
                     configs.append((mode, cond, tile, None))
                     continue
-                if {t[0] for *_, t in tiles} != {tile[0]}:
-                    raise ValueError("rms_norm_rope bwd: one BLOCK_D per head_dim range")
                 bounds = (f" && H > {h_lo}" if h_lo and h_hi else "") + (f" && H <= {h_hi}" if h_hi else "")
-                for path, one_pass in _bwd_paths(mode, n_hi, h_lo, h_hi, tile[0], tile[1], h_hi is None):
+                for path, one_pass in _bwd_paths(mode, n_hi, h_lo, h_hi, tile[0], tile[1]):
                     if one_pass:   # calls a few-token tile takes
                         path += "".join(f" && !({few})" for few, _ in _few_tokens(table, mode, n_lo, n_hi, h_lo, h_hi))
                     configs.append((mode, f"{width}{bounds} && {path}", tile, one_pass))
