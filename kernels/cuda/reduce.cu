@@ -14,7 +14,7 @@
 //   block adds its rows' sums in shared memory, a fixed tree.
 // Either splits the reduced dimension into S chunks when that is what fills the GPU or bounds
 // the length of a sequential sum: with S = 1 the kernel writes out itself; otherwise it writes
-// per-chunk partial sums (S, outputs) and reduce_finish adds them in chunk order.
+// per-chunk partial sums (S, outputs) and reduce_finish adds them in a fixed order.
 #include "elementwise.cuh"
 
 #define RED_UNROLL 4  // loads in flight per thread
@@ -72,32 +72,37 @@ __device__ __forceinline__ void reduce_rows(const T* __restrict__ x, T* __restri
 
 template <typename T, int VEC, int KIND>
 __device__ __forceinline__ void reduce_cols(const T* __restrict__ x, T* __restrict__ out,
-                                            typename Acc<T>::type* __restrict__ partial, i64 stride_o,
-                                            i64 stride_r, i64 M, i64 R, i64 N, i64 chunk, int L) {
+                                            typename Acc<T>::type* __restrict__ partial,
+                                            typename Acc<T>::type* rows_sum,  // shared, EW_THREADS * VEC
+                                            i64 stride_o, i64 stride_r, i64 M, i64 R, i64 N, i64 chunk, int L) {
   typedef typename Acc<T>::type A;
-  __shared__ A rows_sum[EW_THREADS * VEC];
   const int TY = EW_THREADS / L;
   const int tx = threadIdx.x % L, ty = threadIdx.x / L;
   const i64 tiles = (N + (i64)L * VEC - 1) / ((i64)L * VEC);
   const i64 o = blockIdx.x / tiles, col = ((blockIdx.x % tiles) * L + tx) * VEC;
-  const i64 s = blockIdx.y, r0 = s * chunk, r1 = r0 + chunk < R ? r0 + chunk : R;
+  const i64 r0 = blockIdx.y * chunk + ty, r1 = r0 - ty + chunk < R ? r0 - ty + chunk : R;
   A acc[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) acc[i] = 0;
+  auto add = [&](const Vec<T, VEC>& v) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] += term<KIND>(to_acc(v.v[i]));
+  };
   if (col < N) {  // vector variants have N % VEC == 0: the whole vector is in range
-    const T* p = x + o * stride_o + col;
-    for (i64 r = r0 + ty; r < r1; r += (i64)TY * RED_UNROLL) {
+    // this thread's rows are r0, r0 + TY, ...: whole trips of RED_UNROLL loads, then a tail
+    const T* p = x + o * stride_o + r0 * stride_r + col;
+    const i64 step = TY * stride_r;
+    i64 left = r1 > r0 ? (r1 - r0 + TY - 1) / TY : 0;
+    for (; left >= RED_UNROLL; left -= RED_UNROLL, p += RED_UNROLL * step) {
       Vec<T, VEC> in[RED_UNROLL];
 #pragma unroll
-      for (int k = 0; k < RED_UNROLL; ++k)
-        if (r + k * TY < r1) in[k] = load_vec<T, VEC>(p + (r + k * TY) * stride_r);
+      for (int k = 0; k < RED_UNROLL; ++k) in[k] = load_vec<T, VEC>(p + k * step);
 #pragma unroll
-      for (int k = 0; k < RED_UNROLL; ++k) {
-        if (r + k * TY >= r1) break;
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[i] += term<KIND>(to_acc(in[k].v[i]));
-      }
+      for (int k = 0; k < RED_UNROLL; ++k) add(in[k]);
     }
+#pragma unroll
+    for (int k = 0; k < RED_UNROLL - 1; ++k)
+      if (k < left) add(load_vec<T, VEC>(p + k * step));
   }
   // the block's TY row sums of each column, added by a fixed tree
 #pragma unroll
@@ -115,29 +120,36 @@ __device__ __forceinline__ void reduce_cols(const T* __restrict__ x, T* __restri
     for (int i = 0; i < VEC; ++i) {
       const A total = rows_sum[tx * VEC + i];
       if (gridDim.y == 1) out[o * N + col + i] = from_acc<T>(finalize<KIND>(total, R));
-      else partial[(s * M + o) * N + col + i] = total;
+      else partial[(blockIdx.y * M + o) * N + col + i] = total;
     }
   }
 }
 
-// out[j] = finalize(sum over s of partial[s, j]): eight running sums over s = k mod 8, then
-// added pairwise (a fixed order, and a chain of at most S / 8 + 3 additions).
+// out[j] = finalize(sum over s of partial[s, j]).  A block is FINISH_COLS outputs by
+// FINISH_GROUPS groups of chunks: group g adds chunks s = g, g + FINISH_GROUPS, ... in order, and
+// the group sums are added by a fixed tree, so the order never depends on timing.  The groups
+// keep S / 8 loads a thread instead of S: at 16384 x 1024 (S = 66 chunks, 1024 outputs) one
+// thread an output left the GPU waiting on chains of 66 loads.
+#define FINISH_COLS 32
+#define FINISH_GROUPS (EW_THREADS / FINISH_COLS)
 template <typename T, int KIND>
 __device__ __forceinline__ void reduce_finish(const typename Acc<T>::type* __restrict__ partial, T* __restrict__ out,
-                                              i64 M, i64 S, i64 R) {
+                                              typename Acc<T>::type (*sums)[FINISH_COLS + 1], i64 M, i64 S, i64 R) {
   typedef typename Acc<T>::type A;
-  const i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= M) return;
-  A acc[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) acc[k] = 0;
-  for (i64 s0 = 0; s0 < S; s0 += 8) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      if (s0 + k < S) acc[k] += partial[(s0 + k) * M + j];
+  const int tx = threadIdx.x % FINISH_COLS, g = threadIdx.x / FINISH_COLS;
+  const i64 j = (i64)blockIdx.x * FINISH_COLS + tx;
+  A acc = 0;
+  if (j < M) {
+#pragma unroll 4
+    for (i64 s = g; s < S; s += FINISH_GROUPS) acc += partial[s * M + j];
   }
-  const A total = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  out[j] = from_acc<T>(finalize<KIND>(total, R));
+  sums[g][tx] = acc;
+  __syncthreads();
+  for (int h = FINISH_GROUPS / 2; h > 0; h >>= 1) {
+    if (g < h) sums[g][tx] += sums[g + h][tx];
+    __syncthreads();
+  }
+  if (g == 0 && j < M) out[j] = from_acc<T>(finalize<KIND>(sums[0][tx], R));
 }
 
 // Backward: dx over (D0, D1, D2) = (M, R, N) for a non-last reduced dimension, or (M, 1, R) for
@@ -196,8 +208,9 @@ struct ReduceBwd {
   extern "C" __global__ void __launch_bounds__(EW_THREADS) reduce_cols_##NAME##_v##VEC(                        \
       const T* x, T* out, Acc<T>::type* partial, i64 stride_o, i64 stride_r, i64 M, i64 R, i64 N, i64 S,       \
       i64 chunk, int L, int kind) {                                                                            \
-    if (kind) reduce_cols<T, VEC, 1>(x, out, partial, stride_o, stride_r, M, R, N, chunk, L);                 \
-    else reduce_cols<T, VEC, 0>(x, out, partial, stride_o, stride_r, M, R, N, chunk, L);                      \
+    __shared__ Acc<T>::type rows_sum[EW_THREADS * VEC];                                                        \
+    if (kind) reduce_cols<T, VEC, 1>(x, out, partial, rows_sum, stride_o, stride_r, M, R, N, chunk, L);       \
+    else reduce_cols<T, VEC, 0>(x, out, partial, rows_sum, stride_o, stride_r, M, R, N, chunk, L);            \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) reduce_bwd_##NAME##_v##VEC(          \
       const T* dy, const T* x, T* dx, i64 stride_o, i64 stride_r, i64 stride_go, i64 gcol, i64 M, i64 R,       \
@@ -211,8 +224,9 @@ struct ReduceBwd {
 #define REDUCE_FINISH_INSTANCE(T, NAME)                                                                        \
   extern "C" __global__ void __launch_bounds__(EW_THREADS) reduce_finish_##NAME(                               \
       const Acc<T>::type* partial, T* out, i64 M, i64 S, i64 R, int kind) {                                    \
-    if (kind) reduce_finish<T, 1>(partial, out, M, S, R);                                                      \
-    else reduce_finish<T, 0>(partial, out, M, S, R);                                                           \
+    __shared__ Acc<T>::type sums[FINISH_GROUPS][FINISH_COLS + 1];                                              \
+    if (kind) reduce_finish<T, 1>(partial, out, sums, M, S, R);                                                \
+    else reduce_finish<T, 0>(partial, out, sums, M, S, R);                                                     \
   }
 
 REDUCE_INSTANCE(bf16_t, bf16, 8)

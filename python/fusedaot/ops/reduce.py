@@ -83,14 +83,14 @@ def _launch(lib, dev: int, x: torch.Tensor, dim: int, keepdim: bool, kind: int) 
                              partial.data_ptr() if partial is not None else 0, stride_o, m, r, s, chunk, lanes, kind)
     else:
         # columns: blocks of L threads along the inner dimension by 256 / L along the reduced
-        # one; R is split in S chunks to fill the GPU (about 4 blocks an SM: at 4096x4096 bf16
-        # on an H100 that took 16.3 us, 8 blocks an SM 22.1 us, as each chunk adds a partial row
-        # that reduce_finish reads serially) or bound a sum
+        # one; R is split in S chunks to fill the GPU (about 2 blocks an SM: 3-24% faster than
+        # 4 or 8 on an H100 from 2048x11008 to 8192x8192 bf16, as every chunk adds a partial
+        # row for reduce_finish to read) or bound a sum
         lanes = min(32, _pow2_ceil(_cdiv(n, vec)))
         rows_per_trip = _THREADS // lanes
         blocks = m * _cdiv(n, lanes * vec)
         s = max(_cdiv(r, rows_per_trip * _MAX_SERIAL),
-                min(_cdiv(sms * 4, blocks), _cdiv(r, rows_per_trip * _UNROLL)))
+                min(_cdiv(sms * 2, blocks), _cdiv(r, rows_per_trip * _UNROLL)))
         chunk = _cdiv(r, min(s, 65535))
         s = _cdiv(r, chunk)
         partial = torch.empty((s, m * n), dtype=acc_dtype(x.dtype), device=x.device) if s > 1 else None
