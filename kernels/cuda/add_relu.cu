@@ -5,7 +5,7 @@
 //   da = dy * [y > 0]         (ReLU's gradient from its output, as torch's threshold_backward:
 //                             0 where y <= 0, dy elsewhere, NaN y included)
 //   db = da                   (b of a's shape: the caller reuses da)
-//   db = sum over rows of da  (broadcast b: per row group into db_partial, summed by the caller)
+//   db = sum over rows of da  (broadcast b: per row group into db_partial, added by reduce_finish)
 //
 // Arithmetic in fp32 (fp64 for fp64); y is rounded once.  NaN propagates (a NaN sum is not <= 0).
 #include "elementwise.cuh"

@@ -5,7 +5,7 @@
 //        exact: u Phi(u) = 0.5 u (1 + erf(u / sqrt 2))
 //        tanh:  0.5 u (1 + tanh(z)) = u * sigmoid(2z),  z = k (u + 0.044715 u^3),  k = sqrt(2 / pi)
 //   dx = dy * gelu'(u)
-//   dbias = sum over rows of dx        (per row group into dbias_partial, summed by the caller)
+//   dbias = sum over rows of dx        (per row group into dbias_partial, added by reduce_finish)
 //
 // Layout: a thread owns VEC consecutive columns (one 16-byte access when aligned) and
 // walks rows blockIdx.y, blockIdx.y + gridDim.y, ...; its bias stays in registers.

@@ -5,7 +5,7 @@
 //   t  = tanh(a * b)          recomputed in the backward from a and b (fp32, not the rounded y)
 //   da = dy * (1 - t^2) * b
 //   db = dy * (1 - t^2) * a   (b of a's shape)
-//   db = sum over rows of it  (broadcast b: per row group into db_partial, summed by the caller)
+//   db = sum over rows of it  (broadcast b: per row group into db_partial, added by reduce_finish)
 //
 // Arithmetic in fp32 (fp64 for fp64); each output is rounded once.
 #include "elementwise.cuh"

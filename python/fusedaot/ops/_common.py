@@ -137,6 +137,21 @@ def dtype_code(x: torch.Tensor) -> int:
     return _CODES[x.dtype]
 
 
+def sum_partials(lib, dev: int, op: str, partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N,) in `dtype`: the column sums of a kernel's (G, N) partial sums (fp32, fp64 for fp64),
+    added in a fixed order and rounded once, in one launch (`reduce_finish`, kind 0) where
+    `partial.sum(0).to(dtype)` takes two; none where G is 1 and `dtype` is the partials' own."""
+    g, n = partial.shape
+    if g == 1 and partial.dtype == dtype:
+        return partial.view(n)
+    out = torch.empty(n, dtype=dtype, device=partial.device)
+    rc = lib.reduce_finish(_lib.current_stream(dev), dev, _CODES[dtype], partial.data_ptr(), out.data_ptr(),
+                           n, g, 1, 0)
+    if rc:
+        raise lib.error(rc, op)
+    return out
+
+
 def register(name: str, forward, fake, backward, backward_fake, save, grad):
     """Register `fusedaot::<name>` and `fusedaot::<name>_backward` as torch.library ops and
     return (the forward op, an autograd.Function for eager training).

@@ -12,7 +12,7 @@ import torch
 from .. import _lib, reference
 from ._binary import (acc_dtype, check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
                       row_groups, row_stride_or_0)
-from ._common import autograd_needed, is_compiling, native, register, rows
+from ._common import autograd_needed, is_compiling, native, register, rows, sum_partials
 
 OP = "add_relu"
 
@@ -48,7 +48,7 @@ def _backward(dy: torch.Tensor, y: torch.Tensor, broadcast: bool) -> tuple[torch
     partial = torch.empty((g, n), dtype=acc_dtype(y.dtype), device=y.device)
     _launch_bwd(lib, dev, dy2, y2, da, partial.data_ptr(), row_stride_or_0(dy2), row_stride_or_0(y2), m, n,
                 g)
-    return da, partial.sum(0).to(y.dtype)
+    return da, sum_partials(lib, dev, OP + " backward", partial, y.dtype)
 
 
 def _launch_bwd(lib, dev, dy2, y2, da, partial_ptr, sdy, sy, m, n, g):

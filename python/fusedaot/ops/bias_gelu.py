@@ -10,7 +10,7 @@ import torch
 
 from .. import _lib, reference
 from ._common import (autograd_needed, check_input, check_vector, direct, dtype_code, is_compiling, launch_rows,
-                      native, register, row_stride, rows)
+                      native, register, row_stride, rows, sum_partials)
 
 OP = "bias_gelu"
 _APPROXIMATE = {"none": 0, "tanh": 1}
@@ -54,7 +54,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
                            m, n, _APPROXIMATE[approximate], g)
     if rc:
         raise lib.error(rc, OP + " backward")
-    return dx.view(x.shape), partial.sum(0).to(bias.dtype)
+    return dx.view(x.shape), sum_partials(lib, dev, OP + " backward", partial, bias.dtype)
 
 
 def _fake(x, bias, approximate):

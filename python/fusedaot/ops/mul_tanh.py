@@ -12,7 +12,7 @@ import torch
 from .. import _lib, reference
 from ._binary import (acc_dtype, check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
                       row_groups, row_stride_or_0)
-from ._common import autograd_needed, is_compiling, native, register, rows
+from ._common import autograd_needed, is_compiling, native, register, rows, sum_partials
 
 OP = "mul_tanh"
 
@@ -48,7 +48,7 @@ def _backward(dy: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch
     partial = torch.empty((g, n), dtype=acc_dtype(a.dtype), device=a.device)
     _launch_bwd(lib, dev, dy2, a2, b2, da, 0, partial.data_ptr(), row_stride_or_0(dy2), row_stride_or_0(a2), 0,
                 m, n, g)
-    return da, partial.sum(0).to(b.dtype)
+    return da, sum_partials(lib, dev, OP + " backward", partial, b.dtype)
 
 
 def _launch_bwd(lib, dev, dy2, a2, b2, da, db_ptr, partial_ptr, sdy, sa, sb, m, n, g):
