@@ -352,15 +352,22 @@ def _bwd_pass(dy_rows, x_rows, w_rows, dx_rows, part, h, rstd, c, D, pairs, row_
 
 
 @triton.jit
+def _token_tables(t, cos, sin, pos, stride_cb, stride_cs, stride_pb, S, P, has_pos):
+    """Token t = b * S + s: (b, s), its rows of the cos and sin tables, and whether its position
+    is inside them."""
+    b = (t // S).to(tl.int64)
+    s = (t % S).to(tl.int64)
+    r, ok = _table_row(pos, b, s, stride_pb, P, has_pos)
+    return b, s, cos + b * stride_cb + r * stride_cs, sin + b * stride_cb + r * stride_cs, ok
+
+
+@triton.jit
 def _bwd_token(t, dy, x, dx, cos, sin, pos, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb, stride_dxs,
                stride_cb, stride_cs, stride_pb, S, P, pairs, has_pos, half_table,
                INTERLEAVED: tl.constexpr, HALF: tl.constexpr):
     """Token t's rows of dy, x and dx, and its transposed table values (one-pass backward)."""
-    b = (t // S).to(tl.int64)
-    s = (t % S).to(tl.int64)
-    r, ok = _table_row(pos, b, s, stride_pb, P, has_pos)
-    c1, c2, s1, s2 = _tables(cos + b * stride_cb + r * stride_cs, sin + b * stride_cb + r * stride_cs, 0, pairs, ok,
-                             half_table, True, INTERLEAVED, HALF)
+    b, s, cos_row, sin_row, ok = _token_tables(t, cos, sin, pos, stride_cb, stride_cs, stride_pb, S, P, has_pos)
+    c1, c2, s1, s2 = _tables(cos_row, sin_row, 0, pairs, ok, half_table, True, INTERLEAVED, HALF)
     return (dy + b * stride_dyb + s * stride_dys, x + b * stride_xb + s * stride_xs,
             dx + b * stride_dxb + s * stride_dxs, c1, c2, s1, s2)
 
@@ -456,14 +463,10 @@ def _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, str
         cols = c0 + tl.arange(0, BLOCK_D)
         tl.store(part + cols, tl.zeros([BLOCK_D], tl.float32), mask=cols < W)
     for t in range(pid, M, G):
-        b = (t // S).to(tl.int64)
-        s = (t % S).to(tl.int64)
+        b, s, cos_row, sin_row, ok = _token_tables(t, cos, sin, pos, stride_cb, stride_cs, stride_pb, S, P, has_pos)
         dy_row = dy + b * stride_dyb + s * stride_dys
         x_row = x + b * stride_xb + s * stride_xs
         dx_row = dx + b * stride_dxb + s * stride_dxs
-        r, ok = _table_row(pos, b, s, stride_pb, P, has_pos)
-        cos_row = cos + b * stride_cb + r * stride_cs
-        sin_row = sin + b * stride_cb + r * stride_cs
         for g0 in range(cid * group, H, C * group):
             # pass 1: the group's two sums
             ss = tl.zeros([HEADS], tl.float32)
