@@ -226,10 +226,26 @@ def test_layer_norm_backward_split_agrees_with_the_python_layer():
     assert widest == specs.layer_norm.LAYER_NORM_SPLIT_ABOVE
 
 
-def test_layer_norm_loop_takes_no_unroll_factor(monkeypatch):
-    """Only rms_norm's looped forward unrolls (UNROLL); a LayerNorm table entry asking for it is
-    an error at build time, not a factor silently dropped."""
-    monkeypatch.setattr(specs.layer_norm, "tuning",
-                        lambda arch: {"layer_norm_fwd": {"2": {"loop": [1, 32, 1, 16384, 4]}}})
-    with pytest.raises(ValueError, match="the looped LayerNorm kernels do not unroll"):
-        specs.layer_norm.layer_norm_configs("sm90", "fwd", "bf16")
+def test_layer_norm_only_the_wide_forward_unrolls(monkeypatch):
+    """Only the forward's "loop_wide" entry unrolls (the kernel's UNROLL); a LayerNorm table
+    entry asking for it elsewhere is an error at build time, not a factor silently dropped."""
+    for direction, table in (("fwd", {"loop": [1, 32, 1, 16384, 4]}),
+                             ("bwd", {"loop_wide_above": 32768, "loop_wide": [1, 32, 1, 16384, 2]})):
+        monkeypatch.setattr(specs.layer_norm, "tuning", lambda arch: {f"layer_norm_{direction}": {"2": table}})
+        with pytest.raises(ValueError, match="only the forward's \"loop_wide\" entry may unroll"):
+            specs.layer_norm.layer_norm_configs("sm90", direction, "bf16")
+
+
+def test_layer_norm_dtype_entry_overrides_its_size(monkeypatch):
+    """A dtype's own entry ("bf16") adds keys to its element size's ("2"): bf16 gets the wide
+    loop, fp16 keeps the shared one, and unaligned rows drop it."""
+    monkeypatch.setattr(specs.layer_norm, "tuning", lambda arch: {"layer_norm_fwd": {
+        "2": {"loop": [1, 16]}, "bf16": {"loop_wide_above": 32768, "loop_wide": [1, 32, 1, 16384, 2]}}})
+    loops = lambda dtype, aligned=True: [c for c in specs.layer_norm.layer_norm_configs("sm90", "fwd", dtype, aligned)
+                                         if c[4]]
+    assert loops("bf16") == [(specs.layer_norm.LAYER_NORM_LOOP[0], 1, 16, 1, True, 32768, None),
+                             (16384, 1, 32, 1, True, None, 2)]
+    assert loops("fp16") == [(specs.layer_norm.LAYER_NORM_LOOP[0], 1, 16, 1, True, None, None)]
+    assert loops("bf16", aligned=False) == loops("fp16", aligned=False)
+    wide = [v for op in specs.OPS if op.name == "layer_norm_fwd" for v in op.variants if v.constexprs.get("UNROLL")]
+    assert wide and all(v.dtype == "bf16" and "N > 32768" in v.when and not v.unaligned for v in wide)

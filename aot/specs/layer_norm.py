@@ -58,11 +58,16 @@ def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = Tr
     looped forward gained nothing, docs/results/norm_loop_unroll_everywhere_ab_h100.jsonl); and optionally
     "loop_mid": [ROWS, num_warps, num_stages, chunk, widest N], a looped form with a smaller
     chunk for the rows between, where more programs per SM hide the latency of each row's two
-    reductions while the rows they hold still fit in L2 for the second pass.  An "unaligned"
-    entry, where present, serves the unaligned variants instead: its keys replace those above
-    and "loop_mid" is dropped (16-bit accesses of unaligned rows favour other tiles than the
-    aligned variants' vectors)."""
-    table = dict(tuning(arch).get(f"layer_norm_{direction}", {}).get(str(ELEM_BYTES[dtype]), {}))
+    reductions while the rows they hold still fit in L2 for the second pass; "loop_wide", in
+    "loop"'s form plus an unroll factor of the forward's second pass, for rows wider than
+    "loop_wide_above".  The table is keyed by element size ("2", "4"); a dtype's own entry
+    ("bf16") adds or replaces keys of its size's (bf16 and fp16 differ at 65536-wide rows).
+    "loop_wide" serves aligned rows only.  An "unaligned" entry, where present, serves the
+    unaligned variants instead: its keys replace those above and "loop_mid" is dropped (16-bit
+    accesses of unaligned rows favour other tiles than the aligned variants' vectors)."""
+    tables = tuning(arch).get(f"layer_norm_{direction}", {})
+    table = dict(tables.get(str(ELEM_BYTES[dtype]), {}))
+    table.update(tables.get(dtype, {}))
     unaligned = table.pop("unaligned", None)
     if unaligned and not aligned:
         table.pop("loop_mid", None)
@@ -74,11 +79,14 @@ def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = Tr
     if "loop_mid" in table:
         rows, warps, stages, chunk, upto = table["loop_mid"]
         out.append((chunk, rows, warps, stages, True, upto, None))
-    chunk, rows, warps, stages, unroll = loop_entry(table.get("loop", (1, LAYER_NORM_LOOP[1])), LAYER_NORM_LOOP[0])
-    if unroll:
-        raise ValueError(f"{arch} layer_norm_{direction}: the looped LayerNorm kernels do not unroll "
-                         f"(unrolling its forward gained nothing); drop the unroll factor {unroll}")
-    out.append((chunk, rows, warps, stages, True, None, None))
+    wide = "loop_wide" in table and aligned   # unrolled 16-bit accesses of unaligned rows would not fit
+    loops = [("loop", table["loop_wide_above"]), ("loop_wide", None)] if wide else [("loop", None)]
+    for key, upper in loops:
+        chunk, rows, warps, stages, unroll = loop_entry(table.get(key, (1, LAYER_NORM_LOOP[1])), LAYER_NORM_LOOP[0])
+        if unroll and (direction != "fwd" or key != "loop_wide"):
+            raise ValueError(f"{arch} layer_norm_{direction}: only the forward's \"loop_wide\" entry may unroll "
+                             f"(unrolling the other looped forms gained nothing); drop the unroll factor {unroll}")
+        out.append((chunk, rows, warps, stages, True, upper, unroll))
     return out
 
 
@@ -135,16 +143,18 @@ def _row_variants(direction: str) -> tuple[Variant, ...]:
     out = []
     for arch, dtype, aligned in itertools.product(ARCHES, _DTYPES, (True, False)):
         lower = 0
-        for block, rows, warps, stages, looped, upper, _ in layer_norm_configs(arch, direction, dtype, aligned):
+        for block, rows, warps, stages, looped, upper, unroll in layer_norm_configs(arch, direction, dtype, aligned):
             width = f"N > {lower}" + ("" if upper is None else f" && N <= {upper}")
             tag = ((f"loop{block}" + ("" if upper is None else f"_n{lower + 1}_{upper}")) if looped
-                   else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "")
+                   else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "") + \
+                (f"_u{unroll}" if unroll else "")
             lower = upper
             out.append(_variant(
                 f"layer_norm_{direction}", dtype, tag, [width], params, aligned,
                 kernel=f"_layer_norm_{direction}",
                 grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
-                constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped),
+                constexprs=dict(BLOCK_N=block, ROWS=rows, LOOPED=looped,
+                                **(dict(UNROLL=unroll) if direction == "fwd" else {})),
                 num_warps=warps, num_stages=stages, arches=(arch,)))
     return merge_arches(out)
 

@@ -122,6 +122,7 @@ def _layer_norm_fwd(
     BLOCK_N: tl.constexpr,   # columns per block (>= N unless LOOPED)
     ROWS: tl.constexpr,      # rows per program
     LOOPED: tl.constexpr,
+    UNROLL: tl.constexpr,    # looped form: phase 2's chunks unrolled, their loads in flight at once (None: 1)
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
@@ -130,7 +131,7 @@ def _layer_norm_fwd(
     if LOOPED:
         # phase 1: mean and rstd in one pass; phase 2: re-read (from L2), normalise, store
         mean, rstd = _looped_stats(x_rows, row_ok, N, eps, BLOCK_N)
-        for start in range(0, N, BLOCK_N):
+        for start in tl.range(0, N, BLOCK_N, loop_unroll_factor=UNROLL):
             cols = start + tl.arange(0, BLOCK_N)
             mask = row_ok[:, None] & (cols[None, :] < N)
             xv = _load_rows(x_rows, cols[None, :], mask, False)
