@@ -83,9 +83,9 @@ def _launch(lib, dev: int, x: torch.Tensor, dim: int, keepdim: bool, kind: int) 
                              partial.data_ptr() if partial is not None else 0, stride_o, m, r, s, chunk, lanes, kind)
     else:
         # columns: blocks of L threads along the inner dimension by 256 / L along the reduced
-        # one; R is split in S chunks to fill the GPU (about 2 blocks an SM: 3-24% faster than
-        # 4 or 8 on an H100 from 2048x11008 to 8192x8192 bf16, as every chunk adds a partial
-        # row for reduce_finish to read) or bound a sum
+        # one; R is split in S chunks to fill the GPU (about 2 blocks an SM: on an H100, bf16,
+        # 2-18% faster than 4 or 8 at 4096x4096 to 8192x8192 and 18-48% at 16384x1024, as
+        # every chunk adds a partial row for reduce_finish to read) or bound a sum
         lanes = min(32, _pow2_ceil(_cdiv(n, vec)))
         rows_per_trip = _THREADS // lanes
         blocks = m * _cdiv(n, lanes * vec)
