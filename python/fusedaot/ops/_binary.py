@@ -95,12 +95,6 @@ def vector_layout(a: torch.Tensor, *others: torch.Tensor):
     return m, n, [(t, row_stride_or_0(t)) for t in ts] + [(v.contiguous(), 0)]
 
 
-def row_groups(m: int, n: int, dev: int) -> int:
-    """Row groups of a broadcast operand's column-sum kernel: about 8K columns' worth of threads
-    an SM, at most 65535 (grid.y) and at most one a row."""
-    return max(1, min(m, 65535, _lib.sm_count(dev) * 8192 // max(n, 1)))
-
-
 def dtype_code(t: torch.Tensor) -> int:
     return _CODES[t.dtype]
 

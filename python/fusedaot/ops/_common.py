@@ -137,6 +137,12 @@ def dtype_code(x: torch.Tensor) -> int:
     return _CODES[x.dtype]
 
 
+def row_groups(m: int, n: int, dev: int) -> int:
+    """Row groups of a column-sum kernel (a broadcast operand's or bias's gradient): about 8K columns' worth of threads
+    an SM, at most 65535 (grid.y) and at most one a row."""
+    return max(1, min(m, 65535, _lib.sm_count(dev) * 8192 // max(n, 1)))
+
+
 def sum_partials(lib, dev: int, op: str, partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(N,) in `dtype`: the column sums of a kernel's (G, N) partial sums (fp32, fp64 for fp64),
     added in a fixed order and rounded once, in one launch (`reduce_finish`, kind 0) where

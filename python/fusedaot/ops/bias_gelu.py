@@ -10,7 +10,7 @@ import torch
 
 from .. import _lib, reference
 from ._common import (autograd_needed, check_input, check_vector, direct, dtype_code, is_compiling, launch_rows,
-                      native, register, row_stride, rows, sum_partials)
+                      native, register, row_groups, row_stride, rows, sum_partials)
 
 OP = "bias_gelu"
 _APPROXIMATE = {"none": 0, "tanh": 1}
@@ -46,8 +46,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
     x2, dy2, b = rows(x), rows(dy), bias.contiguous()
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    # Row groups: about 8K columns' worth of threads per SM, at most 65535 (grid.y).
-    g = max(1, min(m, 65535, _lib.sm_count(dev) * 8192 // max(n, 1)))
+    g = row_groups(m, n, dev)
     partial = torch.empty((g, n), dtype=torch.float32, device=x.device)
     rc = lib.bias_gelu_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
                            b.data_ptr(), dx.data_ptr(), partial.data_ptr(), row_stride(dy2), row_stride(x2),

@@ -11,8 +11,8 @@ import torch
 
 from .. import _lib, reference
 from ._binary import (acc_dtype, check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
-                      row_groups, row_stride_or_0)
-from ._common import autograd_needed, is_compiling, native, register, rows, sum_partials
+                      row_stride_or_0)
+from ._common import autograd_needed, is_compiling, native, register, row_groups, rows, sum_partials
 
 OP = "mul_tanh"
 
