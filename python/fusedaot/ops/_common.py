@@ -138,8 +138,8 @@ def dtype_code(x: torch.Tensor) -> int:
 
 
 def row_groups(m: int, n: int, dev: int) -> int:
-    """Row groups of a column-sum kernel (a broadcast operand's or bias's gradient): about 8K columns' worth of threads
-    an SM, at most 65535 (grid.y) and at most one a row."""
+    """Row groups of a column-sum kernel (the gradient of a broadcast operand or of a bias):
+    about 8K columns' worth of threads an SM, at most 65535 (grid.y) and at most one a row."""
     return max(1, min(m, 65535, _lib.sm_count(dev) * 8192 // max(n, 1)))
 
 
