@@ -6,7 +6,8 @@ composition a user writes and torch.compile of it.
                                            [--out results.jsonl]
 
 Shapes: (2048, 2048) fp32 (the seed table), 16M elements (4096 x 4096) and 256M elements
-(65536 x 4096) bf16; bwd (forward + backward) at 16M; host: host time per call at 1 x 4096
+(65536 x 4096) bf16; bwd (forward + backward) at 16M, and for a broadcast (N,) b (whose
+gradient is a column sum) over rows from 1 x 14336 to 8192 x 28672; host: host time per call at 1 x 4096
 bf16, with and without a CUDA graph.  Byte models count each input read once and each output
 written once; the eager column's unfused byte count is given with each op, and the ratio
 "fused bytes removed" = eager bytes / fused bytes is the speedup over eager that the fusion can
@@ -29,6 +30,10 @@ import harness as H  # noqa: E402
 
 SEED = ((2048, 2048), torch.float32)
 SHAPES = (((4096, 4096), torch.bfloat16), ((65536, 4096), torch.bfloat16))  # 16M, 256M elements
+# forward + backward of a broadcast (N,) operand, whose gradient is a column sum: few rows
+# (launch-bound) to many, as bench_bias_gelu.py's tokens x ffn
+BROADCAST_BWD = (((1, 14336), torch.bfloat16), ((128, 11008), torch.bfloat16), ((4096, 4096), torch.bfloat16),
+                 ((2048, 14336), torch.bfloat16), ((8192, 28672), torch.bfloat16))
 HOST_SHAPE = (1, 4096)
 P = 0.1  # dropout probability
 
@@ -71,6 +76,11 @@ def cases(fa):
                          lambda m, n, e: 8 * m * n * e,
                          "read a, b, write y: 3MNe; eager mul + tanh: 5MNe; fwd+bwd adds read dy, a, b, "
                          "write da, db: 8MNe"),
+        "mul_tanh(b: N)": Case("ab_row", lambda a, b: fa.mul_tanh(a, b), lambda a, b: torch.tanh(a * b),
+                               lambda m, n, e: (2 * m * n + n) * e, lambda m, n, e: (4 * m * n + n) * e,
+                               lambda m, n, e: (5 * m * n + 3 * n) * e,
+                               "read a, b (N), write y: (2MN + N)e; eager: (4MN + N)e; fwd+bwd adds read dy, a, "
+                               "b (N), write da, db (N): (5MN + 3N)e"),
         "gelu_dropout": Case("x", lambda x: fa.gelu_dropout(x, P), lambda x: F.dropout(F.gelu(x), P, training=True),
                              lambda m, n, e: 2 * m * n * e, lambda m, n, e: 4 * m * n * e + m * n * (e + 1),
                              lambda m, n, e: 5 * m * n * e,
@@ -170,7 +180,8 @@ def bench_bwd(report, fa, name, case, m, n, dtype, l2):
         return
     impls = {"fusedaot": fused if fa else "fusedaot unavailable", "eager": eager, "compile": H.fresh_compile(eager)}
     impls = {k: H.with_grad(f) if callable(f) else f for k, f in impls.items()}
-    times, ok = H.measure(report, impls, sets, where, scale=math.inf if name == "gelu_dropout" else 2.0)
+    times, ok = H.measure(report, impls, sets, where, ref=H.with_grad_fp32(eager),
+                          scale=math.inf if name == "gelu_dropout" else 2.0)
     report.case(name + " fwd+bwd", (m, n), dtype, times, case.bwd_bytes(m, n, es), ok=ok)
     del sets
     torch.cuda.empty_cache()
@@ -180,7 +191,7 @@ def bench_host(report, fa, name, case, dtype):
     kind, fused, eager = case.kind, case.fused, case.eager
     m, n = HOST_SHAPE
     args = make_inputs(kind, m, n, dtype)()
-    op_name = {"add_relu(b: N)": "add_relu"}.get(name, name.split("(")[0])
+    op_name = name.split("(")[0]
     op = getattr(getattr(torch.ops, "fusedaot", None), op_name, None) if fa else None
     via_op = "torch.ops.fusedaot op not registered"
     if op is not None:
@@ -202,7 +213,8 @@ def main():
     names = list(cases(None))
     p.add_argument("--ops", type=H.csv_of(*names), default=",".join(names), help="comma list of " + ", ".join(names))
     p.add_argument("--modes", type=H.csv_of("fwd", "bwd", "host"), default="fwd,bwd,host",
-                   help="comma list of fwd, bwd (forward + backward at 16M), host")
+                   help="comma list of fwd, bwd (forward + backward: at 16M, and over rows for a "
+                        "broadcast b), host")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_elementwise: no CUDA device is visible; run it on a machine with a GPU")
@@ -226,11 +238,12 @@ def main():
             c = table[name]
             print(f"- {name}: {c.text}; ratio {c.eager_bytes(4096, 4096, 2) / c.fused_bytes(4096, 4096, 2):.2f}")
     if "bwd" in args.modes:
-        report.section("forward + backward, 16M elements bf16", "fused forward + backward (see each op)",
-                       ["eager", "compile"])
+        report.section("forward + backward, bf16 (16M elements; a broadcast b over rows)",
+                       "fused forward + backward (see each op)", ["eager", "compile"])
         for name in [o for o in ops if o != "bias_gelu"]:
-            (m, n), dtype = SHAPES[0]
-            bench_bwd(report, fa, name, table[name], m, n, dtype, header["l2_bytes"])
+            shapes = BROADCAST_BWD if name.endswith("(b: N)") and not args.quick else SHAPES[:1]
+            for (m, n), dtype in shapes:
+                bench_bwd(report, fa, name, table[name], m, n, dtype, header["l2_bytes"])
         report.end_section()
     if "host" in args.modes:
         report.section(f"host time per call, {HOST_SHAPE[0]}x{HOST_SHAPE[1]} bf16 (2,000 back-to-back calls, "

@@ -225,6 +225,16 @@ def with_grad(f):
     return lambda *a: torch.autograd.grad(f(*a[:-1]), a[:-1], a[-1])
 
 
+def with_grad_fp32(f):
+    """with_grad(f) computed on fp32 copies of the inputs, rounded once to their dtype: a
+    reference for gradients that eager in bf16 rounds at every step (tanh's 1 - y^2 from a
+    rounded y loses most of its bits where |y| is near 1)."""
+    def grads(*a):
+        ins = [t.detach().float().requires_grad_() for t in a[:-1]]
+        return tuple(g.to(t.dtype) for g, t in zip(torch.autograd.grad(f(*ins), ins, a[-1].float()), a))
+    return grads
+
+
 def fresh_compile(fn):
     """torch.compile(fn) anew for one shape and dtype, or why not: clearing dynamo's cache keeps
     earlier shapes from reaching the recompile limit (which would fall back to eager silently).
@@ -241,13 +251,14 @@ def fresh_compile(fn):
 def measure(report, impls: dict, sets: list, where: str, ref="eager", scale=1.0, host=False):
     """Time every impl on the same inputs. An impl given as a string is n/a for that reason, one
     that raises is n/a with its error. Device timing (host=False) also checks each output (the
-    first, if several) against impl `ref`'s on the first set and returns (times, ok); host=True
-    returns (host time, graph time) per call on sets[0]."""
+    first, if several) against impl `ref`'s on the first set (or against ref(*set) where ref is
+    a callable: a more accurate form than any impl) and returns (times, ok); host=True returns
+    (host time, graph time) per call on sets[0]."""
     first = lambda out: out[0] if isinstance(out, (tuple, list)) else out  # noqa: E731
     a, b, expect = {}, {}, None
     if not host:
         try:
-            expect = first(impls[ref](*sets[0]))
+            expect = first((ref if callable(ref) else impls[ref])(*sets[0]))
         except Exception:
             pass  # reported when `ref` itself is measured
     for name, f in impls.items():

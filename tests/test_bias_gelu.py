@@ -225,7 +225,7 @@ def test_forward_beyond_2_31_elements():
 
 # --- GPU backward -------------------------------------------------------------------------
 
-BWD = [(m, n) for m in (0, 1, 37, 1024, 4096) for n in (1, 7, 8, 1000, 4096, 4097, 65536) if m * n <= 1 << 24]
+BWD = [(m, n) for m in (0, 1, 37, 129, 1024, 4096) for n in (1, 7, 8, 1000, 4096, 4097, 65536) if m * n <= 1 << 24]
 
 
 @pytest.mark.requires_cuda

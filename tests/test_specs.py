@@ -212,6 +212,22 @@ def test_ada_layer_norm_loop_constants_agree_with_the_kernel():
     assert "sum_loop_c" + cols.group(1) in source
 
 
+def test_colsum_constants_agree_with_the_kernel():
+    """colsum_loop's block is COLSUM_LANES(VEC) threads across by EW_THREADS / COLSUM_LANES down,
+    EW_UNROLL rows a thread a trip: the spec's grid (colsum_cols columns a block) and the Python
+    layer's row groups (COLSUM_TRIP rows a trip of a block, for the 16-byte variants) must
+    count the same, or the grid would leave columns out or the threads make more trips."""
+    source = (REPO / "kernels/cuda/elementwise.cuh").read_text()
+    lanes = re.search(r"^#define COLSUM_LANES\(VEC\) \(\(VEC\) > 1 \? (\d+) : (\d+)\)", source, re.M)
+    threads = re.search(r"^#define EW_THREADS (\d+)", source, re.M)
+    unroll = re.search(r"^#define EW_UNROLL (\d+)", source, re.M)
+    assert lanes and threads and unroll, "kernels/cuda/elementwise.cuh no longer defines the colsum constants"
+    wide, narrow = int(lanes.group(1)), int(lanes.group(2))
+    assert [specs.elementwise.colsum_cols(v) for v in (1, 2, 4, 8)] == [narrow, 2 * wide, 4 * wide, 8 * wide]
+    ops = importlib.import_module("fusedaot.ops._common")
+    assert ops.COLSUM_TRIP == int(threads.group(1)) // wide * int(unroll.group(1))
+
+
 def test_layer_norm_backward_split_agrees_with_the_python_layer():
     """python/fusedaot/ops/layer_norm.py sends rows wider than its _SPLIT_ABOVE to the two-kernel
     backward and sizes that grid by _DX_COLUMNS and _DX_ROWS; the spec stops the fused backward's

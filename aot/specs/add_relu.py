@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from .core import Op, Param
-from .elementwise import (DTYPES_WITH_FP64, THREADS, WHOLE_VECTORS, WHOLE_VECTORS_OR_ONE_ROW, ew_grid,
+from .elementwise import (DTYPES_WITH_FP64, WHOLE_VECTORS, WHOLE_VECTORS_OR_ONE_ROW, colsum_grid, ew_grid,
                           vector_scalar_pair)
 
 # ---------------------------------------------------------------------------------
 # add_relu: a (M, N) rows with a row stride; b the same, or (N,) broadcast (stride_b = 0).
 #
 # The forward and the backward for b of a's shape are flat elementwise loops (ew_loop);
-# the backward for a broadcast b (G > 0) walks rows per column block and writes fp32
-# (fp64 for fp64) per-row-group column sums of da into db_partial (G, N).
+# the backward for a broadcast b (G > 0) walks rows per column block (colsum_loop) and writes
+# the column sums of da into db (G == 1), or fp32 (fp64 for fp64) sums per row group into
+# db_partial (G, N).
 # ---------------------------------------------------------------------------------
 
 _FWD_PARAMS = (
@@ -18,7 +19,8 @@ _FWD_PARAMS = (
     Param("stride_a", "i64"), Param("stride_b", "i64"), Param("M", "i64"), Param("N", "i64"),
 )
 _BWD_PARAMS = (
-    Param("dy", "ptr"), Param("y", "ptr"), Param("da", "ptr"), Param("db_partial", "ptr", "fp32"),
+    Param("dy", "ptr"), Param("y", "ptr"), Param("da", "ptr"), Param("db", "ptr"),
+    Param("db_partial", "ptr", "fp32"),
     Param("stride_dy", "i64"), Param("stride_y", "i64"), Param("M", "i64"), Param("N", "i64"),
     Param("G", "i32"),
 )
@@ -35,7 +37,7 @@ def _variants(direction: str):
                                   ("stride_dy", "stride_y"), lambda v: ew_grid("M * N", v), WHOLE_VECTORS_OR_ONE_ROW, "G == 0")
         out += vector_scalar_pair("add_relu_bwd", "add_relu_bwd_cols", dtype, ("dy", "y", "da"),
                                   ("stride_dy", "stride_y"),
-                                  lambda v: (f"fa_cdiv(N, {THREADS * v})", "G", "1"), WHOLE_VECTORS, "G > 0")
+                                  colsum_grid, WHOLE_VECTORS, "G > 0")
     return tuple(out)
 
 OPS = (
@@ -43,5 +45,6 @@ OPS = (
        dtypes=DTYPES_WITH_FP64, doc="y = relu(a + b); b (M, N) or (N,) with stride_b = 0"),
     Op("add_relu_bwd", "cuda", "kernels/cuda/add_relu.cu", _BWD_PARAMS, _variants("bwd"),
        dtypes=DTYPES_WITH_FP64,
-       doc="da = dy * [y > 0]; G > 0: also per-row-group column sums of da, (G, N) fp32 (fp64 for fp64)"),
+       doc="da = dy * [y > 0]; G == 1: also db, the column sums of da; G > 1: those sums per row "
+           "group, (G, N) fp32 (fp64 for fp64)"),
 )

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
+from .elementwise import colsum_grid
 
 # ---------------------------------------------------------------------------------
 # bias_gelu (CUDA C++): y = gelu(x + bias), bias broadcast over rows.
 #
-# A block covers 256 threads x VEC columns and a few rows (the backward: loops over rows).  The aligned
-# variants move 16 bytes per access (VEC = 16 / sizeof(T)), the others one element.
+# A forward block covers 256 threads x VEC columns and a few rows; the backward is
+# elementwise.cuh's colsum_loop (dbias whole when G == 1, else per row group into
+# dbias_partial).  The aligned variants move 16 bytes per access (VEC = 16 / sizeof(T)), the
+# others one element.
 # ---------------------------------------------------------------------------------
 
 BIAS_GELU_THREADS = 256
@@ -20,7 +23,7 @@ _BG_FWD_PARAMS = (
     Param("stride_x", "i64"), Param("M", "i64"), Param("N", "i64"), Param("approximate", "i32"),
 )
 _BG_BWD_PARAMS = (
-    Param("dy", "ptr"), Param("x", "ptr"), Param("bias", "ptr"), Param("dx", "ptr"),
+    Param("dy", "ptr"), Param("x", "ptr"), Param("bias", "ptr"), Param("dx", "ptr"), Param("dbias", "ptr"),
     Param("dbias_partial", "ptr", "fp32"),
     Param("stride_dy", "i64"), Param("stride_x", "i64"),
     Param("M", "i64"), Param("N", "i64"), Param("approximate", "i32"), Param("G", "i32"),
@@ -42,7 +45,7 @@ def _bias_gelu_variants(direction: str) -> tuple[Variant, ...]:
                 dtype=dtype,
                 kernel=f"bias_gelu_{direction}_{dtype}_v{vec}",
                 when=f"dtype == {DTYPES[dtype]}",
-                grid=(f"fa_cdiv(N, {cols})", rows_fwd if direction == "fwd" else "G", "1"),
+                grid=(f"fa_cdiv(N, {cols})", rows_fwd, "1") if direction == "fwd" else colsum_grid(vec),
                 block=(str(BIAS_GELU_THREADS), "1", "1"),
                 aligned=ptrs + strides + ("N",),
                 unaligned=vec == 1,
@@ -54,5 +57,5 @@ OPS = (
     Op("bias_gelu_fwd", "cuda", "kernels/cuda/bias_gelu.cu", _BG_FWD_PARAMS,
        _bias_gelu_variants("fwd"), doc="y = gelu(x + bias)"),
     Op("bias_gelu_bwd", "cuda", "kernels/cuda/bias_gelu.cu", _BG_BWD_PARAMS,
-       _bias_gelu_variants("bwd"), doc="dx and per-row-group partial dbias (G, N) fp32"),
+       _bias_gelu_variants("bwd"), doc="dx, and dbias (G == 1) or per-row-group partial dbias (G, N) fp32"),
 )

@@ -22,6 +22,17 @@ def ew_grid(elements: str, vec: int) -> tuple[str, str, str]:
     return (f"fa_min(fa_cdiv({elements}, {vec * THREADS}), 2147483647)", "1", "1")
 
 
+def colsum_cols(vec: int) -> int:
+    """Columns of one colsum_loop block: COLSUM_LANES(VEC) threads of `vec` columns each
+    (kernels/cuda/elementwise.cuh)."""
+    return (8 if vec > 1 else 16) * vec
+
+
+def colsum_grid(vec: int) -> tuple[str, str, str]:
+    """colsum_loop's grid: a block for every colsum_cols(vec) columns and each of G row groups."""
+    return (f"fa_cdiv(N, {colsum_cols(vec)})", "G", "1")
+
+
 def alignment_test(pointers, integers, vec: int) -> str:
     """The C test that pointers are 16-byte aligned and integers multiples of `vec`."""
     return " && ".join([f"FA_ALIGNED16({p})" for p in pointers] + [f"({i} % {vec} == 0)" for i in integers])

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from .core import Op, Param
-from .elementwise import (DTYPES_WITH_FP64, THREADS, WHOLE_VECTORS, WHOLE_VECTORS_OR_ONE_ROW, ew_grid,
+from .elementwise import (DTYPES_WITH_FP64, WHOLE_VECTORS, WHOLE_VECTORS_OR_ONE_ROW, colsum_grid, ew_grid,
                           vector_scalar_pair)
 
 # ---------------------------------------------------------------------------------
 # mul_tanh: a (M, N) rows with a row stride; b the same, or (N,) broadcast (stride_b = 0).
 #
 # The forward and the backward for b of a's shape (da and db) are flat elementwise loops
-# (ew_loop); the backward for a broadcast b (G > 0) walks rows per column block, writes da
-# and fp32 (fp64 for fp64) per-row-group column sums of db into db_partial (G, N).
+# (ew_loop); the backward for a broadcast b (G > 0) walks rows per column block (colsum_loop),
+# writes da and the column sums of db into db (G == 1), or fp32 (fp64 for fp64) sums per row
+# group into db_partial (G, N).
 # ---------------------------------------------------------------------------------
 
 _FWD_PARAMS = (
@@ -38,7 +39,7 @@ def _variants(direction: str):
                                   WHOLE_VECTORS_OR_ONE_ROW, "G == 0")
         out += vector_scalar_pair("mul_tanh_bwd", "mul_tanh_bwd_cols", dtype, ("dy", "a", "b", "da"),
                                   ("stride_dy", "stride_a"),
-                                  lambda v: (f"fa_cdiv(N, {THREADS * v})", "G", "1"), WHOLE_VECTORS, "G > 0")
+                                  colsum_grid, WHOLE_VECTORS, "G > 0")
     return tuple(out)
 
 
@@ -47,6 +48,6 @@ OPS = (
        dtypes=DTYPES_WITH_FP64, doc="y = tanh(a * b); b (M, N) or (N,) with stride_b = 0"),
     Op("mul_tanh_bwd", "cuda", "kernels/cuda/mul_tanh.cu", _BWD_PARAMS, _variants("bwd"),
        dtypes=DTYPES_WITH_FP64,
-       doc="da = dy (1 - t^2) b, db = dy (1 - t^2) a, t = tanh(a b); G > 0: db as per-row-group "
-           "column sums, (G, N) fp32 (fp64 for fp64)"),
+       doc="da = dy (1 - t^2) b, db = dy (1 - t^2) a, t = tanh(a b); G == 1: db as column sums; "
+           "G > 1: those sums per row group, (G, N) fp32 (fp64 for fp64)"),
 )

@@ -5,7 +5,8 @@
 //   da = dy * [y > 0]         (ReLU's gradient from its output, as torch's threshold_backward:
 //                             0 where y <= 0, dy elsewhere, NaN y included)
 //   db = da                   (b of a's shape: the caller reuses da)
-//   db = sum over rows of da  (broadcast b: per row group into db_partial, added by reduce_finish)
+//   db = sum over rows of da  (broadcast b: into db when one row group covers M, else per row
+//                             group into db_partial, added by reduce_finish)
 //
 // Arithmetic in fp32 (fp64 for fp64); y is rounded once.  NaN propagates (a NaN sum is not <= 0).
 #include "elementwise.cuh"
@@ -79,22 +80,22 @@ struct AddReluBwdCols {
 
 // One extern "C" entry point per (dtype, vector width): the names the spec table uses.
 #define ADD_RELU_INSTANCE(T, NAME, VEC)                                                             \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_fwd_##NAME##_v##VEC(             \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_fwd_##NAME##_v##VEC( \
       const T* a, const T* b, T* y, i64 stride_a, i64 stride_b, i64 M, i64 N) {                     \
-    const BinaryParams<T> prm = {a, b, y, stride_a, stride_b, N};                        \
+    const BinaryParams<T> prm = {a, b, y, stride_a, stride_b, N};                                   \
     ew_loop<AddReluFwd, T, VEC>(prm, M, 1, N);                                                      \
   }                                                                                                 \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_bwd_##NAME##_v##VEC(             \
-      const T* dy, const T* y, T* da, Acc<T>::type* db_partial, i64 stride_dy, i64 stride_y, i64 M, \
-      i64 N, int G) {                                                                               \
-    const BwdParams<T> prm = {dy, y, da, stride_dy, stride_y, N};                     \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_bwd_##NAME##_v##VEC( \
+      const T* dy, const T* y, T* da, T* db, Acc<T>::type* db_partial, i64 stride_dy, i64 stride_y, \
+      i64 M, i64 N, int G) {                                                                        \
+    const BwdParams<T> prm = {dy, y, da, stride_dy, stride_y, N};                                   \
     ew_loop<AddReluBwd, T, VEC>(prm, M, 1, N);                                                      \
   }                                                                                                 \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_bwd_cols_##NAME##_v##VEC(        \
-      const T* dy, const T* y, T* da, Acc<T>::type* db_partial, i64 stride_dy, i64 stride_y, i64 M, \
-      i64 N, int G) {                                                                               \
-    const BwdParams<T> prm = {dy, y, da, stride_dy, stride_y, N};                     \
-    colsum_loop<AddReluBwdCols, T, VEC>(prm, db_partial, M, N, G);                                  \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_bwd_cols_##NAME##_v##VEC( \
+      const T* dy, const T* y, T* da, T* db, Acc<T>::type* db_partial, i64 stride_dy, i64 stride_y, \
+      i64 M, i64 N, int G) {                                                                        \
+    const BwdParams<T> prm = {dy, y, da, stride_dy, stride_y, N};                                   \
+    colsum_loop<AddReluBwdCols, T, VEC>(prm, db, db_partial, M, N, G);                              \
   }
 
 ADD_RELU_INSTANCE(bf16_t, bf16, 8)

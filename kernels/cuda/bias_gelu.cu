@@ -5,19 +5,20 @@
 //        exact: u Phi(u) = 0.5 u (1 + erf(u / sqrt 2))
 //        tanh:  0.5 u (1 + tanh(z)) = u * sigmoid(2z),  z = k (u + 0.044715 u^3),  k = sqrt(2 / pi)
 //   dx = dy * gelu'(u)
-//   dbias = sum over rows of dx        (per row group into dbias_partial, added by reduce_finish)
+//   dbias = sum over rows of dx        (into dbias when one row group covers M, else per row
+//                                       group into dbias_partial, added by reduce_finish)
 //
-// Layout: a thread owns VEC consecutive columns (one 16-byte access when aligned) and
-// walks rows blockIdx.y, blockIdx.y + gridDim.y, ...; its bias stays in registers.
+// Layout: a thread owns VEC consecutive columns (one 16-byte access when aligned); its bias
+// stays in registers.  The forward walks rows blockIdx.y, blockIdx.y + gridDim.y, ...; the
+// backward is elementwise.cuh's colsum_loop.
 //
 // The forward's grid has a block for every FWD_ROWS rows (up to grid.y's limit), so a block
 // makes one trip and the hardware schedules the blocks: at 256M bf16 elements this ran at
 // 96-100% of copy bandwidth on an H100, against 84-90% with 8 blocks per SM looping over the
 // rows (measured; docs/benchmarks.md).  The exact form, with more arithmetic, is fastest with
 // four rows' loads in flight per thread; the tanh form with two.
-#include "fa_common.cuh"
+#include "elementwise.cuh"
 
-#define ROW_UNROLL 4  // the backward's rows in flight
 #define FWD_ROWS(TANH) ((TANH) ? 2 : 4)
 
 // The tanh form as u * sigmoid(2z), since 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z)): one exp and one
@@ -103,45 +104,46 @@ __device__ __forceinline__ void bias_gelu_fwd(const T* __restrict__ x, const T* 
   }
 }
 
+// The backward's body for colsum_loop: dx, and each column's sum of dx over the block's rows.
+template <typename T>
+struct BiasGeluBwdParams {
+  const T* dy;
+  const T* x;
+  const T* bias;
+  T* dx;
+  i64 stride_dy, stride_x, N;
+};
+
 template <typename T, int VEC, bool TANH>
-__device__ __forceinline__ void bias_gelu_bwd(const T* __restrict__ dy, const T* __restrict__ x,
-                                              const T* __restrict__ bias, T* __restrict__ dx,
-                                              float* __restrict__ dbias_partial, i64 stride_dy,
-                                              i64 stride_x, i64 M, i64 N, int G) {
-  const i64 col = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
-  if (col >= N) return;
-  const Vec<T, VEC> b = load_vec<T, VEC>(bias + col);
-  float db[VEC];
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) db[i] = 0.0f;
-  for (i64 row0 = blockIdx.y; row0 < M; row0 += (i64)G * ROW_UNROLL) {
-    Vec<T, VEC> xin[ROW_UNROLL], gin[ROW_UNROLL];
-#pragma unroll
-    for (int r = 0; r < ROW_UNROLL; ++r) {
-      const i64 row = row0 + (i64)r * G;
-      if (row < M) {
-        xin[r] = load_vec<T, VEC>(x + row * stride_x + col);
-        gin[r] = load_vec<T, VEC>(dy + row * stride_dy + col);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < ROW_UNROLL; ++r) {
-      const i64 row = row0 + (i64)r * G;
-      if (row >= M) break;
-      Vec<T, VEC> out;
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const float g = to_float(gin[r].v[i]) * gelu_grad<TANH>(to_float(xin[r].v[i]) + to_float(b.v[i]));
-        out.v[i] = from_float<T>(g);
-        db[i] += g;
-      }
-      store_vec<T, VEC>(dx + row * N + col, out);
-    }
+struct BiasGeluBwdCols {
+  typedef BiasGeluBwdParams<T> Params;
+  struct Frag {
+    Vec<T, VEC> x, dy;
+  };
+  Params p;
+  Vec<T, VEC> b;
+  __device__ __forceinline__ BiasGeluBwdCols(const Params& prm, i64 col) : p(prm) {
+    b = load_vec<T, VEC>(p.bias + col);
   }
-  float* part = dbias_partial + (i64)blockIdx.y * N + col;
+  __device__ __forceinline__ void load(Frag& f, i64 row, i64 col) const {
+    f.x = load_vec<T, VEC>(p.x + row * p.stride_x + col);
+    f.dy = load_vec<T, VEC>(p.dy + row * p.stride_dy + col);
+  }
+  __device__ __forceinline__ void store(const Frag& f, i64 row, i64 col, float* acc) const {
+    Vec<T, VEC> out;
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) part[i] = db[i];
-}
+    for (int i = 0; i < VEC; ++i) {
+      const float g = to_float(f.dy.v[i]) * gelu_grad<TANH>(to_float(f.x.v[i]) + to_float(b.v[i]));
+      out.v[i] = from_float<T>(g);
+      acc[i] += g;
+    }
+    store_vec<T, VEC>(p.dx + row * p.N + col, out);
+  }
+};
+template <typename T, int VEC>
+using BiasGeluBwdExact = BiasGeluBwdCols<T, VEC, false>;
+template <typename T, int VEC>
+using BiasGeluBwdTanh = BiasGeluBwdCols<T, VEC, true>;
 
 // One extern "C" entry point per (dtype, vector width): the names the spec table uses.  The
 // approximate flag picks one of two separately compiled bodies once per thread, so neither
@@ -152,11 +154,12 @@ __device__ __forceinline__ void bias_gelu_bwd(const T* __restrict__ dy, const T*
     if (approximate) bias_gelu_fwd<T, VEC, true>(x, bias, y, stride_x, M, N);                     \
     else bias_gelu_fwd<T, VEC, false>(x, bias, y, stride_x, M, N);                                \
   }                                                                                               \
-  extern "C" __global__ void bias_gelu_bwd_##NAME##_v##VEC(                                      \
-      const T* dy, const T* x, const T* bias, T* dx, float* dbias_partial, i64 stride_dy,        \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, 3) bias_gelu_bwd_##NAME##_v##VEC( \
+      const T* dy, const T* x, const T* bias, T* dx, T* dbias, float* dbias_partial, i64 stride_dy, \
       i64 stride_x, i64 M, i64 N, int approximate, int G) {                                      \
-    if (approximate) bias_gelu_bwd<T, VEC, true>(dy, x, bias, dx, dbias_partial, stride_dy, stride_x, M, N, G); \
-    else bias_gelu_bwd<T, VEC, false>(dy, x, bias, dx, dbias_partial, stride_dy, stride_x, M, N, G); \
+    const BiasGeluBwdParams<T> prm = {dy, x, bias, dx, stride_dy, stride_x, N};                 \
+    if (approximate) colsum_loop<BiasGeluBwdTanh, T, VEC>(prm, dbias, dbias_partial, M, N, G);   \
+    else colsum_loop<BiasGeluBwdExact, T, VEC>(prm, dbias, dbias_partial, M, N, G);              \
   }
 
 BIAS_GELU_INSTANCE(bf16_t, bf16, 8)

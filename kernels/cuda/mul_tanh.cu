@@ -5,7 +5,8 @@
 //   t  = tanh(a * b)          recomputed in the backward from a and b (fp32, not the rounded y)
 //   da = dy * (1 - t^2) * b
 //   db = dy * (1 - t^2) * a   (b of a's shape)
-//   db = sum over rows of it  (broadcast b: per row group into db_partial, added by reduce_finish)
+//   db = sum over rows of it  (broadcast b: into db when one row group covers M, else per row
+//                             group into db_partial, added by reduce_finish)
 //
 // Arithmetic in fp32 (fp64 for fp64); each output is rounded once.
 #include "elementwise.cuh"
@@ -96,22 +97,22 @@ struct MulTanhBwdCols {
 
 // One extern "C" entry point per (dtype, vector width): the names the spec table uses.
 #define MUL_TANH_INSTANCE(T, NAME, VEC)                                                                        \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_fwd_##NAME##_v##VEC(         \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_fwd_##NAME##_v##VEC(        \
       const T* a, const T* b, T* y, i64 stride_a, i64 stride_b, i64 M, i64 N) {                                \
-    const BinaryParams<T> prm = {a, b, y, stride_a, stride_b, N};                                                 \
+    const BinaryParams<T> prm = {a, b, y, stride_a, stride_b, N};                                              \
     ew_loop<MulTanhFwd, T, VEC>(prm, M, 1, N);                                                                 \
   }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_bwd_##NAME##_v##VEC(         \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_bwd_##NAME##_v##VEC(        \
       const T* dy, const T* a, const T* b, T* da, T* db, Acc<T>::type* db_partial, i64 stride_dy,              \
       i64 stride_a, i64 stride_b, i64 M, i64 N, int G) {                                                       \
     const BwdParams<T> prm = {dy, a, b, da, db, stride_dy, stride_a, stride_b, N};                             \
     ew_loop<MulTanhBwd, T, VEC>(prm, M, 1, N);                                                                 \
   }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_bwd_cols_##NAME##_v##VEC(    \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_bwd_cols_##NAME##_v##VEC(   \
       const T* dy, const T* a, const T* b, T* da, T* db, Acc<T>::type* db_partial, i64 stride_dy,              \
       i64 stride_a, i64 stride_b, i64 M, i64 N, int G) {                                                       \
     const BwdParams<T> prm = {dy, a, b, da, db, stride_dy, stride_a, stride_b, N};                             \
-    colsum_loop<MulTanhBwdCols, T, VEC>(prm, db_partial, M, N, G);                                             \
+    colsum_loop<MulTanhBwdCols, T, VEC>(prm, db, db_partial, M, N, G);                                         \
   }
 
 MUL_TANH_INSTANCE(bf16_t, bf16, 8)

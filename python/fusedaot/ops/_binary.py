@@ -99,11 +99,6 @@ def dtype_code(t: torch.Tensor) -> int:
     return _CODES[t.dtype]
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The type of the kernels' partial sums: fp64 for fp64, else fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def launch_forward(lib, fn, op: str, dev: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """y = f(a, b) through the C function `fn` (add_relu_fwd, mul_tanh_fwd: the same arguments),
     b of a's shape or broadcast as (N,)."""

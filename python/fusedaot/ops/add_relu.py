@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from .. import _lib, reference
-from ._binary import (acc_dtype, check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
+from ._binary import (check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
                       row_stride_or_0)
-from ._common import autograd_needed, is_compiling, native, register, row_groups, rows, sum_partials
+from ._common import autograd_needed, column_sums, is_compiling, native, register, rows
 
 OP = "add_relu"
 
@@ -37,23 +37,22 @@ def _backward(dy: torch.Tensor, y: torch.Tensor, broadcast: bool) -> tuple[torch
     if not broadcast:
         if y.numel():
             m, n, ((y2, sy), (dy2, sdy)) = layout(y, dy)
-            _launch_bwd(lib, dev, dy2, y2, da, 0, sdy, sy, m, n, 0)
+            _launch_bwd(lib, dev, dy2, y2, da, 0, 0, sdy, sy, m, n, 0)
         return da, y.new_empty(0)
     n = y.shape[-1]
     if y.numel() == 0:
         return da, torch.zeros(n, dtype=y.dtype, device=y.device)
     y2, dy2 = rows(y), rows(dy)  # the column-sum kernel walks rows
     m = y2.shape[0]
-    g = row_groups(m, n, dev)
-    partial = torch.empty((g, n), dtype=acc_dtype(y.dtype), device=y.device)
-    _launch_bwd(lib, dev, dy2, y2, da, partial.data_ptr(), row_stride_or_0(dy2), row_stride_or_0(y2), m, n,
-                g)
-    return da, sum_partials(lib, dev, OP + " backward", partial, y.dtype)
+    db = column_sums(lib, dev, OP + " backward", m, n, y.dtype,
+                     lambda db_ptr, partial_ptr, g: _launch_bwd(lib, dev, dy2, y2, da, db_ptr, partial_ptr,
+                                                                row_stride_or_0(dy2), row_stride_or_0(y2), m, n, g))
+    return da, db
 
 
-def _launch_bwd(lib, dev, dy2, y2, da, partial_ptr, sdy, sy, m, n, g):
+def _launch_bwd(lib, dev, dy2, y2, da, db_ptr, partial_ptr, sdy, sy, m, n, g):
     rc = lib.add_relu_bwd(_lib.current_stream(dev), dev, dtype_code(y2), dy2.data_ptr(), y2.data_ptr(),
-                          da.data_ptr(), partial_ptr, sdy, sy, m, n, g)
+                          da.data_ptr(), db_ptr, partial_ptr, sdy, sy, m, n, g)
     if rc:
         raise lib.error(rc, OP + " backward")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from .. import _lib, reference
-from ._common import (autograd_needed, check_input, check_vector, direct, dtype_code, is_compiling, launch_rows,
-                      native, register, row_groups, row_stride, rows, sum_partials)
+from ._common import (autograd_needed, check_input, check_vector, column_sums, direct, dtype_code, is_compiling,
+                      launch_rows, native, register, row_stride, rows)
 
 OP = "bias_gelu"
 _APPROXIMATE = {"none": 0, "tanh": 1}
@@ -46,14 +46,15 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
     x2, dy2, b = rows(x), rows(dy), bias.contiguous()
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    g = row_groups(m, n, dev)
-    partial = torch.empty((g, n), dtype=torch.float32, device=x.device)
-    rc = lib.bias_gelu_bwd(_lib.current_stream(dev), dev, dtype_code(x), dy2.data_ptr(), x2.data_ptr(),
-                           b.data_ptr(), dx.data_ptr(), partial.data_ptr(), row_stride(dy2), row_stride(x2),
-                           m, n, _APPROXIMATE[approximate], g)
-    if rc:
-        raise lib.error(rc, OP + " backward")
-    return dx.view(x.shape), sum_partials(lib, dev, OP + " backward", partial, bias.dtype)
+    stream, code, approx = _lib.current_stream(dev), dtype_code(x), _APPROXIMATE[approximate]
+
+    def launch(dbias_ptr: int, partial_ptr: int, g: int) -> None:
+        rc = lib.bias_gelu_bwd(stream, dev, code, dy2.data_ptr(), x2.data_ptr(), b.data_ptr(), dx.data_ptr(),
+                               dbias_ptr, partial_ptr, row_stride(dy2), row_stride(x2), m, n, approx, g)
+        if rc:
+            raise lib.error(rc, OP + " backward")
+
+    return dx.view(x.shape), column_sums(lib, dev, OP + " backward", m, n, bias.dtype, launch)
 
 
 def _fake(x, bias, approximate):

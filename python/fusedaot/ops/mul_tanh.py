@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from .. import _lib, reference
-from ._binary import (acc_dtype, check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
+from ._binary import (check_pair, direct, dtype_code, is_broadcast, launch_forward, layout,
                       row_stride_or_0)
-from ._common import autograd_needed, is_compiling, native, register, row_groups, rows, sum_partials
+from ._common import autograd_needed, column_sums, is_compiling, native, register, rows
 
 OP = "mul_tanh"
 
@@ -44,11 +44,10 @@ def _backward(dy: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch
         return da, torch.zeros(n, dtype=b.dtype, device=b.device)
     a2, dy2, b2 = rows(a), rows(dy), b.contiguous()  # the column-sum kernel walks rows
     m = a2.shape[0]
-    g = row_groups(m, n, dev)
-    partial = torch.empty((g, n), dtype=acc_dtype(a.dtype), device=a.device)
-    _launch_bwd(lib, dev, dy2, a2, b2, da, 0, partial.data_ptr(), row_stride_or_0(dy2), row_stride_or_0(a2), 0,
-                m, n, g)
-    return da, sum_partials(lib, dev, OP + " backward", partial, b.dtype)
+    db = column_sums(lib, dev, OP + " backward", m, n, b.dtype,
+                     lambda db_ptr, partial_ptr, g: _launch_bwd(lib, dev, dy2, a2, b2, da, db_ptr, partial_ptr,
+                                                                row_stride_or_0(dy2), row_stride_or_0(a2), 0, m, n, g))
+    return da, db
 
 
 def _launch_bwd(lib, dev, dy2, a2, b2, da, db_ptr, partial_ptr, sdy, sa, sb, m, n, g):

@@ -15,8 +15,8 @@ import math
 import torch
 
 from .. import _lib, reference
-from ._binary import DTYPES, acc_dtype, check_tensor
-from ._common import autograd_needed, direct, is_compiling, native, register
+from ._binary import DTYPES, check_tensor
+from ._common import acc_dtype, autograd_needed, direct, is_compiling, native, register
 
 KINDS = {"reduce_sum_squared": 0, "reduce_mean_abs": 1}
 _REFERENCE = {0: (reference.reduce_sum_squared, reference.reduce_sum_squared_backward),
