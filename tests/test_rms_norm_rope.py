@@ -287,6 +287,24 @@ def test_backward(seq, h, d, r, interleaved, per_head, dtype):
     check_backward(x, w, cos, sin, d, per_head, pos, interleaved, r if r < d else None)
 
 
+# One token: over the row (and per head with one head) a single program sees every token and
+# writes dweight itself, from the one-pass tile (32 heads of 128, 32 of 64) or after the two-pass
+# form's partial row (65 heads, partial rotary, heads wider than the largest tile).
+ONE_TOKEN = [(32, 128, 128), (32, 64, 64), (65, 128, 128), (4, 128, 64), (2, 512, 512), (1, 128, 128), (1, 128, 64)]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("per_head", [False, True], ids=["row", "per_head"])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+@pytest.mark.parametrize("h,d,r", ONE_TOKEN, ids=[f"{h}x{d}r{r}" for h, d, r in ONE_TOKEN])
+def test_backward_one_token(h, d, r, interleaved, per_head, dtype):
+    x, w = inputs(1, 1, h, d, dtype, "cuda", per_head)
+    cos, sin = rope_tables(4, r, dtype, "cuda", kind="random", interleaved=interleaved)
+    pos = torch.tensor([[3]], device="cuda")
+    check_backward(x, w, cos, sin, d, per_head, pos, interleaved, r if r < d else None)
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("per_head", [False, True], ids=["row", "per_head"])
 @pytest.mark.parametrize("tokens", [0, 1, 1000, 5000])

@@ -124,7 +124,7 @@ _FWD_PARAMS = (
 )
 _BWD_PARAMS = (
     Param("dy", "ptr"), Param("x", "ptr"), Param("w", "ptr"), Param("cos", "ptr"), Param("sin", "ptr"),
-    Param("pos", "ptr", "i64"), Param("dx", "ptr"), Param("dw_partial", "ptr", "fp32"),
+    Param("pos", "ptr", "i64"), Param("dx", "ptr"), Param("dw_partial", "ptr", "fp32"), Param("dw", "ptr"),
     Param("stride_dyb", "i64"), Param("stride_dys", "i64"), Param("stride_xb", "i64"), Param("stride_xs", "i64"),
     Param("stride_dxb", "i64"), Param("stride_dxs", "i64"), Param("stride_wh", "i64"),
     Param("stride_cb", "i64"), Param("stride_cs", "i64"), Param("stride_pb", "i64"),
@@ -286,9 +286,9 @@ OPS = (
     Op("rms_norm_rope_fwd_interleaved", "triton", _SRC, _FWD_PARAMS, _variants("fwd", True),
        doc="y = rope(rms_norm(x) * w), interleaved layout; per_head: norm over each head"),
     Op("rms_norm_rope_bwd", "triton", _SRC, _BWD_PARAMS, _variants("bwd", False),
-       doc="dx, and dw as per-program partial sums (G, W) fp32; half-split layout"),
+       doc="dx, and dw as per-program partial sums (G, W) fp32 (dw itself where G * C == 1); half-split layout"),
     Op("rms_norm_rope_bwd_interleaved", "triton", _SRC, _BWD_PARAMS, _variants("bwd", True),
-       doc="dx, and dw as per-program partial sums (G, W) fp32; interleaved layout"),
+       doc="dx, and dw as per-program partial sums (G, W) fp32 (dw itself where G * C == 1); interleaved layout"),
     Op("rms_norm_rope_dw", "triton", _SRC, _DW_PARAMS, _dw_variants(),
        doc="dw = sum of the partial rows, in the weight's dtype"),
 )

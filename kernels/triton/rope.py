@@ -389,6 +389,7 @@ def _bwd_tile(dy_row, x_row, dx_row, w, h, c1, c2, s1, s2, stride_wh, D, H, pair
 def _rms_norm_rope_bwd(
     dy, x, w, cos, sin, pos, dx,   # as _rms_norm_rope_fwd; dy, dx: (B, S, H*D)
     dw_partial,               # (G*C, W) fp32: program (g, c)'s sum of dz * x_hat, row g*C + c
+    dw,                       # (W,) in the weight's dtype: written instead where G * C == 1
     stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb, stride_dxs, stride_wh,
     stride_cb, stride_cs, stride_pb,
     M, S, H, N, pairs, P, eps, per_head,
@@ -428,9 +429,12 @@ def _rms_norm_rope_bwd(
                                        D, H, pairs, n_group, eps, per_head, INTERLEAVED, HALF)
                     acc1 += g1
                     acc2 += g2
-            # one weight for every head: the heads' sum
-            _store_pairs(part, tl.sum(acc1, axis=0)[None, :], tl.sum(acc2, axis=0)[None, :], 0, pairs, True,
-                         INTERLEAVED, HALF)
+            # one weight for every head: the heads' sum (dw itself where one program saw them all)
+            sum1, sum2 = tl.sum(acc1, axis=0)[None, :], tl.sum(acc2, axis=0)[None, :]
+            if G * C == 1:
+                _store_pairs(dw, sum1, sum2, 0, pairs, True, INTERLEAVED, HALF)
+            else:
+                _store_pairs(part, sum1, sum2, 0, pairs, True, INTERLEAVED, HALF)
         else:
             # the row is one tile; the token loop is software-pipelined (STAGES)
             h = tl.arange(0, HEADS)
@@ -442,21 +446,24 @@ def _rms_norm_rope_bwd(
                                    eps, per_head, INTERLEAVED, HALF)
                 acc1 += g1
                 acc2 += g2
-            _store_pairs(part + (h * D)[:, None], acc1, acc2, 0, pairs, (h < H)[:, None], INTERLEAVED, HALF)
+            if G * C == 1:  # one program saw every token: its sums are dw itself
+                _store_pairs(dw + (h * D)[:, None], acc1, acc2, 0, pairs, (h < H)[:, None], INTERLEAVED, HALF)
+            else:
+                _store_pairs(part + (h * D)[:, None], acc1, acc2, 0, pairs, (h < H)[:, None], INTERLEAVED, HALF)
     else:
-        _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
+        _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, dw, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
                       stride_dxs, stride_wh, stride_cb, stride_cs, stride_pb, M, S, H, D, pairs, P, eps, per_head,
                       has_pos, half_table, n_group, pid, G, cid, C, W, BLOCK_D, HEADS, INTERLEAVED)
 
 
 @triton.jit
-def _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
+def _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, dw, stride_dyb, stride_dys, stride_xb, stride_xs, stride_dxb,
                   stride_dxs, stride_wh, stride_cb, stride_cs, stride_pb, M, S, H, D, pairs, P, eps, per_head,
                   has_pos, half_table, n_group, pid, G, cid, C, W,
                   BLOCK_D: tl.constexpr, HEADS: tl.constexpr, INTERLEAVED: tl.constexpr):
     """The backward of any group and rotary_dim: per token, the group's sums over chunks of
     heads and columns, then dx (its reads mostly from L1); dw's terms added into the program's
-    partial row in memory."""
+    partial row in memory, copied into dw at the end where one program saw every token."""
     HALF: tl.constexpr = BLOCK_D // 2
     group = tl.where(per_head, HEADS, H)   # heads normalised together (per_head: a chunk)
     for c0 in range(0, W, BLOCK_D):
@@ -508,6 +515,11 @@ def _bwd_two_pass(dy, x, w, cos, sin, pos, dx, part, stride_dyb, stride_dys, str
                     _store_pairs(rows, p1 + g1, p2 + g2, first, pairs, mask, INTERLEAVED, HALF)
                 _bwd_pass(dy_rows, x_rows, w_rows, dx_row + (h * D)[:, None], part, h, rstd, c, D, pairs,
                           row_ok, per_head, BLOCK_D)
+    if G * C == 1:
+        tl.debug_barrier()   # every addition into the partial row is complete
+        for c0 in range(0, W, BLOCK_D):
+            cols = c0 + tl.arange(0, BLOCK_D)
+            tl.store(dw + cols, tl.load(part + cols, mask=cols < W).to(dw.dtype.element_ty), mask=cols < W)
 
 
 @triton.jit

@@ -117,7 +117,8 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torc
     # 16 per SM per head (small programs of a few heads, aot/specs/rms_norm_rope.py), 4 per SM
     # over the row (a program holds the row; the partial rows are H*D wide).  Per head, fewer
     # tokens than that share theirs among C programs along the heads (those past the last chunk
-    # of heads add nothing and write zeros).
+    # of heads add nothing and write zeros).  One program (one token over the row) writes dw
+    # itself: no third launch.
     programs = (16 if per_head else 4) * _lib.sm_count(dev)
     g = min(tokens, programs)
     c = min(lay.heads, -(-programs // tokens)) if per_head else 1
@@ -128,10 +129,10 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torc
     stream, code = _lib.current_stream(dev), _lib.DTYPE_CODES[x.dtype]
     fn = lib.rms_norm_rope_bwd_interleaved if interleaved else lib.rms_norm_rope_bwd
     rc = fn(stream, dev, code, dys.data_ptr(), xs.data_ptr(), w.data_ptr(), cos.data_ptr(), sin.data_ptr(), pos_ptr,
-            dx.data_ptr(), partial.data_ptr(), *_token_strides(dys), *_token_strides(xs), *_token_strides(dx),
-            0 if per_head else head_dim, stride_cb, stride_cs, stride_pb, tokens, seq, lay.heads, head_dim,
-            lay.rotary_dim // 2, rows, eps, bool(per_head), table_flags(pos, lay.half_table), g, c, width)
-    if rc == 0:
+            dx.data_ptr(), partial.data_ptr(), dw.data_ptr(), *_token_strides(dys), *_token_strides(xs),
+            *_token_strides(dx), 0 if per_head else head_dim, stride_cb, stride_cs, stride_pb, tokens, seq, lay.heads,
+            head_dim, lay.rotary_dim // 2, rows, eps, bool(per_head), table_flags(pos, lay.half_table), g, c, width)
+    if rc == 0 and g * c > 1:  # one program writes dw itself
         rc = lib.rms_norm_rope_dw(stream, dev, code, partial.data_ptr(), dw.data_ptr(), g * c, width)
     if rc:
         raise lib.error(rc, OP + " backward")
