@@ -207,7 +207,7 @@ fake.fake_image.restype = ctypes.c_void_p
 class Launch(ctypes.Structure):  # struct fake_launch
     _fields_ = [("symbol", ctypes.c_char * 128), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
                 ("shared", ctypes.c_uint), ("stream", ctypes.c_void_p), ("nparams", ctypes.c_int),
-                ("params", (ctypes.c_ubyte * 8) * 32)]
+                ("params", (ctypes.c_ubyte * 8) * 64)]  # MAX_PARAMS
 fake.fake_last_launch.restype = ctypes.POINTER(Launch)
 
 def error():

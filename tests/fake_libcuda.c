@@ -7,7 +7,7 @@
 #include <string.h>
 
 typedef int CUresult;
-#define MAX_PARAMS 32
+#define MAX_PARAMS 64  // tests/conftest.py's Launch mirrors this struct
 
 struct fake_launch {
   char symbol[128];
