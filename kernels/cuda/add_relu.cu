@@ -91,7 +91,7 @@ struct AddReluBwdCols {
     const BwdParams<T> prm = {dy, y, da, stride_dy, stride_y, N};                                   \
     ew_loop<AddReluBwd, T, VEC>(prm, M, 1, N);                                                      \
   }                                                                                                 \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) add_relu_bwd_cols_##NAME##_v##VEC( \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, COLSUM_MIN_BLOCKS) add_relu_bwd_cols_##NAME##_v##VEC( \
       const T* dy, const T* y, T* da, T* db, Acc<T>::type* db_partial, i64 stride_dy, i64 stride_y, \
       i64 M, i64 N, int G) {                                                                        \
     const BwdParams<T> prm = {dy, y, da, stride_dy, stride_y, N};                                   \

@@ -154,7 +154,7 @@ using BiasGeluBwdTanh = BiasGeluBwdCols<T, VEC, true>;
     if (approximate) bias_gelu_fwd<T, VEC, true>(x, bias, y, stride_x, M, N);                     \
     else bias_gelu_fwd<T, VEC, false>(x, bias, y, stride_x, M, N);                                \
   }                                                                                               \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, 3) bias_gelu_bwd_##NAME##_v##VEC( \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, COLSUM_MIN_BLOCKS) bias_gelu_bwd_##NAME##_v##VEC( \
       const T* dy, const T* x, const T* bias, T* dx, T* dbias, float* dbias_partial, i64 stride_dy, \
       i64 stride_x, i64 M, i64 N, int approximate, int G) {                                      \
     const BiasGeluBwdParams<T> prm = {dy, x, bias, dx, stride_dy, stride_x, N};                 \

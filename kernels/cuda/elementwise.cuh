@@ -161,6 +161,10 @@ __device__ __forceinline__ void ew_loop(const Params& prm, i64 D0, i64 D1, i64 D
 // store(Frag&, row, col, acc[VEC]) which stores the elementwise outputs and adds each
 // column's contribution to acc.
 #define COLSUM_LANES(VEC) ((VEC) > 1 ? 8 : 16)
+// The column-sum kernels' launch bounds: 3 blocks an SM (85 registers), where their rows' loads,
+// the body's math and the column sums fit without spilling (at 4, 64 registers, bias_gelu's
+// and mul_tanh's 16-byte forms spilled 16-32 bytes a thread).
+#define COLSUM_MIN_BLOCKS 3
 template <template <typename, int> class Body, typename T, int VEC, typename Params>
 __device__ __forceinline__ void colsum_loop(const Params& prm, T* __restrict__ out,
                                             typename Acc<T>::type* __restrict__ partial, i64 M, i64 N,

@@ -108,7 +108,7 @@ struct MulTanhBwdCols {
     const BwdParams<T> prm = {dy, a, b, da, db, stride_dy, stride_a, stride_b, N};                             \
     ew_loop<MulTanhBwd, T, VEC>(prm, M, 1, N);                                                                 \
   }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS, EW_MIN_BLOCKS) mul_tanh_bwd_cols_##NAME##_v##VEC(   \
+  extern "C" __global__ void __launch_bounds__(EW_THREADS, COLSUM_MIN_BLOCKS) mul_tanh_bwd_cols_##NAME##_v##VEC(   \
       const T* dy, const T* a, const T* b, T* da, T* db, Acc<T>::type* db_partial, i64 stride_dy,              \
       i64 stride_a, i64 stride_b, i64 M, i64 N, int G) {                                                       \
     const BwdParams<T> prm = {dy, a, b, da, db, stride_dy, stride_a, stride_b, N};                             \
