@@ -154,7 +154,7 @@ __device__ __forceinline__ void ew_loop(const Params& prm, i64 D0, i64 D1, i64 D
 // a fixed order).  The caller gives each thread one trip (ops/_common.row_groups).  Against a
 // thread a column vector walking its group's rows alone (whose sums always took a second
 // launch, a cast at least), forward + backward at 1-128 rows took 0.5-0.7x the time; at
-// 16M-235M elements bias_gelu's took 0.84-0.93x, add_relu's and mul_tanh's 0.91-1.02x (H100;
+// 16M-235M elements bias_gelu's took 0.84-0.93x, add_relu's and mul_tanh's 0.91-1.00x (H100;
 // docs/benchmarks.md).
 //
 // Body<T, VEC>(params, col) provides `Frag`, load(Frag&, row, col) and
