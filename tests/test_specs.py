@@ -228,6 +228,15 @@ def test_colsum_constants_agree_with_the_kernel():
     assert ops.COLSUM_TRIP == int(threads.group(1)) // wide * int(unroll.group(1))
 
 
+def test_reduce_finish_columns_agree_with_the_kernel():
+    """reduce_finish's grid has a block for every FINISH_COLS outputs (aot/specs/reduce.py); the
+    kernel's own FINISH_COLS must be the same, or outputs would be left unwritten or added twice."""
+    source = (REPO / "kernels/cuda/reduce.cu").read_text()
+    defined = re.search(r"^#define FINISH_COLS (\d+)$", source, re.M)
+    assert defined, "kernels/cuda/reduce.cu no longer defines FINISH_COLS as expected"
+    assert int(defined.group(1)) == specs.reduce.FINISH_COLS
+
+
 def test_layer_norm_backward_split_agrees_with_the_python_layer():
     """python/fusedaot/ops/layer_norm.py sends rows wider than its _SPLIT_ABOVE to the two-kernel
     backward and sizes that grid by _DX_COLUMNS and _DX_ROWS; the spec stops the fused backward's

@@ -15,7 +15,7 @@ from .elementwise import ANY_WIDTH, DTYPES_WITH_FP64, THREADS, WHOLE_VECTORS, ew
 # The backward is a flat elementwise loop over dx.
 # ---------------------------------------------------------------------------------
 
-_FINISH_COLS = 32  # FINISH_COLS in reduce.cu: outputs a reduce_finish block adds
+FINISH_COLS = 32  # FINISH_COLS in reduce.cu (tests/test_specs.py checks): outputs a reduce_finish block adds
 
 _ROWS_PARAMS = (
     Param("x", "ptr"), Param("out", "ptr"), Param("partial", "ptr", "fp32"),
@@ -67,7 +67,7 @@ def _bwd():
 
 def _finish():
     return tuple(Variant(name=f"reduce_finish_{dtype}", dtype=dtype, kernel=f"reduce_finish_{dtype}",
-                         when=f"dtype == {DTYPES[dtype]}", grid=(f"fa_cdiv(M, {_FINISH_COLS})", "1", "1"),
+                         when=f"dtype == {DTYPES[dtype]}", grid=(f"fa_cdiv(M, {FINISH_COLS})", "1", "1"),
                          block=(str(THREADS), "1", "1"))
                  for dtype in DTYPES_WITH_FP64)
 
