@@ -3,13 +3,15 @@
     python -m aot.build --out DIR [--arch sm80,sm89,sm90,ptx] [--jobs N] [--cache DIR]
                               [--families rms_norm,...]
 
-Writes DIR/<arch>/{images/*.c, dispatch_<arch>.c}, DIR/include/fusedaot.h,
+Writes DIR/<arch>/{images/*.bin, blocks/*.lzma, images_<arch>.S, dispatch_<arch>.c},
+DIR/include/fusedaot.h,
 DIR/manifest.json and DIR/sources.cmake (the file lists CMake builds from).
 Needs Triton and NVRTC (PyPI wheels), no GPU and no driver.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from . import codegen, compile as cc, specs
+from . import codegen, compile as cc, pack, specs
 
 # Oldest driver for each PTX ISA version (CUDA toolkit release notes).
 PTX_ISA_DRIVER = {"8.0": 525, "8.1": 530, "8.2": 535, "8.3": 545, "8.4": 550, "8.5": 555,
@@ -70,21 +72,25 @@ def compile_all(arches, jobs: int, cache: Path):
     return results
 
 
-def generate(out: Path, arches, results) -> dict:
+def _compress(raw: bytes, kind: str, cache: str) -> bytes:
+    return pack.compress(raw, kind, Path(cache))
+
+
+def generate(out: Path, arches, results, jobs: int = 1, cache: Path | None = None) -> dict:
     manifest = {"version": VERSION, "arches": list(arches),
                 "libraries": {a: f"libfusedaot_{a}.so" for a in arches},
-                "dtypes": specs.DTYPES, "min_driver": {}, "compilers": {},
+                "dtypes": specs.DTYPES, "min_driver": {}, "compilers": {}, "image_blocks": {},
                 "ops": {op.name: {"lang": op.lang, "doc": op.doc, "arches": [a for a in op.arches if a in arches],
                                   "params": [[p.name, p.ctype] for p in op.params],
                                   "packed": codegen.packed_format(op)} for op in specs.OPS},
                 "kernels": []}
     (out / "include").mkdir(parents=True, exist_ok=True)
     (out / "include" / "fusedaot.h").write_text(codegen.public_header())
-    cmake = []
+    libraries = {}
     for arch in arches:
         img_dir = out / arch / "images"
         img_dir.mkdir(parents=True, exist_ok=True)
-        images, image_index, kernels, sources, ptx_versions, embedded = [], {}, [], [], set(), []
+        images, names, image_index, kernels, ptx_versions = [], [], {}, [], set()
         by_content = {}   # variants whose configs differ only in their dispatch conditions compile
                           # to the same bytes: the library embeds such an image once
         for op, v, a in specs.enumerate_kernels((arch,)):
@@ -93,38 +99,65 @@ def generate(out: Path, arches, results) -> dict:
             if key not in image_index and image in by_content:
                 image_index[key] = by_content[image]
             elif key not in image_index:
-                by_content[image] = len(images)
+                by_content[image] = image_index[key] = len(images)
                 stem = Path(op.source).stem if op.lang == "cuda" else v.name
-                sym = f"fa_image_{stem}_{arch}"
-                path = img_dir / f"{stem}_{arch}.bin"
-                path.write_bytes(image)
-                embedded.append((sym, path))
-                image_index[key] = len(images)
-                images.append((sym, len(image)))
+                (img_dir / f"{stem}_{arch}.bin").write_bytes(image)  # for inspection (cuobjdump)
+                images.append(image)
+                names.append(f"{stem}_{arch}")
                 if meta.get("ptx_version"):
                     ptx_versions.add(meta["ptx_version"])
             if op.lang == "cuda":
                 meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared, args=[p.name for p in op.params])
                 if v.kernel.encode() not in image:
                     sys.exit(f"aot: error: {v.name}: symbol {v.kernel} not found in the {arch} image of {op.source}")
+            image = images[image_index[key]]
             kernels.append({"op": op, "variant": v, "image": image_index[key], "meta": meta,
                             "shared": meta["shared"]})
             manifest["kernels"].append({"op": op.name, "variant": v.name, "arch": arch, "dtype": v.dtype,
-                                        "image": images[image_index[key]][0],
-                                        "compiler": meta["compiler"], "image_bytes": len(image),
+                                        "image": names[image_index[key]], "image_bytes": len(image),
+                                        "image_sha256": hashlib.sha256(image).hexdigest()[:16],
+                                        "compiler": meta["compiler"],
                                         "symbol": meta["symbol"], "args": meta["args"], "num_warps": meta["num_warps"],
                                         "maxnreg": v.maxnreg, "shared": meta["shared"],
                                         "global_scratch": meta.get("global_scratch", 0)})
             manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
-        embed = out / arch / f"images_{arch}.S"
-        codegen.write_images(embed, embedded, f"the {len(embedded)} images of {arch}")
-        sources.append(embed)
-        dispatch = out / arch / f"dispatch_{arch}.c"
-        codegen.write_dispatch(dispatch, arch, images, kernels)
-        sources.append(dispatch)
         manifest["min_driver"][arch] = (max(PTX_ISA_DRIVER[p] for p in ptx_versions)
                                         if arch == "ptx" else CUBIN_MIN_DRIVER)
-        cmake.append(f"set(FUSEDAOT_SOURCES_{arch}\n" + "".join(f"  {s}\n" for s in sources) + ")\n")
+        libraries[arch] = (images, kernels)
+
+    # Every arch's blocks compress in one pool (about 45 s of LZMA for the four libraries).
+    t0 = time.perf_counter()
+    todo = [(arch, i, raw) for arch in arches for i, raw in enumerate(pack.blocks(libraries[arch][0]))]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
+        stored = list(pool.map(_compress, [raw for _, _, raw in todo],
+                               ["ptx" if arch == "ptx" else "cubin" for arch, _, _ in todo],
+                               [str(cache or out / "cache") for _ in todo]))
+    cmake = []
+    for arch in arches:
+        images, kernels = libraries[arch]
+        kind = "ptx" if arch == "ptx" else "cubin"
+        block_dir = out / arch / "blocks"
+        block_dir.mkdir(parents=True, exist_ok=True)
+        blocks, embedded = [], []
+        for (a, i, raw), data in zip(todo, stored):
+            if a != arch:
+                continue
+            path = block_dir / f"block{i}_{arch}.lzma"
+            path.write_bytes(data)
+            embedded.append((f"fa_block{i}_{arch}", path))
+            blocks.append((f"fa_block{i}_{arch}", len(data), len(raw), pack.props_byte(pack.PROPS[kind])))
+        where = [(b, o, len(im)) for im, (b, o) in zip(images, pack.plan([len(im) for im in images]))]
+        manifest["image_blocks"][arch] = {"blocks": len(blocks), "codec": f"lzma {pack.PROPS[kind]}",
+                                          "image_bytes": sum(len(im) for im in images),
+                                          "stored_bytes": sum(b[1] for b in blocks)}
+        embed = out / arch / f"images_{arch}.S"
+        codegen.write_images(embed, embedded, f"the {len(images)} images of {arch} in {len(blocks)} blocks")
+        dispatch = out / arch / f"dispatch_{arch}.c"
+        codegen.write_dispatch(dispatch, arch, blocks, where, kernels)
+        cmake.append(f"set(FUSEDAOT_SOURCES_{arch}\n  {embed}\n  {dispatch}\n)\n")
+        print(f"aot: {arch}: {len(images)} images, {sum(len(im) for im in images) / 1e6:.1f} MB, "
+              f"in {len(blocks)} blocks of {sum(b[1] for b in blocks) / 1e6:.1f} MB", flush=True)
+    print(f"aot: packed the images in {time.perf_counter() - t0:.1f} s", flush=True)
     (out / "sources.cmake").write_text(f"# Generated by {codegen.GENERATOR} from aot/specs/ (CMake source lists).\n"
                                        + "".join(cmake))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -154,7 +187,7 @@ def main(argv=None):
     # Line tables would triple the images; the shipped cubins carry none.
     os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
     results = compile_all(arches, max(1, args.jobs), args.cache)
-    manifest = generate(args.out, arches, results)
+    manifest = generate(args.out, arches, results, max(1, args.jobs), args.cache)
     print(f"aot: wrote {len(manifest['kernels'])} kernels for {', '.join(arches)} to {args.out}")
 
 

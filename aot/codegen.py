@@ -1,8 +1,9 @@
 """Generate the C sources of one architecture's library, and the public header.
 
-Per arch:  images/<image>_<arch>.bin one cubin (or PTX) each
-           images_<arch>.S            embeds them all (.incbin)
-           dispatch_<arch>.c          image and kernel tables, one exported function per op
+Per arch:  images/<image>_<arch>.bin one cubin (or PTX) each, for inspection
+           blocks/block<n>_<arch>.lzma the images, packed in LZMA blocks (aot/pack.py)
+           images_<arch>.S            embeds the blocks (.incbin)
+           dispatch_<arch>.c          block, image and kernel tables, one exported function per op
 Shared:    fusedaot.h                 the C ABI, identical for every arch
 Every file starts with a header naming this generator and the spec entries it comes from.
 """
@@ -51,12 +52,12 @@ def _packed_entry(op: specs.Op) -> str:
     return "".join(out)
 
 
-def write_images(path: Path, images: list[tuple[str, Path]], what: str) -> None:
-    """One assembler file that embeds every (C symbol, image file) with .incbin, 16-byte
+def write_images(path: Path, blocks: list[tuple[str, Path]], what: str) -> None:
+    """One assembler file that embeds every (C symbol, block file) with .incbin, 16-byte
     aligned.  The assembler copies the bytes, so thousands of images cost no C parsing (a C
     array initializer per image took the compiler ~0.3 s each, minutes per library)."""
     lines = [_header(what), ".section .rodata\n"]
-    for symbol, image in images:
+    for symbol, image in blocks:
         lines.append(f".balign 16\n.globl {symbol}\n.hidden {symbol}\n.type {symbol}, @object\n{symbol}:\n"
                      f'.incbin "{Path(image).resolve()}"\n.size {symbol}, . - {symbol}\n')
     lines.append('.section .note.GNU-stack,"",@progbits\n')  # no executable stack
@@ -113,15 +114,19 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
             f"  }}\n")
 
 
-def write_dispatch(path: Path, arch: str, images: list[tuple[str, int]], kernels: list[dict], ops=None) -> None:
-    """images: (C symbol, size) in table order; kernels: dicts with op, variant, image, meta;
+def write_dispatch(path: Path, arch: str, blocks: list[tuple[str, int, int, int]],
+                   images: list[tuple[int, int, int]], kernels: list[dict], ops=None) -> None:
+    """blocks: (C symbol, stored bytes, unpacked bytes, LZMA properties byte) in table order;
+    images: (block, offset, bytes) in table order; kernels: dicts with op, variant, image, meta;
     ops: the spec table's ops unless given (tests generate small tables of their own)."""
     out = [_header(f"dispatch for {arch}"), '#include <string.h>\n\n#include "fa_runtime.h"\n\n',
            f'const char fa_arch_name[] = "{arch}";\n']
-    for sym, size in images:
+    for sym, size, _, _ in blocks:
         out.append(f"extern const unsigned char {sym}[{size}];\n")
-    out.append("\nconst fa_image_t fa_images[] = {\n")
-    out += [f"  {{{sym}, {size}}},\n" for sym, size in images]
+    out.append("\nconst fa_block_t fa_blocks[] = {\n")
+    out += [f"  {{{sym}, {size}, {raw}, {props}}},\n" for sym, size, raw, props in blocks]
+    out.append(f"}};\nconst int fa_num_blocks = {len(blocks)};\n\nconst fa_image_t fa_images[] = {{\n")
+    out += [f"  {{{b}, {offset}, {size}}},\n" for b, offset, size in images]
     out.append(f"}};\nconst int fa_num_images = {len(images)};\n\nconst fa_kernel_t fa_kernels[] = {{\n")
     for k in kernels:
         out.append(f'  {{"{k["variant"].name}", "{k["meta"]["symbol"]}", {k["image"]}, {k["shared"]}}},\n')

@@ -196,13 +196,18 @@ def fake_driver(tmp_path_factory) -> pathlib.Path:
 
 
 _FAKE_PRELUDE = """
-import ctypes, json, struct
+import ctypes, hashlib, json, struct
 fake = ctypes.CDLL({fake!r}, mode=ctypes.RTLD_GLOBAL)  # the runtime's dlopen finds it by soname
 lib = ctypes.CDLL({library!r})
 lib.fusedaot_last_error.restype = ctypes.c_char_p
 fake.fake_set.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 fake.fake_last_image.restype = ctypes.c_void_p
 fake.fake_image.restype = ctypes.c_void_p
+fake.fake_image_size.argtypes = [ctypes.c_void_p]
+fake.fake_image_size.restype = ctypes.c_size_t
+
+def image_digest(address):  # the manifest's image_sha256 of the image the fake driver copied
+    return hashlib.sha256(ctypes.string_at(address, fake.fake_image_size(address))).hexdigest()[:16]
 
 class Launch(ctypes.Structure):  # struct fake_launch
     _fields_ = [("symbol", ctypes.c_char * 128), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),

@@ -1,9 +1,11 @@
 /* A stand-in for libcuda.so.1 with the 17 entry points the fusedaot runtime resolves, for
  * testing the runtime and the generated dispatch on a machine without a GPU.  It records
  * every launch (function, grid, block, shared memory, stream, and the first bytes of each
- * kernel parameter), module load and shared-memory opt-in, and can be told to fail.  Every
+ * kernel parameter), module load (a copy of each image: the runtime may reuse its buffer) and
+ * shared-memory opt-in, and can be told to fail.  Every
  * function reports FAKE_STATIC_SMEM bytes of static shared memory.  Built by tests/test_runtime.py. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef int CUresult;
@@ -89,12 +91,36 @@ CUresult cuDevicePrimaryCtxRetain(void** ctx, int dev) { (void)dev; *ctx = (void
 CUresult cuCtxGetCurrent(void** ctx) { *ctx = (void*)current_ctx; return 0; }
 CUresult cuCtxPushCurrent_v2(void* ctx) { pushes++; (void)ctx; return 0; }
 CUresult cuCtxPopCurrent_v2(void** ctx) { pops++; *ctx = (void*)DEVICE_CTX; return 0; }
+/* The bytes of an image as the driver reads them: an ELF64 file up to the end of its last
+ * table or section, else NUL-terminated PTX text. */
+static size_t image_size(const unsigned char* p) {
+  if (memcmp(p, "\x7f" "ELF", 4)) return strlen((const char*)p) + 1;
+  uint64_t phoff, shoff, offset, size, end;
+  uint16_t phentsize, phnum, shentsize, shnum;
+  uint32_t kind;
+  memcpy(&phoff, p + 0x20, 8), memcpy(&shoff, p + 0x28, 8);
+  memcpy(&phentsize, p + 0x36, 2), memcpy(&phnum, p + 0x38, 2);
+  memcpy(&shentsize, p + 0x3A, 2), memcpy(&shnum, p + 0x3C, 2);
+  end = phoff + (uint64_t)phentsize * phnum;
+  if (shoff + (uint64_t)shentsize * shnum > end) end = shoff + (uint64_t)shentsize * shnum;
+  for (unsigned i = 0; i < shnum; ++i) {
+    const unsigned char* sh = p + shoff + (uint64_t)i * shentsize;
+    memcpy(&kind, sh + 4, 4), memcpy(&offset, sh + 0x18, 8), memcpy(&size, sh + 0x20, 8);
+    if (offset + (kind == 8 ? 0 : size) > end) end = offset + (kind == 8 ? 0 : size);  /* SHT_NOBITS */
+  }
+  return end;
+}
+size_t fake_image_size(const void* image) { return image ? image_size(image) : 0; }
+
 CUresult cuModuleLoadData(void** mod, const void* image) {
   if (fail_load) return 209;
-  if (loads < 4096) images[loads] = image;
+  const size_t n = image_size(image);
+  void* copy = malloc(n);  /* never freed: a test process is short */
+  memcpy(copy, image, n);
+  if (loads < 4096) images[loads] = copy;
   loads++;
-  last_image = image;
-  *mod = (void*)image;
+  last_image = copy;
+  *mod = copy;
   return 0;
 }
 CUresult cuModuleGetFunction(void** fn, void* mod, const char* name) {

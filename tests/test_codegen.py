@@ -18,7 +18,7 @@ from conftest import CC, REPO, run_with_fake
 
 sys.path.insert(0, str(REPO))
 try:
-    from aot import codegen, specs
+    from aot import codegen, pack, specs
 finally:
     sys.path.remove(str(REPO))
 
@@ -43,16 +43,16 @@ def demo_library(tmp_path_factory) -> str:
     if CC is None:
         pytest.skip("no C compiler")
     d = tmp_path_factory.mktemp("gen")
-    images, kernels, embedded = [], [], []
-    for i, v in enumerate(SCALE.variants):
-        sym = f"fa_image_{v.name}_sm90"
-        (d / f"{v.name}.bin").write_bytes(v.name.encode() + b"\0")
-        embedded.append((sym, d / f"{v.name}.bin"))
-        images.append((sym, len(v.name) + 1))
-        kernels.append({"op": SCALE, "variant": v, "image": i, "shared": 0,
-                        "meta": {"symbol": "_scale", "num_warps": 4, "shared": 0, "args": ["x", "n", "alpha"]}})
-    codegen.write_images(d / "images.S", embedded, "demo images")
-    codegen.write_dispatch(d / "dispatch.c", "sm90", images, kernels, ops=(SCALE, OTHER))
+    images = [v.name.encode() + b"\0" for v in SCALE.variants]  # "PTX" that names its variant
+    kernels = [{"op": SCALE, "variant": v, "image": i, "shared": 0,
+                "meta": {"symbol": "_scale", "num_warps": 4, "shared": 0, "args": ["x", "n", "alpha"]}}
+               for i, v in enumerate(SCALE.variants)]
+    (raw,) = pack.blocks(images)
+    (d / "block.lzma").write_bytes(pack.compress(raw, "ptx"))
+    codegen.write_images(d / "images.S", [("fa_block0", d / "block.lzma")], "demo images")
+    blocks = [("fa_block0", (d / "block.lzma").stat().st_size, len(raw), pack.props_byte(pack.PROPS["ptx"]))]
+    where = [(b, offset, len(im)) for im, (b, offset) in zip(images, pack.plan([len(im) for im in images]))]
+    codegen.write_dispatch(d / "dispatch.c", "sm90", blocks, where, kernels, ops=(SCALE, OTHER))
     (d / "fusedaot.h").write_text(codegen.public_header(ops=(SCALE, OTHER)))
     out = d / "libdemo.so"
     sources = [str(REPO / "aot" / "runtime" / "fa_runtime.c"), str(d / "dispatch.c"), str(d / "images.S")]

@@ -40,19 +40,6 @@ def run(fake: pathlib.Path, arch: str, body: str) -> None:
         for op, info in manifest["ops"].items():
             f = getattr(lib, "fusedaot_" + op)
             f.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32] + [C[t] for _, t in info["params"]]
-
-        def elf_size(address):
-            # bytes of the ELF64 image at address: the end of its last table or section
-            h = ctypes.string_at(address, 64)
-            phoff, shoff = struct.unpack_from("<QQ", h, 0x20)
-            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", h, 0x36)
-            ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
-            for i in range(shnum):
-                sh = ctypes.string_at(address + shoff + i * shentsize, shentsize)
-                kind, = struct.unpack_from("<I", sh, 4)
-                offset, size = struct.unpack_from("<QQ", sh, 0x18)
-                ends.append(offset + (0 if kind == 8 else size))  # SHT_NOBITS takes no file space
-            return max(ends)
     """
     run_with_fake(fake, str(PKG / f"libfusedaot_{arch}.so"), textwrap.dedent(prelude) + textwrap.dedent(body))
 
@@ -87,7 +74,7 @@ def expected_launch(arch: str, op_name: str, args: dict) -> dict:
     else:
         block = [_c_expr(e, args) for e in v.block]
     return {"variant": v.name, "symbol": k["symbol"], "grid": [_c_expr(e, args) for e in v.grid],
-            "block": block, "shared": k["shared"], "params": params, "image_bytes": k["image_bytes"]}
+            "block": block, "shared": k["shared"], "params": params, "image_sha256": k["image_sha256"]}
 
 
 def call_source(op_name: str, args: dict, stream: int = STREAM, packed: bool = False) -> str:
@@ -202,8 +189,8 @@ def test_dispatch_launches_the_selected_variant(fake_driver, arch):
             assert fake.fake_dynamic_smem_optin(last.symbol) == optin, ({want['variant']!r}, optin)
             got = [list(last.params[i])[:n] for i, n in enumerate({list(widths)!r})]
             assert got == {expected_bytes!r}, ({want['variant']!r}, got)
-            if {arch != 'ptx'!r} and fake.fake_loads():  # the image it loaded is the variant's cubin
-                assert elf_size(fake.fake_last_image()) == {want['image_bytes']!r}, {want['variant']!r}
+            if fake.fake_loads():  # the image it unpacked and loaded is the variant's, byte for byte
+                assert image_digest(fake.fake_last_image()) == {want['image_sha256']!r}, {want['variant']!r}
         """)
     run(fake_driver, arch, "".join(textwrap.dedent(c) for c in checks))
 
@@ -276,14 +263,17 @@ def test_empty_inputs_and_bad_device(fake_driver):
 
 @pytest.mark.parametrize("arch", specs.ARCHES)
 def test_every_image_targets_its_arch(fake_driver, arch):
-    """fusedaot_load loads every image once; each is a cubin for exactly this arch (ELF e_flags
-    carry the SM version; sm90's are sm_90a), or for the PTX library, sm_80 PTX of an ISA
-    version no newer than the manifest's driver floor allows."""
+    """fusedaot_load loads every image once, unpacked byte for byte as the build compiled it
+    (the manifest's digests); each is a cubin for exactly this arch (ELF e_flags carry the SM
+    version; sm90's are sm_90a), or for the PTX library, sm_80 PTX of an ISA version no newer
+    than the manifest's driver floor allows."""
     cc = {"sm80": 80, "sm89": 89, "sm90": 90}.get(arch)
     run(fake_driver, arch, f"""
         assert lib.fusedaot_load(0, 0) == 0, error()
         n = fake.fake_loads()
-        assert n == len({{k["image"] for k in manifest["kernels"] if k["arch"] == {arch!r}}}), n
+        digests = {{k["image_sha256"] for k in manifest["kernels"] if k["arch"] == {arch!r}}}
+        assert n == len({{k["image"] for k in manifest["kernels"] if k["arch"] == {arch!r}}}) == len(digests), n
+        assert {{image_digest(fake.fake_image(i)) for i in range(n)}} == digests
         for i in range(n):
             head = ctypes.string_at(fake.fake_image(i), 64)
             if {cc!r}:

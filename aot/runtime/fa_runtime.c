@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "fa_runtime.h"
 
+#include "fa_lzma.h"
+
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -118,6 +120,44 @@ FA_EXPORT int fusedaot_driver_version(int32_t* version) {
 FA_EXPORT const char* fusedaot_arch(void) { return fa_arch_name; }
 FA_EXPORT int fusedaot_num_kernels(void) { return fa_num_kernels; }
 
+/* ------------------------------------------------------------------ images */
+
+/* The block last unpacked, decoded as far as the images loaded from it so far: loading in
+ * table order decodes each block once.  Images are the same on every device, so one for
+ * the process; unpack_lock is held from unpacking an image until the driver has read it. */
+static pthread_mutex_t unpack_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  int block; /* -1: none */
+  fa_lzma_t* decoder;
+  unsigned char* bytes;
+} unpacked = {-1, NULL, NULL};
+
+/* Point *bytes at image i, unpacking its block as far as the image ends. */
+static int image_bytes(int i, const char* variant, const unsigned char** bytes) {
+  const fa_image_t* im = &fa_images[i];
+  const fa_block_t* b = &fa_blocks[im->block];
+  if (unpacked.block != im->block) {
+    free(unpacked.bytes);
+    unpacked.block = -1;
+    unpacked.bytes = malloc(b->unpacked);
+    if (!unpacked.decoder) unpacked.decoder = malloc(sizeof *unpacked.decoder);
+    if (!unpacked.bytes || !unpacked.decoder)
+      return fa_error(FA_ERR_NO_DRIVER, "fusedaot: out of host memory (%zu bytes to unpack the image of %s)",
+                      b->unpacked + sizeof *unpacked.decoder, variant);
+    if (!fa_lzma_init(unpacked.decoder, b->props, b->data, b->size, unpacked.bytes, b->unpacked))
+      unpacked.block = im->block;
+  }
+  if (unpacked.block < 0 || fa_lzma_run(unpacked.decoder, im->offset + im->size)) {
+    unpacked.block = -1;
+    return fa_error(FA_ERR_IMAGE,
+                    "fusedaot: the image of %s in libfusedaot_%s.so does not unpack (block %d: %s); "
+                    "the library is damaged: reinstall fusedaot",
+                    variant, fa_arch_name, im->block, unpacked.decoder->error);
+  }
+  *bytes = unpacked.bytes + im->offset;
+  return 0;
+}
+
 /* ------------------------------------------------------------------ devices */
 
 static int device_init(fa_device_t* d) {
@@ -185,8 +225,11 @@ static int load_kernel(fa_device_t* d, int k, CUstream stream) {
   }
   CUmodule mod = (CUmodule)d->modules[kd->image];
   if (!mod) {
-    const fa_image_t* im = &fa_images[kd->image];
-    int rc = check(cu.ModuleLoadData(&mod, im->data), "cuModuleLoadData for", kd->variant);
+    const unsigned char* image = NULL;
+    pthread_mutex_lock(&unpack_lock);
+    int rc = image_bytes(kd->image, kd->variant, &image);
+    if (!rc) rc = check(cu.ModuleLoadData(&mod, image), "cuModuleLoadData for", kd->variant);
+    pthread_mutex_unlock(&unpack_lock);
     if (rc) return rc;
     __atomic_store_n(&d->modules[kd->image], (void*)mod, __ATOMIC_RELEASE);
   }

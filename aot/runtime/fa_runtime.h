@@ -2,8 +2,9 @@
  *
  * libcuda.so.1 is opened with dlopen on first use (no DT_NEEDED entry), so a library
  * imports on a machine without a driver.  Modules are loaded per device, lazily and
- * thread-safely, or all at once by fusedaot_load().  Every failure returns a nonzero
- * code and leaves a message for fusedaot_last_error(). */
+ * thread-safely, or all at once by fusedaot_load(); an image is unpacked from its LZMA
+ * block just before it is loaded.  Every failure returns a nonzero code and leaves a
+ * message for fusedaot_last_error(). */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -21,10 +22,19 @@
 #define FA_ERR_UNAVAILABLE 10005
 #define FA_ERR_LAUNCH_BOUNDS 10006
 #define FA_ERR_SCRATCH 10007
+#define FA_ERR_IMAGE 10008
 
 typedef struct {
-  const unsigned char* data; /* cubin, or NUL-terminated PTX */
-  size_t size;
+  const unsigned char* data; /* a raw LZMA stream (fa_lzma.h) */
+  size_t size;               /* bytes at data */
+  size_t unpacked;           /* bytes it decodes to: images, 16-byte aligned, back to back */
+  unsigned props;            /* its LZMA properties byte */
+} fa_block_t;
+
+typedef struct {
+  int block;     /* index into fa_blocks */
+  size_t offset; /* where the image starts in its unpacked block */
+  size_t size;   /* a cubin's bytes, or NUL-terminated PTX's */
 } fa_image_t;
 
 typedef struct {
@@ -48,6 +58,8 @@ struct fa_device {
 
 /* Tables of the generated code for this library's arch. */
 extern const char fa_arch_name[];
+extern const fa_block_t fa_blocks[];
+extern const int fa_num_blocks;
 extern const fa_image_t fa_images[];
 extern const int fa_num_images;
 extern const fa_kernel_t fa_kernels[];

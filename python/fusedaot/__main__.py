@@ -50,8 +50,9 @@ def main() -> int:
         print(f"{op:24s}" + "".join(f"{counts.get((op, a), 0) or '-':>8}" for a in arches))
     images = {(k["arch"], k.get("image", k["variant"])): k["image_bytes"] for k in m["kernels"]}
     size = sum(images.values())
+    stored = sum(b["stored_bytes"] for b in m.get("image_blocks", {}).values())
     print(f"\n{len(m['kernels'])} kernel variants (numbers are variants per op and arch), "
-          f"{size / 1e6:.1f} MB of images")
+          f"{size / 1e6:.1f} MB of images" + (f", stored in {stored / 1e6:.1f} MB of LZMA blocks" if stored else ""))
     return 0
 
 
