@@ -1,7 +1,8 @@
 """Cold start of fusedaot.rms_norm in fresh processes, against Triton's JIT with an empty cache.
 
 Measured: `import fusedaot` after `import torch`; the first fusedaot.rms_norm call (also through
-the PTX library); Triton's JIT first call of the same kernel, empty cache and warm disk cache.
+the PTX library); fusedaot.load() of every kernel; Triton's JIT first call of the same kernel,
+empty cache and warm disk cache.
 
     python benchmarks/bench_cold_start.py [--quick] [--repeat 5] [--shape 1024x4096]
                                           [--dtype bf16] [--out results.jsonl]
@@ -55,6 +56,11 @@ t_second = timed(lambda: fusedaot.rms_norm(x, w, 1e-6))
 print(json.dumps({"import fusedaot (CUDA context up)": t_import, "first call": t_first,
                   "second call": t_second}))
 """
+CHILD_LOAD = _SETUP + """
+import fusedaot
+t_load = timed(lambda: fusedaot.load())
+print(json.dumps({"fusedaot.load(): every kernel of the library": t_load}))
+"""
 CHILD_TRITON = _SETUP + """
 sys.path.insert(0, sys.argv[4])
 import bench_rms_norm  # torch only: it imports Triton when asked for the launcher
@@ -104,6 +110,7 @@ def main():
     runs = [  # (label, code, extra argv, environment, Triton cache: "empty" per process | "warm")
         ("fusedaot", CHILD_IMPORT, [], base, "empty"),
         ("fusedaot", CHILD_FUSEDAOT, [], base, "empty"),
+        ("fusedaot", CHILD_LOAD, [], base, "empty"),
         ("fusedaot FUSEDAOT_ARCH=ptx, driver cache off", CHILD_FUSEDAOT, [],
          {**base, "FUSEDAOT_ARCH": "ptx", **no_driver_cache}, "empty"),
         ("triton_jit empty cache", CHILD_TRITON, here, base, "empty"),
