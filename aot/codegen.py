@@ -65,7 +65,7 @@ def write_images(path: Path, blocks: list[tuple[str, Path]], what: str) -> None:
 
 
 def public_header(ops=None) -> str:
-    out = [_header("every op"), "#pragma once\n#include <stdint.h>\n\n",
+    out = [_header("every op"), "#pragma once\n#include <stddef.h>\n#include <stdint.h>\n\n",
            "/* Every function returns 0 or an error code; fusedaot_last_error() says what went wrong\n"
            " * (the driver's own message included).  Pointers are device pointers; the caller\n"
            " * allocates every output.  dtype: " +
@@ -76,6 +76,10 @@ def public_header(ops=None) -> str:
            "int fusedaot_load(void* stream, int32_t device);\n",
            "int fusedaot_num_kernels(void);\n",
            "int fusedaot_num_loaded(int32_t device);\n",
+           "/* The library's images (cubins, or NUL-terminated PTX), unpacked: fusedaot_image copies\n"
+           " * image i into out when capacity allows and sets *size to its bytes (for cuobjdump). */\n",
+           "int fusedaot_num_images(void);\n",
+           "int fusedaot_image(int32_t image, void* out, size_t capacity, size_t* size);\n",
            "/* Each op also has fusedaot_<op>_packed(const unsigned char* args): the same arguments\n"
            " * back to back in one buffer (struct format in manifest.json), for callers that pay per\n"
            " * argument (Python's ctypes).  fp32 scalars are passed there as doubles. */\n\n"]

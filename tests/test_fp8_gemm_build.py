@@ -9,7 +9,6 @@ import os
 import pathlib
 import re
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -32,36 +31,18 @@ def find_tool(name: str):
     return None
 
 
-def cubins(library: pathlib.Path):
-    """The ELF cubins embedded in a fusedaot library (byte arrays in its .rodata)."""
-    data = library.read_bytes()
-    out, at = [], data.find(b"\x7fELF", 1)
-    while at > 0:
-        head = data[at:at + 64]
-        if len(head) == 64 and head[4] == 2 and int.from_bytes(head[0x12:0x14], "little") == 190:
-            phoff, shoff = struct.unpack_from("<QQ", head, 0x20)
-            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 0x36)
-            ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
-            for i in range(shnum):   # and the end of every section with file contents
-                kind, = struct.unpack_from("<I", data, at + shoff + i * shentsize + 4)
-                offset, size = struct.unpack_from("<QQ", data, at + shoff + i * shentsize + 0x18)
-                ends.append(offset + (0 if kind == 8 else size))   # SHT_NOBITS takes no file space
-            out.append(data[at:at + max(ends)])
-        at = data.find(b"\x7fELF", at + 1)
-    return out
-
-
 def sm90_sass(kernel: str, tmp_path) -> list[str]:
     """The SASS of every cubin in the installed libfusedaot_sm90.so that holds `kernel` (at
     least one, or the test fails); skips without the library or cuobjdump.  No GPU needed."""
     library = PKG / "libfusedaot_sm90.so"
     if not library.exists():
         pytest.skip("libfusedaot_sm90.so is not installed")
+    from fusedaot import _lib
     tool = find_tool("cuobjdump")
     if tool is None:
         pytest.skip("cuobjdump is not available")
     texts = []
-    for i, image in enumerate(cubins(library)):
+    for i, image in enumerate(_lib.Library("sm90").images()):
         if f".text.{kernel}".encode() not in image:
             continue
         path = tmp_path / f"{kernel}_{i}.cubin"

@@ -4,6 +4,7 @@ CPU-only; this is what CI checks on the freshly installed wheel.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import json
 import os
@@ -136,6 +137,19 @@ def test_images_are_stored_packed(manifest, arch):
     data = (PKG / f"libfusedaot_{arch}.so").read_bytes()
     assert blocks["stored_bytes"] < len(data) < blocks["stored_bytes"] + (2 << 20), (len(data), blocks)
     assert data.count(b"\x7fELF") == 1 and b".target sm_80" not in data
+
+
+def test_images_unpack_through_the_c_abi(manifest):
+    """fusedaot_image hands out each image byte for byte (the manifest's digests); no GPU."""
+    import hashlib
+    from fusedaot import _lib
+    lib = _lib.Library("sm90")
+    got = [hashlib.sha256(image).hexdigest()[:16] for image in lib.images()]
+    assert set(got) == {k["image_sha256"] for k in manifest["kernels"] if k["arch"] == "sm90"}
+    assert len(got) == len(set(got)) == lib._cdll.fusedaot_num_images()
+    size = ctypes.c_size_t(0)
+    assert lib._cdll.fusedaot_image(len(got), None, 0, ctypes.byref(size)) == 10008
+    assert f"image {len(got)} does not exist (the sm90 library has {len(got)})" in str(lib.error(10008))
 
 
 def test_manifest_ops_match_spec_params(manifest):

@@ -133,6 +133,12 @@ static struct {
   unsigned char* bytes;
 } unpacked = {-1, NULL, NULL};
 
+static const char* image_variant(int image) { /* a variant that uses the image, for messages */
+  for (int k = 0; k < fa_num_kernels; ++k)
+    if (fa_kernels[k].image == image) return fa_kernels[k].variant;
+  return "?";
+}
+
 /* Point *bytes at image i, unpacking its block as far as the image ends. */
 static int image_bytes(int i, const char* variant, const unsigned char** bytes) {
   const fa_image_t* im = &fa_images[i];
@@ -157,6 +163,23 @@ static int image_bytes(int i, const char* variant, const unsigned char** bytes) 
   }
   *bytes = unpacked.bytes + im->offset;
   return 0;
+}
+
+FA_EXPORT int fusedaot_num_images(void) { return fa_num_images; }
+
+/* Copy image `image` (unpacked) into out if it fits in capacity bytes; *size: its bytes. */
+FA_EXPORT int fusedaot_image(int32_t image, void* out, size_t capacity, size_t* size) {
+  if (image < 0 || image >= fa_num_images)
+    return fa_error(FA_ERR_IMAGE, "fusedaot: image %d does not exist (the %s library has %d)", image,
+                    fa_arch_name, fa_num_images);
+  *size = fa_images[image].size;
+  if (!out || capacity < *size) return 0;
+  const unsigned char* bytes = NULL;
+  pthread_mutex_lock(&unpack_lock);
+  int rc = image_bytes(image, image_variant(image), &bytes);
+  if (!rc) memcpy(out, bytes, *size);
+  pthread_mutex_unlock(&unpack_lock);
+  return rc;
 }
 
 /* ------------------------------------------------------------------ devices */
@@ -279,12 +302,6 @@ typedef struct {
   int rc; /* the first failure, and its message */
   char message[sizeof fa_message];
 } loader_t;
-
-static const char* image_variant(int image) { /* a variant that uses the image, for messages */
-  for (int k = 0; k < fa_num_kernels; ++k)
-    if (fa_kernels[k].image == image) return fa_kernels[k].variant;
-  return "?";
-}
 
 static int load_block(fa_device_t* d, int b, fa_lzma_t* decoder, unsigned char** bytes, size_t* capacity) {
   int todo = 0;

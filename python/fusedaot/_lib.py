@@ -119,6 +119,8 @@ class Library:
         cdll.fusedaot_load.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         cdll.fusedaot_num_loaded.argtypes = [ctypes.c_int32]
         cdll.fusedaot_driver_version.argtypes = [ctypes.POINTER(ctypes.c_int32)]
+        cdll.fusedaot_image.argtypes = [ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t,
+                                        ctypes.POINTER(ctypes.c_size_t)]
         for op, info in m["ops"].items():
             fn = getattr(cdll, f"fusedaot_{op}_packed")
             fn.argtypes, fn.restype = (ctypes.c_char_p,), ctypes.c_int
@@ -139,6 +141,17 @@ class Library:
 
     def num_kernels(self) -> int:
         return self._cdll.fusedaot_num_kernels()
+
+    def images(self):
+        """Every image of the library, unpacked: cubins (or NUL-terminated PTX) as the build
+        compiled them, for tools such as cuobjdump.  Needs no GPU."""
+        for i in range(self._cdll.fusedaot_num_images()):
+            size = ctypes.c_size_t(0)
+            rc = self._cdll.fusedaot_image(i, None, 0, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            if rc or self._cdll.fusedaot_image(i, buf, size.value, ctypes.byref(size)):
+                raise self.error(rc or 1, "image")
+            yield buf.raw
 
     def driver_version(self) -> int:
         v = ctypes.c_int32(0)
