@@ -107,7 +107,8 @@ def package_copy(tmp_path, monkeypatch):
         pytest.skip("no manifest.json next to fusedaot (source tree, not an installed wheel)")
     copy = tmp_path / "fusedaot"
     copy.mkdir()
-    shutil.copy(PKG / "manifest.json", copy / "manifest.json")
+    for name in ("manifest.json", "ops.json"):
+        shutil.copy(PKG / name, copy / name)
     for arch in ARCH_LIBRARIES:
         shutil.copy(PKG / f"libfusedaot_{arch}.so", copy / f"libfusedaot_{arch}.so")
     monkeypatch.setattr(_lib, "PACKAGE_DIR", copy)
@@ -127,12 +128,14 @@ def test_missing_library_names_file_and_arch(arch, package_copy):
 
 def test_missing_manifest_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(_lib, "PACKAGE_DIR", tmp_path)
-    _lib.manifest.cache_clear()
+    _lib._read.cache_clear()
     try:
         with pytest.raises(fusedaot.FusedAOTError, match=r"manifest\.json is missing"):
             _lib.manifest()
+        with pytest.raises(fusedaot.FusedAOTError, match=r"ops\.json is missing"):
+            _lib.ops_manifest()
     finally:
-        _lib.manifest.cache_clear()
+        _lib._read.cache_clear()
 
 
 def test_libraries_load_without_a_driver(package_copy):

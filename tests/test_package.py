@@ -96,6 +96,22 @@ def test_library_installed(arch):
     assert lib.stat().st_size > 0
 
 
+def test_ops_json_is_the_manifest_without_kernels(manifest):
+    """What calls read at run time: the manifest less its kernel list, with each op's largest
+    scratch need per arch; small enough to parse in well under a millisecond."""
+    path = PKG / "ops.json"
+    ops = json.loads(path.read_text())
+    assert path.stat().st_size < 100_000, path.stat().st_size
+    assert {k: v for k, v in manifest.items() if k not in ("kernels", "ops")} == \
+        {k: v for k, v in ops.items() if k != "ops"}
+    for name, info in manifest["ops"].items():
+        assert {k: v for k, v in ops["ops"][name].items() if k != "global_scratch"} == info
+        for arch, need in ops["ops"][name]["global_scratch"].items():
+            assert need == max(k["global_scratch"] for k in manifest["kernels"]
+                               if k["op"] == name and k["arch"] == arch)
+    assert ops["ops"]["gated_mlp"]["global_scratch"]["sm90"] > 0  # the TMA kernels' descriptors
+
+
 def test_manifest_top_level(manifest):
     assert manifest["version"] == fusedaot.__version__
     assert list(manifest["arches"]) == list(ARCH_LIBRARIES)
@@ -268,7 +284,8 @@ def test_wheel(wheel):
         names = set(zf.namelist())
         for arch in ARCH_LIBRARIES:
             assert f"fusedaot/libfusedaot_{arch}.so" in names, f"{wheel.name} lacks libfusedaot_{arch}.so"
-        assert {"fusedaot/manifest.json", "fusedaot/__init__.py", "fusedaot/reference/__init__.py"} <= names
+        assert {"fusedaot/manifest.json", "fusedaot/ops.json", "fusedaot/__init__.py",
+                "fusedaot/reference/__init__.py"} <= names
         assert not [n for n in names if n.startswith(("triton/", "aot/", "tests/", "kernels/"))]
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         wheel_info = zf.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()

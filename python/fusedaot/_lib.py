@@ -29,11 +29,21 @@ class FusedAOTError(RuntimeError):
 
 
 @functools.lru_cache(maxsize=None)
-def manifest() -> dict:
-    path = PACKAGE_DIR / "manifest.json"
+def _read(name: str) -> dict:
+    path = PACKAGE_DIR / name
     if not path.exists():
         raise FusedAOTError(f"fusedaot: {path} is missing; the installation is broken, reinstall fusedaot")
     return json.loads(path.read_text())
+
+
+def manifest() -> dict:
+    """Everything the build made: ops, every kernel variant of every arch, image stores."""
+    return _read("manifest.json")
+
+
+def ops_manifest() -> dict:
+    """The manifest without its kernel list (what calls need; a small file, read once)."""
+    return _read("ops.json")
 
 
 def arch_for_capability(major: int, minor: int) -> str:
@@ -106,7 +116,7 @@ class Library:
     the C arguments (stream, device, dtype, params...) and returning the C result code."""
 
     def __init__(self, arch: str):
-        m = manifest()
+        m = ops_manifest()
         path = PACKAGE_DIR / m["libraries"].get(arch, f"libfusedaot_{arch}.so")
         if not path.exists():
             raise FusedAOTError(f"fusedaot: the {arch} library {path.name} is missing from {PACKAGE_DIR}; "

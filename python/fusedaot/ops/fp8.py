@@ -57,7 +57,7 @@ FP8_LIBRARIES = ("sm89", "sm90")   # the libraries with FP8 tensor-core kernels 
 
 def require_library_op(op: str, lib, dev: int) -> None:
     """Raise a clear error where the device's library lacks the FP8 op `op` (sm80, ptx)."""
-    if lib.arch in _lib.manifest()["ops"].get(op, {}).get("arches", ()):
+    if lib.arch in _lib.ops_manifest()["ops"].get(op, {}).get("arches", ()):
         return
     name = torch.cuda.get_device_name(dev)
     major, minor = torch.cuda.get_device_capability(dev)

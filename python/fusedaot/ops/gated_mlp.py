@@ -41,8 +41,7 @@ def scratch_per_program(arch: str) -> int:
     """Bytes of scratch memory a program of the arch's library needs at most (the manifest's
     record of what Triton asked for: the sm90 TMA kernels build their descriptors there), 0
     where no kernel needs any."""
-    return max((k["global_scratch"] for k in _lib.manifest()["kernels"]
-                if k["op"] == "gated_mlp" and k["arch"] == arch), default=0)
+    return _lib.ops_manifest()["ops"]["gated_mlp"]["global_scratch"].get(arch, 0)
 
 
 def _launch(lib, dev, x, w_gate, w_up, activation):
