@@ -261,6 +261,27 @@ def test_empty_inputs_and_bad_device(fake_driver):
     """)
 
 
+def test_concurrent_loads_load_each_image_once(fake_driver):
+    """fusedaot_load from several threads at once, each unpacking blocks on threads of its own,
+    while other threads make first calls: every image is loaded exactly once, byte for byte."""
+    run(fake_driver, "sm90", f"""
+        import threading
+        rcs, start = [], threading.Barrier(6)
+        def load():
+            start.wait()
+            rcs.append(lib.fusedaot_load(0, 0))
+        def first_call():
+            start.wait()
+            rcs.append({call_source(*CASES[0])})
+        threads = [threading.Thread(target=f) for f in (load, load, load, load, first_call, first_call)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        assert rcs == [0] * 6, (rcs, error())
+        digests = [image_digest(fake.fake_image(i)) for i in range(fake.fake_loads())]
+        assert len(digests) == len(set(digests)) == len({{k["image_sha256"] for k in manifest["kernels"]
+                                                           if k["arch"] == "sm90"}}), len(digests)
+    """)
+
+
 @pytest.mark.parametrize("arch", specs.ARCHES)
 def test_every_image_targets_its_arch(fake_driver, arch):
     """fusedaot_load loads every image once, unpacked byte for byte as the build compiled it
