@@ -73,8 +73,97 @@ def compile_all(arches, jobs: int, cache: Path):
     return results
 
 
+def _collect(arch: str, results, out: Path, manifest: dict) -> tuple[list[bytes], list[dict]]:
+    """The arch's distinct images in table order and its kernel table; adds the kernels (and
+    the arch's driver floor) to the manifest and writes each image to DIR/<arch>/images/ for
+    inspection (cuobjdump)."""
+    img_dir = out / arch / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images, names, image_index, kernels, ptx_versions = [], [], {}, [], set()
+    by_content = {}   # variants whose configs differ only in their dispatch conditions compile
+                      # to the same bytes: the library embeds such an image once
+    for op, v, a in specs.enumerate_kernels((arch,)):
+        key = ("cuda", op.source, arch) if op.lang == "cuda" else (op.name, v.name, arch)
+        image, meta = results[key]
+        if key not in image_index and image in by_content:
+            image_index[key] = by_content[image]
+        elif key not in image_index:
+            by_content[image] = image_index[key] = len(images)
+            stem = Path(op.source).stem if op.lang == "cuda" else v.name
+            (img_dir / f"{stem}_{arch}.bin").write_bytes(image)
+            images.append(image)
+            names.append(f"{stem}_{arch}")
+            if meta.get("ptx_version"):
+                ptx_versions.add(meta["ptx_version"])
+        if op.lang == "cuda":
+            meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared, args=[p.name for p in op.params])
+            if v.kernel.encode() not in image:
+                sys.exit(f"aot: error: {v.name}: symbol {v.kernel} not found in the {arch} image of {op.source}")
+        image = images[image_index[key]]
+        kernels.append({"op": op, "variant": v, "image": image_index[key], "meta": meta,
+                        "shared": meta["shared"]})
+        manifest["kernels"].append({"op": op.name, "variant": v.name, "arch": arch, "dtype": v.dtype,
+                                    "image": names[image_index[key]], "image_bytes": len(image),
+                                    "image_sha256": hashlib.sha256(image).hexdigest()[:16],
+                                    "compiler": meta["compiler"],
+                                    "symbol": meta["symbol"], "args": meta["args"], "num_warps": meta["num_warps"],
+                                    "maxnreg": v.maxnreg, "shared": meta["shared"],
+                                    "global_scratch": meta.get("global_scratch", 0)})
+        manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
+    manifest["min_driver"][arch] = (max(PTX_ISA_DRIVER[p] for p in ptx_versions)
+                                    if arch == "ptx" else CUBIN_MIN_DRIVER)
+    return images, kernels
+
+
 def _compress(raw: bytes, kind: str, cache: str) -> bytes:
     return pack.compress(raw, kind, Path(cache))
+
+
+def _pack(libraries: dict, jobs: int, cache: Path) -> dict:
+    """{arch: [(block, compressed block)]}: every arch's blocks compressed in one pool."""
+    todo = [(arch, raw) for arch, (images, _) in libraries.items() for raw in pack.blocks(images)]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
+        stored = pool.map(_compress, [raw for _, raw in todo], [pack.kind(arch) for arch, _ in todo],
+                          [str(cache)] * len(todo))
+        packed = {arch: [] for arch in libraries}
+        for (arch, raw), data in zip(todo, stored):
+            packed[arch].append((raw, data))
+    return packed
+
+
+def _write_library(out: Path, arch: str, images: list[bytes], kernels: list[dict], blocks: list, manifest: dict):
+    """The arch's embedded blocks and dispatch; returns the sources CMake builds it from."""
+    block_dir = out / arch / "blocks"
+    block_dir.mkdir(parents=True, exist_ok=True)
+    props = pack.props_byte(pack.PROPS[pack.kind(arch)])
+    embedded, table = [], []
+    for i, (raw, data) in enumerate(blocks):
+        path = block_dir / f"block{i}_{arch}.lzma"
+        path.write_bytes(data)
+        embedded.append((f"fa_block{i}_{arch}", path))
+        table.append((f"fa_block{i}_{arch}", len(data), len(raw), props))
+    where = [(b, o, len(im)) for im, (b, o) in zip(images, pack.plan([len(im) for im in images]))]
+    image_bytes, stored = sum(len(im) for im in images), sum(len(data) for _, data in blocks)
+    manifest["image_blocks"][arch] = {"blocks": len(blocks), "codec": f"lzma {pack.PROPS[pack.kind(arch)]}",
+                                      "image_bytes": image_bytes, "stored_bytes": stored}
+    embed, dispatch = out / arch / f"images_{arch}.S", out / arch / f"dispatch_{arch}.c"
+    codegen.write_images(embed, embedded, f"the {len(images)} images of {arch} in {len(blocks)} blocks")
+    codegen.write_dispatch(dispatch, arch, table, where, kernels)
+    print(f"aot: {arch}: {len(images)} images, {image_bytes / 1e6:.1f} MB, in {len(blocks)} blocks "
+          f"of {stored / 1e6:.1f} MB", flush=True)
+    return [embed, dispatch]
+
+
+def _ops_json(manifest: dict) -> dict:
+    """The manifest without its kernel list, with each op's largest scratch need per arch: what
+    the Python package reads at run time (parsing the 2.9 MB manifest took 17-19 ms, on a first
+    call whose target is 5 ms)."""
+    scratch = {}
+    for k in manifest["kernels"]:
+        per_arch = scratch.setdefault(k["op"], {})
+        per_arch[k["arch"]] = max(per_arch.get(k["arch"], 0), k["global_scratch"])
+    ops = {name: dict(info, global_scratch=scratch.get(name, {})) for name, info in manifest["ops"].items()}
+    return dict({k: v for k, v in manifest.items() if k != "kernels"}, ops=ops)
 
 
 def generate(out: Path, arches, results, jobs: int = 1, cache: Path | None = None) -> dict:
@@ -87,89 +176,18 @@ def generate(out: Path, arches, results, jobs: int = 1, cache: Path | None = Non
                 "kernels": []}
     (out / "include").mkdir(parents=True, exist_ok=True)
     (out / "include" / "fusedaot.h").write_text(codegen.public_header())
-    libraries = {}
-    for arch in arches:
-        img_dir = out / arch / "images"
-        img_dir.mkdir(parents=True, exist_ok=True)
-        images, names, image_index, kernels, ptx_versions = [], [], {}, [], set()
-        by_content = {}   # variants whose configs differ only in their dispatch conditions compile
-                          # to the same bytes: the library embeds such an image once
-        for op, v, a in specs.enumerate_kernels((arch,)):
-            key = ("cuda", op.source, arch) if op.lang == "cuda" else (op.name, v.name, arch)
-            image, meta = results[key]
-            if key not in image_index and image in by_content:
-                image_index[key] = by_content[image]
-            elif key not in image_index:
-                by_content[image] = image_index[key] = len(images)
-                stem = Path(op.source).stem if op.lang == "cuda" else v.name
-                (img_dir / f"{stem}_{arch}.bin").write_bytes(image)  # for inspection (cuobjdump)
-                images.append(image)
-                names.append(f"{stem}_{arch}")
-                if meta.get("ptx_version"):
-                    ptx_versions.add(meta["ptx_version"])
-            if op.lang == "cuda":
-                meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared, args=[p.name for p in op.params])
-                if v.kernel.encode() not in image:
-                    sys.exit(f"aot: error: {v.name}: symbol {v.kernel} not found in the {arch} image of {op.source}")
-            image = images[image_index[key]]
-            kernels.append({"op": op, "variant": v, "image": image_index[key], "meta": meta,
-                            "shared": meta["shared"]})
-            manifest["kernels"].append({"op": op.name, "variant": v.name, "arch": arch, "dtype": v.dtype,
-                                        "image": names[image_index[key]], "image_bytes": len(image),
-                                        "image_sha256": hashlib.sha256(image).hexdigest()[:16],
-                                        "compiler": meta["compiler"],
-                                        "symbol": meta["symbol"], "args": meta["args"], "num_warps": meta["num_warps"],
-                                        "maxnreg": v.maxnreg, "shared": meta["shared"],
-                                        "global_scratch": meta.get("global_scratch", 0)})
-            manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
-        manifest["min_driver"][arch] = (max(PTX_ISA_DRIVER[p] for p in ptx_versions)
-                                        if arch == "ptx" else CUBIN_MIN_DRIVER)
-        libraries[arch] = (images, kernels)
-
-    # Every arch's blocks compress in one pool (about 45 s of LZMA for the four libraries).
+    libraries = {arch: _collect(arch, results, out, manifest) for arch in arches}
     t0 = time.perf_counter()
-    todo = [(arch, i, raw) for arch in arches for i, raw in enumerate(pack.blocks(libraries[arch][0]))]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
-        stored = list(pool.map(_compress, [raw for _, _, raw in todo],
-                               ["ptx" if arch == "ptx" else "cubin" for arch, _, _ in todo],
-                               [str(cache or out / "cache") for _ in todo]))
-    cmake = []
-    for arch in arches:
-        images, kernels = libraries[arch]
-        kind = "ptx" if arch == "ptx" else "cubin"
-        block_dir = out / arch / "blocks"
-        block_dir.mkdir(parents=True, exist_ok=True)
-        blocks, embedded = [], []
-        for (a, i, raw), data in zip(todo, stored):
-            if a != arch:
-                continue
-            path = block_dir / f"block{i}_{arch}.lzma"
-            path.write_bytes(data)
-            embedded.append((f"fa_block{i}_{arch}", path))
-            blocks.append((f"fa_block{i}_{arch}", len(data), len(raw), pack.props_byte(pack.PROPS[kind])))
-        where = [(b, o, len(im)) for im, (b, o) in zip(images, pack.plan([len(im) for im in images]))]
-        manifest["image_blocks"][arch] = {"blocks": len(blocks), "codec": f"lzma {pack.PROPS[kind]}",
-                                          "image_bytes": sum(len(im) for im in images),
-                                          "stored_bytes": sum(b[1] for b in blocks)}
-        embed = out / arch / f"images_{arch}.S"
-        codegen.write_images(embed, embedded, f"the {len(images)} images of {arch} in {len(blocks)} blocks")
-        dispatch = out / arch / f"dispatch_{arch}.c"
-        codegen.write_dispatch(dispatch, arch, blocks, where, kernels)
-        cmake.append(f"set(FUSEDAOT_SOURCES_{arch}\n  {embed}\n  {dispatch}\n)\n")
-        print(f"aot: {arch}: {len(images)} images, {sum(len(im) for im in images) / 1e6:.1f} MB, "
-              f"in {len(blocks)} blocks of {sum(b[1] for b in blocks) / 1e6:.1f} MB", flush=True)
+    packed = _pack(libraries, jobs, cache or out / "cache")
     print(f"aot: packed the images in {time.perf_counter() - t0:.1f} s", flush=True)
+    cmake = []
+    for arch, (images, kernels) in libraries.items():
+        sources = _write_library(out, arch, images, kernels, packed[arch], manifest)
+        cmake.append(f"set(FUSEDAOT_SOURCES_{arch}\n" + "".join(f"  {s}\n" for s in sources) + ")\n")
     (out / "sources.cmake").write_text(f"# Generated by {codegen.GENERATOR} from aot/specs/ (CMake source lists).\n"
                                        + "".join(cmake))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    # What the Python package reads at run time, without the kernel list (a 2.9 MB manifest
-    # took 17-19 ms to parse, on a first call whose target is 5 ms).
-    scratch = {}
-    for k in manifest["kernels"]:
-        per_arch = scratch.setdefault(k["op"], {})
-        per_arch[k["arch"]] = max(per_arch.get(k["arch"], 0), k["global_scratch"])
-    ops = {name: dict(info, global_scratch=scratch.get(name, {})) for name, info in manifest["ops"].items()}
-    (out / "ops.json").write_text(json.dumps(dict({k: v for k, v in manifest.items() if k != "kernels"}, ops=ops)))
+    (out / "ops.json").write_text(json.dumps(_ops_json(manifest)))
     return manifest
 
 

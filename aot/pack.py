@@ -25,6 +25,11 @@ PRESET = 6
 PROPS = {"cubin": {"lc": 1, "lp": 0, "pb": 4}, "ptx": {"lc": 3, "lp": 0, "pb": 0}}
 
 
+def kind(arch: str) -> str:
+    """The PROPS entry of an arch's library: PTX text for `ptx`, else cubins."""
+    return "ptx" if arch == "ptx" else "cubin"
+
+
 def props_byte(props: dict) -> int:
     """The LZMA properties byte the decoder takes: (pb * 5 + lp) * 9 + lc."""
     return (props["pb"] * 5 + props["lp"]) * 9 + props["lc"]
