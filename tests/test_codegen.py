@@ -55,7 +55,8 @@ def demo_library(tmp_path_factory) -> str:
     codegen.write_dispatch(d / "dispatch.c", "sm90", blocks, where, kernels, ops=(SCALE, OTHER))
     (d / "fusedaot.h").write_text(codegen.public_header(ops=(SCALE, OTHER)))
     out = d / "libdemo.so"
-    sources = [str(REPO / "aot" / "runtime" / "fa_runtime.c"), str(d / "dispatch.c"), str(d / "images.S")]
+    runtime = REPO / "aot" / "runtime"
+    sources = [str(runtime / "fa_images.c"), str(runtime / "fa_runtime.c"), str(d / "dispatch.c"), str(d / "images.S")]
     subprocess.run([CC, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-Wno-unused-variable",
                     "-fvisibility=hidden", "-I", str(REPO / "aot" / "runtime"), "-I", str(d), "-o", str(out),
                     *sources, "-ldl", "-lpthread"], check=True)

@@ -1,8 +1,7 @@
-/* The fusedaot C runtime (see fa_runtime.h). */
+/* The fusedaot C runtime (see fa_runtime.h): the driver, devices, loading and launching.
+ * The image store and fusedaot_load's first pass are in fa_images.c. */
 #define _GNU_SOURCE
 #include "fa_runtime.h"
-
-#include "fa_lzma.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -10,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* ------------------------------------------------------------------ errors */
 
@@ -104,7 +102,7 @@ static int driver(void) {
 }
 
 /* Turn a CUresult into our error: "<what> failed: <driver's text> (<name>)". */
-static int check(CUresult rc, const char* what, const char* detail) {
+int fa_check(CUresult rc, const char* what, const char* detail) {
   if (rc == CUDA_SUCCESS) return 0;
   const char *name = "?", *text = "unrecognized error code";
   cu.GetErrorName(rc, &name);
@@ -113,84 +111,27 @@ static int check(CUresult rc, const char* what, const char* detail) {
                   text, name);
 }
 
+int fa_module_load(CUmodule* mod, const unsigned char* image, const char* variant) {
+  return fa_check(cu.ModuleLoadData(mod, image), "cuModuleLoadData for", variant);
+}
+
 FA_EXPORT int fusedaot_driver_version(int32_t* version) {
   int rc = driver();
-  return rc ? rc : check(cu.DriverGetVersion(version), "cuDriverGetVersion", NULL);
+  return rc ? rc : fa_check(cu.DriverGetVersion(version), "cuDriverGetVersion", NULL);
 }
 
 FA_EXPORT const char* fusedaot_arch(void) { return fa_arch_name; }
 FA_EXPORT int fusedaot_num_kernels(void) { return fa_num_kernels; }
 
-/* ------------------------------------------------------------------ images */
-
-/* The block last unpacked, decoded as far as the images loaded from it so far: loading in
- * table order decodes each block once.  Images are the same on every device, so one for
- * the process; unpack_lock is held from unpacking an image until the driver has read it. */
-static pthread_mutex_t unpack_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-  int block; /* -1: none */
-  fa_lzma_t* decoder;
-  unsigned char* bytes;
-} unpacked = {-1, NULL, NULL};
-
-static const char* image_variant(int image) { /* a variant that uses the image, for messages */
-  for (int k = 0; k < fa_num_kernels; ++k)
-    if (fa_kernels[k].image == image) return fa_kernels[k].variant;
-  return "?";
-}
-
-/* Point *bytes at image i, unpacking its block as far as the image ends. */
-static int image_bytes(int i, const char* variant, const unsigned char** bytes) {
-  const fa_image_t* im = &fa_images[i];
-  const fa_block_t* b = &fa_blocks[im->block];
-  if (unpacked.block != im->block) {
-    free(unpacked.bytes);
-    unpacked.block = -1;
-    unpacked.bytes = malloc(b->unpacked);
-    if (!unpacked.decoder) unpacked.decoder = malloc(sizeof *unpacked.decoder);
-    if (!unpacked.bytes || !unpacked.decoder)
-      return fa_error(FA_ERR_NO_DRIVER, "fusedaot: out of host memory (%zu bytes to unpack the image of %s)",
-                      b->unpacked + sizeof *unpacked.decoder, variant);
-    if (!fa_lzma_init(unpacked.decoder, b->props, b->data, b->size, unpacked.bytes, b->unpacked))
-      unpacked.block = im->block;
-  }
-  if (unpacked.block < 0 || fa_lzma_run(unpacked.decoder, im->offset + im->size)) {
-    unpacked.block = -1;
-    return fa_error(FA_ERR_IMAGE,
-                    "fusedaot: the image of %s in libfusedaot_%s.so does not unpack (block %d: %s); "
-                    "the library is damaged: reinstall fusedaot",
-                    variant, fa_arch_name, im->block, unpacked.decoder->error);
-  }
-  *bytes = unpacked.bytes + im->offset;
-  return 0;
-}
-
-FA_EXPORT int fusedaot_num_images(void) { return fa_num_images; }
-
-/* Copy image `image` (unpacked) into out if it fits in capacity bytes; *size: its bytes. */
-FA_EXPORT int fusedaot_image(int32_t image, void* out, size_t capacity, size_t* size) {
-  if (image < 0 || image >= fa_num_images)
-    return fa_error(FA_ERR_IMAGE, "fusedaot: image %d does not exist (the %s library has %d)", image,
-                    fa_arch_name, fa_num_images);
-  *size = fa_images[image].size;
-  if (!out || capacity < *size) return 0;
-  const unsigned char* bytes = NULL;
-  pthread_mutex_lock(&unpack_lock);
-  int rc = image_bytes(image, image_variant(image), &bytes);
-  if (!rc) memcpy(out, bytes, *size);
-  pthread_mutex_unlock(&unpack_lock);
-  return rc;
-}
-
 /* ------------------------------------------------------------------ devices */
 
 static int device_init(fa_device_t* d) {
   CUdevice dev;
-  int rc = check(cu.DeviceGet(&dev, d->ordinal), "cuDeviceGet", NULL);
-  if (!rc) rc = check(cu.DevicePrimaryCtxRetain(&d->ctx, dev), "cuDevicePrimaryCtxRetain", NULL);
-  if (!rc) rc = check(cu.DeviceGetAttribute(&d->sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev),
+  int rc = fa_check(cu.DeviceGet(&dev, d->ordinal), "cuDeviceGet", NULL);
+  if (!rc) rc = fa_check(cu.DevicePrimaryCtxRetain(&d->ctx, dev), "cuDevicePrimaryCtxRetain", NULL);
+  if (!rc) rc = fa_check(cu.DeviceGetAttribute(&d->sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev),
                       "cuDeviceGetAttribute", "(multiprocessor count)");
-  if (!rc) rc = check(cu.DeviceGetAttribute(&d->smem_optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev),
+  if (!rc) rc = fa_check(cu.DeviceGetAttribute(&d->smem_optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev),
                       "cuDeviceGetAttribute", "(shared memory opt-in)");
   if (rc) return rc;
   d->modules = calloc(fa_num_images ? fa_num_images : 1, sizeof(void*));
@@ -218,17 +159,17 @@ int fa_device_get(int ordinal, fa_device_t** out) {
 }
 
 /* Run with the device's context current, restoring the caller's afterwards. */
-static int ctx_enter(fa_device_t* d, int* pushed) {
+int fa_ctx_enter(fa_device_t* d, int* pushed) {
   CUcontext cur = NULL;
   *pushed = 0;
-  int rc = check(cu.CtxGetCurrent(&cur), "cuCtxGetCurrent", NULL);
+  int rc = fa_check(cu.CtxGetCurrent(&cur), "cuCtxGetCurrent", NULL);
   if (rc || cur == d->ctx) return rc;
-  rc = check(cu.CtxPushCurrent(d->ctx), "cuCtxPushCurrent", NULL);
+  rc = fa_check(cu.CtxPushCurrent(d->ctx), "cuCtxPushCurrent", NULL);
   *pushed = !rc;
   return rc;
 }
 
-static void ctx_leave(int pushed) {
+void fa_ctx_leave(int pushed) {
   CUcontext ignored;
   if (pushed) cu.CtxPopCurrent(&ignored);
 }
@@ -239,7 +180,7 @@ static int load_kernel(fa_device_t* d, int k, CUstream stream) {
   const fa_kernel_t* kd = &fa_kernels[k];
   if (stream) {
     int status = CU_STREAM_CAPTURE_STATUS_NONE;
-    int rc = check(cu.StreamIsCapturing(stream, &status), "cuStreamIsCapturing", NULL);
+    int rc = fa_check(cu.StreamIsCapturing(stream, &status), "cuStreamIsCapturing", NULL);
     if (rc) return rc;
     if (status != CU_STREAM_CAPTURE_STATUS_NONE)
       return fa_error(FA_ERR_CAPTURING,
@@ -249,21 +190,17 @@ static int load_kernel(fa_device_t* d, int k, CUstream stream) {
   }
   CUmodule mod = (CUmodule)d->modules[kd->image];
   if (!mod) {
-    const unsigned char* image = NULL;
-    pthread_mutex_lock(&unpack_lock);
-    int rc = image_bytes(kd->image, kd->variant, &image);
-    if (!rc) rc = check(cu.ModuleLoadData(&mod, image), "cuModuleLoadData for", kd->variant);
-    pthread_mutex_unlock(&unpack_lock);
+    int rc = fa_image_load(kd->image, kd->variant, &mod);
     if (rc) return rc;
     __atomic_store_n(&d->modules[kd->image], (void*)mod, __ATOMIC_RELEASE);
   }
   CUfunction fn;
-  int rc = check(cu.ModuleGetFunction(&fn, mod, kd->symbol), "cuModuleGetFunction for", kd->variant);
+  int rc = fa_check(cu.ModuleGetFunction(&fn, mod, kd->symbol), "cuModuleGetFunction for", kd->variant);
   if (rc) return rc;
   if (kd->shared > 0) {
     /* Without the opt-in a block gets 48 KiB of shared memory, static and dynamic together. */
     int static_bytes = 0;
-    rc = check(cu.FuncGetAttribute(&static_bytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute for",
+    rc = fa_check(cu.FuncGetAttribute(&static_bytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute for",
                kd->variant);
     if (rc) return rc;
     const int total = static_bytes + (int)kd->shared;
@@ -272,7 +209,7 @@ static int load_kernel(fa_device_t* d, int k, CUstream stream) {
         return fa_error(FA_ERR_UNAVAILABLE,
                         "fusedaot: kernel %s needs %d bytes of shared memory (%d static); device %d allows %d",
                         kd->variant, total, static_bytes, d->ordinal, d->smem_optin);
-      rc = check(cu.FuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)kd->shared),
+      rc = fa_check(cu.FuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)kd->shared),
                  "cuFuncSetAttribute for", kd->variant);
       if (rc) return rc;
     }
@@ -291,96 +228,17 @@ static int get_function(fa_device_t* d, int k, CUstream stream, CUfunction* fn) 
   return rc;
 }
 
-/* fusedaot_load's first pass: every block unpacked whole on one of several threads, each in
- * a buffer of its own and outside any lock, and its images' modules loaded under the
- * device's lock.  Unpacking is most of a library's load time (28.6 MB of sm90 images at about
- * 100 MB/s a thread); the driver's module loads stay one at a time. */
-typedef struct {
-  fa_device_t* d;
-  int next; /* the next block to take */
-  pthread_mutex_t lock;
-  int rc; /* the first failure, and its message */
-  char message[sizeof fa_message];
-} loader_t;
-
-static int load_block(fa_device_t* d, int b, fa_lzma_t* decoder, unsigned char** bytes, size_t* capacity) {
-  int todo = 0;
-  for (int i = 0; i < fa_num_images && !todo; ++i) todo = fa_images[i].block == b && !d->modules[i];
-  if (!todo) return 0;
-  const fa_block_t* blk = &fa_blocks[b];
-  if (*capacity < blk->unpacked) {
-    free(*bytes);
-    *capacity = 0;
-    if (!(*bytes = malloc(blk->unpacked)))
-      return fa_error(FA_ERR_NO_DRIVER, "fusedaot: out of host memory (%zu bytes to unpack a block of images)",
-                      blk->unpacked);
-    *capacity = blk->unpacked;
-  }
-  if (fa_lzma_init(decoder, blk->props, blk->data, blk->size, *bytes, blk->unpacked) ||
-      fa_lzma_run(decoder, blk->unpacked))
-    return fa_error(FA_ERR_IMAGE,
-                    "fusedaot: block %d of the images in libfusedaot_%s.so does not unpack (%s); the library is "
-                    "damaged: reinstall fusedaot",
-                    b, fa_arch_name, decoder->error);
-  int rc = 0;
-  pthread_mutex_lock((pthread_mutex_t*)d->lock);
-  for (int i = 0; i < fa_num_images && !rc; ++i) {
-    if (fa_images[i].block != b || d->modules[i]) continue;
-    CUmodule mod;
-    rc = check(cu.ModuleLoadData(&mod, *bytes + fa_images[i].offset), "cuModuleLoadData for", image_variant(i));
-    if (!rc) __atomic_store_n(&d->modules[i], (void*)mod, __ATOMIC_RELEASE);
-  }
-  pthread_mutex_unlock((pthread_mutex_t*)d->lock);
-  return rc;
-}
-
-static void* loader_main(void* arg) {
-  loader_t* L = arg;
-  fa_lzma_t* decoder = malloc(sizeof *decoder);
-  unsigned char* bytes = NULL;
-  size_t capacity = 0;
-  int pushed, rc = decoder ? ctx_enter(L->d, &pushed) : fa_error(FA_ERR_NO_DRIVER, "fusedaot: out of host memory");
-  if (decoder && !rc) {
-    for (int b; !rc && !__atomic_load_n(&L->rc, __ATOMIC_RELAXED) &&
-                (b = __atomic_fetch_add(&L->next, 1, __ATOMIC_RELAXED)) < fa_num_blocks;)
-      rc = load_block(L->d, b, decoder, &bytes, &capacity);
-    ctx_leave(pushed);
-  }
-  free(decoder);
-  free(bytes);
-  if (rc) {
-    pthread_mutex_lock(&L->lock);
-    if (!L->rc) L->rc = rc, snprintf(L->message, sizeof L->message, "%s", fa_message);
-    pthread_mutex_unlock(&L->lock);
-  }
-  return NULL;
-}
-
-/* Unpack and load every module of the device, on up to 8 threads (this one among them). */
-static int load_modules(fa_device_t* d) {
-  loader_t L = {.d = d};
-  pthread_mutex_init(&L.lock, NULL);
-  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  int extra = (int)fa_min(fa_min(cpus > 0 ? cpus : 1, 8), fa_num_blocks) - 1, started = 0;
-  pthread_t threads[8];
-  while (started < extra && !pthread_create(&threads[started], NULL, loader_main, &L)) ++started;
-  loader_main(&L); /* fewer threads if some could not start: the rest is done here */
-  for (int i = 0; i < started; ++i) pthread_join(threads[i], NULL);
-  pthread_mutex_destroy(&L.lock);
-  return L.rc ? fa_error(L.rc, "%s", L.message) : 0;
-}
-
 FA_EXPORT int fusedaot_load(void* stream, int32_t device) {
   fa_device_t* d;
   int pushed, rc = fa_device_get(device, &d);
-  if (rc || (rc = ctx_enter(d, &pushed))) return rc;
+  if (rc || (rc = fa_ctx_enter(d, &pushed))) return rc;
   int capturing = CU_STREAM_CAPTURE_STATUS_NONE;
-  if (stream) rc = check(cu.StreamIsCapturing((CUstream)stream, &capturing), "cuStreamIsCapturing", NULL);
-  if (!rc && capturing == CU_STREAM_CAPTURE_STATUS_NONE) rc = load_modules(d);
+  if (stream) rc = fa_check(cu.StreamIsCapturing((CUstream)stream, &capturing), "cuStreamIsCapturing", NULL);
+  if (!rc && capturing == CU_STREAM_CAPTURE_STATUS_NONE) rc = fa_load_modules(d);
   /* then the functions, as first calls would (during capture, this says what is missing) */
   CUfunction fn;
   for (int k = 0; k < fa_num_kernels && !rc; ++k) rc = get_function(d, k, (CUstream)stream, &fn);
-  ctx_leave(pushed);
+  fa_ctx_leave(pushed);
   return rc;
 }
 
@@ -400,15 +258,15 @@ int fa_launch(fa_device_t* d, int k, int64_t gx, int64_t gy, int64_t gz, unsigne
   if (gx > 2147483647LL || gy > 65535 || gz > 65535)
     return fa_error(FA_ERR_LAUNCH_BOUNDS, "fusedaot: %s needs a grid of %lld x %lld x %lld blocks, beyond CUDA's limits",
                     fa_kernels[k].variant, (long long)gx, (long long)gy, (long long)gz);
-  int pushed, rc = ctx_enter(d, &pushed);
+  int pushed, rc = fa_ctx_enter(d, &pushed);
   if (rc) return rc;
   CUfunction fn;
   rc = get_function(d, k, (CUstream)stream, &fn);
   if (!rc)
-    rc = check(cu.LaunchKernel(fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, bx, by, bz, shared, (CUstream)stream,
+    rc = fa_check(cu.LaunchKernel(fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, bx, by, bz, shared, (CUstream)stream,
                                args, NULL),
                "cuLaunchKernel for", fa_kernels[k].variant);
-  ctx_leave(pushed);
+  fa_ctx_leave(pushed);
   return rc;
 }
 

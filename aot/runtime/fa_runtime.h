@@ -74,4 +74,13 @@ int fa_device_get(int ordinal, fa_device_t** out);
 int fa_launch(fa_device_t* dev, int kernel, int64_t gx, int64_t gy, int64_t gz, unsigned bx,
               unsigned by, unsigned bz, unsigned shared, void* stream, void** args);
 int fa_no_variant(const char* op, int dtype);
+/* Shared by the runtime's two files: fa_runtime.c (driver, devices, launches) and fa_images.c
+ * (the image store, fusedaot_load's first pass). */
+int fa_check(CUresult rc, const char* what, const char* detail);
+int fa_ctx_enter(fa_device_t* d, int* pushed);
+void fa_ctx_leave(int pushed);
+int fa_module_load(CUmodule* mod, const unsigned char* image, const char* variant);
+int fa_image_load(int image, const char* variant, CUmodule* mod);
+int fa_load_modules(fa_device_t* d);
+const char* fusedaot_last_error(void);
 int fa_unavailable(const char* op, int device);
