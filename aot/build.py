@@ -115,16 +115,12 @@ def _collect(arch: str, results, out: Path, manifest: dict) -> tuple[list[bytes]
     return images, kernels
 
 
-def _compress(raw: bytes, kind: str, cache: str) -> bytes:
-    return pack.compress(raw, kind, Path(cache))
-
-
 def _pack(libraries: dict, jobs: int, cache: Path) -> dict:
     """{arch: [(block, compressed block)]}: every arch's blocks compressed in one pool."""
     todo = [(arch, raw) for arch, (images, _) in libraries.items() for raw in pack.blocks(images)]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
-        stored = pool.map(_compress, [raw for _, raw in todo], [pack.kind(arch) for arch, _ in todo],
-                          [str(cache)] * len(todo))
+        stored = pool.map(pack.compress, [raw for _, raw in todo], [pack.kind(arch) for arch, _ in todo],
+                          [cache] * len(todo))
         packed = {arch: [] for arch in libraries}
         for (arch, raw), data in zip(todo, stored):
             packed[arch].append((raw, data))

@@ -57,9 +57,9 @@ def write_images(path: Path, blocks: list[tuple[str, Path]], what: str) -> None:
     aligned.  The assembler copies the bytes, so thousands of images cost no C parsing (a C
     array initializer per image took the compiler ~0.3 s each, minutes per library)."""
     lines = [_header(what), ".section .rodata\n"]
-    for symbol, image in blocks:
+    for symbol, block_file in blocks:
         lines.append(f".balign 16\n.globl {symbol}\n.hidden {symbol}\n.type {symbol}, @object\n{symbol}:\n"
-                     f'.incbin "{Path(image).resolve()}"\n.size {symbol}, . - {symbol}\n')
+                     f'.incbin "{Path(block_file).resolve()}"\n.size {symbol}, . - {symbol}\n')
     lines.append('.section .note.GNU-stack,"",@progbits\n')  # no executable stack
     path.write_text("".join(lines))
 

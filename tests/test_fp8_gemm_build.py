@@ -42,7 +42,7 @@ def sm90_sass(kernel: str, tmp_path) -> list[str]:
     if tool is None:
         pytest.skip("cuobjdump is not available")
     texts = []
-    for i, image in enumerate(_lib.Library("sm90").images()):
+    for i, image in enumerate(_lib.library_for_arch("sm90").images()):
         if f".text.{kernel}".encode() not in image:
             continue
         path = tmp_path / f"{kernel}_{i}.cubin"

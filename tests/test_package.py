@@ -159,7 +159,7 @@ def test_images_unpack_through_the_c_abi(manifest):
     """fusedaot_image hands out each image byte for byte (the manifest's digests); no GPU."""
     import hashlib
     from fusedaot import _lib
-    lib = _lib.Library("sm90")
+    lib = _lib.library_for_arch("sm90")
     got = [hashlib.sha256(image).hexdigest()[:16] for image in lib.images()]
     assert set(got) == {k["image_sha256"] for k in manifest["kernels"] if k["arch"] == "sm90"}
     assert len(got) == len(set(got)) == lib._cdll.fusedaot_num_images()

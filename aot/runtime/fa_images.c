@@ -90,7 +90,7 @@ typedef struct {
   int next; /* the next block to take */
   pthread_mutex_t lock;
   int rc; /* the first failure, and its message */
-  char message[2048];
+  char message[FA_MESSAGE_BYTES];
 } loader_t;
 
 static int load_block(fa_device_t* d, int b, fa_lzma_t* decoder, unsigned char** bytes, size_t* capacity) {

@@ -12,7 +12,7 @@
 
 /* ------------------------------------------------------------------ errors */
 
-static __thread char fa_message[2048];
+static __thread char fa_message[FA_MESSAGE_BYTES];
 
 FA_EXPORT const char* fusedaot_last_error(void) { return fa_message; }
 

@@ -24,6 +24,8 @@
 #define FA_ERR_SCRATCH 10007
 #define FA_ERR_IMAGE 10008
 
+#define FA_MESSAGE_BYTES 2048 /* fusedaot_last_error()'s buffer, a thread's */
+
 typedef struct {
   const unsigned char* data; /* a raw LZMA stream (fa_lzma.h) */
   size_t size;               /* bytes at data */
@@ -74,6 +76,8 @@ int fa_device_get(int ordinal, fa_device_t** out);
 int fa_launch(fa_device_t* dev, int kernel, int64_t gx, int64_t gy, int64_t gz, unsigned bx,
               unsigned by, unsigned bz, unsigned shared, void* stream, void** args);
 int fa_no_variant(const char* op, int dtype);
+int fa_unavailable(const char* op, int device);
+
 /* Shared by the runtime's two files: fa_runtime.c (driver, devices, launches) and fa_images.c
  * (the image store, fusedaot_load's first pass). */
 int fa_check(CUresult rc, const char* what, const char* detail);
@@ -83,4 +87,3 @@ int fa_module_load(CUmodule* mod, const unsigned char* image, const char* varian
 int fa_image_load(int image, const char* variant, CUmodule* mod);
 int fa_load_modules(fa_device_t* d);
 const char* fusedaot_last_error(void);
-int fa_unavailable(const char* op, int device);
