@@ -6,7 +6,8 @@ Shapes (M x N x K, out = a @ b^T with a (M, K), b (N, K)): 4096^3, 8192^3, 16384
 and decode / prefill-chunk sizes at N = K = 8192.  Pre-quantized inputs: fusedaot with
 per-tensor and per-row scales, torch._scaled_mm with the same scales, each with and without
 fast accumulation (use_fast_accum=True), bf16 torch.matmul on bf16 copies of the inputs, and
-the same Triton kernel launched by Triton's JIT with the AOT build's promoted config.  Then
+the same Triton kernel launched by Triton's JIT with the AOT build's promoted config (on
+sm90 at M > 1024 the warp-specialised TMA kernel, with per-tensor scales).  Then
 the total with on-the-fly quantization of a (bf16, per row): fusedaot.fp8_gemm(a_bf16, b_fp8)
 against its parts and against eager torch quantization + torch._scaled_mm.
 TFLOP/s = 2 M N K / time.
@@ -82,27 +83,37 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def triton_jit_impl(triton, specs, m: int):
-    """The AOT build's sm90 config for this M, launched through Triton's JIT (or why not)."""
+    """(run, config, per-tensor scales?): the kernel and config the AOT build's sm90 library picks
+    for this M (bf16 output, no bias, promoted; per-tensor scales where that is the TMA kernel,
+    per-row ones otherwise), launched through Triton's JIT; or None."""
     if triton is None or torch.cuda.get_device_capability() != (9, 0):
         return None
     fam = specs.fp8_gemm
     cls = next(c for c, cond in fam.SHAPE_CLASSES.items()
                if eval(cond.replace("&&", " and "), {}, {"M": m}))
-    cfg = fam.gemm_configs("sm90", "fp8_gemm", fam.FP8_GEMM_SM90)[cls]
+    tma = cls in fam.FP8_GEMM_SM90_TMA
+    cfg = fam.FP8_GEMM_SM90_TMA[cls] if tma else fam.gemm_configs("sm90", "fp8_gemm", fam.FP8_GEMM_SM90)[cls]
     sys.path.insert(0, str(H.ROOT))
     from aot.compile import _triton_module
-    kernel = _triton_module("kernels/triton/fp8_gemm.py")._fp8_gemm
+    module = _triton_module("kernels/triton/fp8_gemm.py")
     bm, bn, bk, gm, warps, stages, promote = cfg
+    if tma:   # its descriptors live in scratch memory Triton's JIT allocates through this hook
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, ACC_PROMOTE=promote or None,
+                 num_warps=warps, num_stages=stages)
 
     def run(a, b, sa, sb):
         (mm, k), n = a.shape, b.shape[0]
         c = torch.empty(mm, n, device=a.device, dtype=torch.bfloat16)
-        kernel[(triton.cdiv(mm, bm) * triton.cdiv(n, bn),)](
-            a, b, c, sa, sb, c, a.stride(0), b.stride(0), n, 0 if sa.numel() == 1 else 1,
-            0 if sb.numel() == 1 else 1, mm, n, k, 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm,
-            ACC_PROMOTE=promote or None, num_warps=warps, num_stages=stages)
+        grid = triton.cdiv(mm, bm) * triton.cdiv(n, bn)
+        if tma:
+            module._fp8_gemm_tma[(min(sms, grid),)](a, b, c, sa, sb, a.stride(0), b.stride(0), n, mm, n, k, **tiles)
+        else:
+            module._fp8_gemm[(grid,)](a, b, c, sa, sb, c, a.stride(0), b.stride(0), n, 0 if sa.numel() == 1 else 1,
+                                      0 if sb.numel() == 1 else 1, mm, n, k, 0, **tiles)
         return c
-    return run, cfg
+    return run, cfg, tma
 
 
 def eager_quantize_row(x):
@@ -146,8 +157,10 @@ def bench_shape(table, fa, triton, specs, m, n, k, l2, notes):
         "_scaled_mm row fast-accum": lambda d: torch._scaled_mm(d["qa"], d["qb"].t(), d["sa"], d["sb"].reshape(1, n),
                                                                 out_dtype=torch.bfloat16, use_fast_accum=True),
         "bf16 matmul": lambda d: torch.matmul(d["a16"], d["b16"].t()),
-        "triton jit (same kernel)": (lambda d: jit[0](d["qa"], d["qb"], d["sa"].reshape(-1), d["sb"].reshape(-1)))
-        if jit else "Triton not importable or not an sm90 GPU",
+        "triton jit (same kernel)": (
+            (lambda d: jit[0](d["qat"], d["qbt"], d["sat"].reshape(-1), d["sbt"].reshape(-1))) if jit and jit[2]
+            else (lambda d: jit[0](d["qa"], d["qb"], d["sa"].reshape(-1), d["sb"].reshape(-1))) if jit
+            else "Triton not importable or not an sm90 GPU"),
     }
     times = time_all(impls, [(s,) for s in sets], where, notes)
     d0 = sets[0]
@@ -156,7 +169,7 @@ def bench_shape(table, fa, triton, specs, m, n, k, l2, notes):
     for impl, base in (("fusedaot tensor", "_scaled_mm tensor"),
                        ("fusedaot tensor fast-accum", "_scaled_mm tensor fast-accum"),
                        ("fusedaot row", "_scaled_mm row"), ("fusedaot row fast-accum", "_scaled_mm row fast-accum"),
-                       ("triton jit (same kernel)", "_scaled_mm row")):
+                       ("triton jit (same kernel)", "_scaled_mm tensor" if jit and jit[2] else "_scaled_mm row")):
         if not callable(impls[impl]):
             continue
         try:

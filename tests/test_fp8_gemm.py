@@ -90,9 +90,11 @@ def check(a, b, sa, sb, out_dtype, bias=None):
 # --- shapes, dtypes, scale layouts, bias ---------------------------------------------------------
 
 # (M, N, K): every shape class (M <= 64, <= 1024, larger), aligned (K, N multiples of 16) and
-# not (1, 17, 4097), K = 0, empty outputs.
+# not (1, 17, 4097), K = 0, empty outputs; sm90's TMA kernel (M > 1024, aligned, no bias) on
+# partial tiles in M, N and K (1500 x 1032 x 1040) and on one narrow column tile (1025 x 8 x 16).
 SHAPES = [(1, 17, 4097), (1, 1, 1), (17, 17, 17), (16, 4096, 4096), (64, 1000, 512), (65, 257, 1024),
-          (300, 1024, 2048), (1025, 512, 4096), (2048, 2048, 4096), (5, 7, 0), (0, 64, 256), (4, 0, 64)]
+          (300, 1024, 2048), (1025, 512, 4096), (2048, 2048, 4096), (1500, 1032, 1040), (1025, 8, 16),
+          (5, 7, 0), (0, 64, 256), (4, 0, 64)]
 
 
 @FP8_DEVICES
@@ -179,6 +181,32 @@ def test_layouts(fp8_device):
                                                             sx.reshape(6), sb))
     # 1-D a, like F.linear; b_scale as (1, N), as torch._scaled_mm takes it
     assert fusedaot.fp8_gemm(qx[0, 0], b[:, :512].contiguous(), sx[0, 0], sb.reshape(1, n)).shape == (n,)
+
+
+@FP8_DEVICES
+@pytest.mark.parametrize("fast", [False, True])
+def test_large_m_layouts(fast, fp8_device):
+    """Rows of a and b strided (aligned: sm90's TMA kernel reads them through descriptors of
+    that stride), every output element written, and the same call with a bias of zeros (the
+    pointer kernel on sm90) right too."""
+    m, n, k = 1100, 264, 1024
+    if fp8_device == "cpu" and fast:
+        pytest.skip("the CPU emulation ignores use_fast_accum")
+    a, sa = quantized((m, k), fp8_device, "row")
+    b, sb = quantized((n, k), fp8_device, "row", scale=0.1)
+    big_a = torch.zeros(m, k + 64, dtype=torch.uint8, device=fp8_device).view(FP8)
+    big_b = torch.zeros(n, k + 32, dtype=torch.uint8, device=fp8_device).view(FP8)
+    big_a[:, 32:32 + k] = a
+    big_b[:, 16:16 + k] = b
+    if fp8_device == "cuda":
+        poison(m * n * 2)
+    out = fusedaot.fp8_gemm(big_a[:, 32:32 + k], big_b[:, 16:16 + k], sa, sb, use_fast_accum=fast)
+    assert_written(out)
+    ref, mag = reference64(a, b, sa, sb)
+    assert_close(out, ref, TOLERANCES[torch.bfloat16], mag, "fp8_gemm strided rows")
+    zeros = torch.zeros(n, dtype=torch.bfloat16, device=fp8_device)
+    with_bias = fusedaot.fp8_gemm(a, b, sa, sb, bias=zeros, use_fast_accum=fast)
+    assert_close(with_bias, ref, TOLERANCES[torch.bfloat16], mag, "fp8_gemm with a zero bias")
 
 
 @pytest.mark.requires_cuda

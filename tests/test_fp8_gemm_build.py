@@ -59,6 +59,12 @@ def test_sm90_sass_uses_fp8_wgmma(tmp_path):
         assert re.search(r"\bQGMMA\.\d+x\d+x\d+\.F32\.E4M3\.E4M3", text), "an sm90 fp8_gemm kernel without QGMMA"
 
 
+def test_sm90_tma_kernel_copies_with_tma(tmp_path):
+    """The warp-specialised kernel loads a and b with TMA (UTMALDG) and stores c with it (UTMASTG)."""
+    for text in sm90_sass("_fp8_gemm_tma", tmp_path):
+        assert "UTMALDG" in text and "UTMASTG" in text, "the sm90 TMA fp8_gemm kernel without TMA copies"
+
+
 # --- the GEMM family's dispatch over M (tests/test_specs.py holds M at 64) -----------------------
 
 def test_gemm_shape_classes_cover_every_m_exactly_once():
@@ -72,20 +78,22 @@ def test_gemm_shape_classes_cover_every_m_exactly_once():
             variants = [(v.name, compile(_condition(op, v), v.name, "eval")) for v in op.variants if arch in v.arches]
             for dtype in (specs.DTYPES[d] for d in op.dtypes):
                 for m in (0, 1, 16, 63, 64, 65, 1000, 1024, 1025, 100000):
-                    for (k, pad, ptr), fast in itertools.product(
+                    for (k, pad, ptr), fast, bias, scales in itertools.product(
                             ((4096, 0, 0x7F0000001000), (4097, 0, 0x7F0000001000), (4096, 3, 0x7F0000001000),
-                             (4096, 0, 0x7F0000001008)), (0, 1)):
-                        args = dict(dtype=dtype, M=m, N=4096, K=k, fast_accum=fast, **{p: ptr for p in pointers})
+                             (4096, 0, 0x7F0000001008)), (0, 1), (0, 1), ((0, 0), (0, 1), (1, 0), (1, 1))):
+                        args = dict(dtype=dtype, M=m, N=4096, K=k, fast_accum=fast, has_bias=bias,
+                                    **{p: ptr for p in pointers})
                         args.update({p.name: k + pad for p in op.params if p.name.startswith("stride_")})
+                        args.update(stride_sa=scales[0], stride_sb=scales[1])
                         hits = [name for name, code in variants if eval(code, {}, dict(args))]
                         assert len(hits) == 1, (op.name, arch, args, hits)
 
 
 def test_sm90_has_promoted_and_fast_variants():
-    """On sm90 every (dtype, shape class) of an aligned call has a promoted variant
+    """On sm90 every (dtype, shape class, bias or not) of an aligned call has a promoted variant
     (ACC_PROMOTE set) for fast_accum == 0 and a "_fast" one (ACC_PROMOTE None, the tuning
-    table's fp8_gemm_fast tile) for fast_accum != 0; sm89 and the unaligned fallbacks select
-    the same variant either way."""
+    table's fp8_gemm_fast tile, or FP8_GEMM_SM90_TMA_FAST's for the TMA kernel's calls) for
+    fast_accum != 0; sm89 and the unaligned fallbacks select the same variant either way."""
     from test_specs import _condition, specs
     fam = specs.fp8_gemm
     op = next(op for op in specs.OPS if op.name == "fp8_gemm")
@@ -94,10 +102,12 @@ def test_sm90_has_promoted_and_fast_variants():
     fast_configs = fam.gemm_configs("sm90", "fp8_gemm_fast", fam.FP8_GEMM_SM90_FAST)
     for arch in op.arches:
         variants = [(v, compile(_condition(op, v), v.name, "eval")) for v in op.variants if arch in v.arches]
-        for dtype, (cls, m), k in itertools.product(op.dtypes, (("small", 16), ("medium", 512), ("large", 4096)),
-                                                    (4096, 4097)):
-            args = dict(dtype=specs.DTYPES[dtype], M=m, N=4096, K=k, **{p: 0x7F0000001000 for p in pointers})
+        for dtype, (cls, m), k, bias, scale_stride in itertools.product(
+                op.dtypes, (("small", 16), ("medium", 512), ("large", 4096)), (4096, 4097), (0, 1), (0, 1)):
+            args = dict(dtype=specs.DTYPES[dtype], M=m, N=4096, K=k, has_bias=bias,
+                        **{p: 0x7F0000001000 for p in pointers})
             args.update({p.name: k for p in op.params if p.name.startswith("stride_")})
+            args.update(stride_sa=scale_stride, stride_sb=scale_stride)
             picked = {}
             for flag in (0, 1, 7):
                 hits = [v for v, code in variants if eval(code, {}, dict(args, fast_accum=flag))]
@@ -106,12 +116,15 @@ def test_sm90_has_promoted_and_fast_variants():
             assert picked[1] is picked[7], (arch, dtype, cls)
             promoted, fast = picked[0], picked[1]
             if arch == "sm90" and k == 4096:
-                assert promoted.constexprs["ACC_PROMOTE"] and not promoted.name.endswith("_fast"), promoted.name
-                assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith("_fast"), fast.name
+                assert promoted.constexprs["ACC_PROMOTE"] and "_fast" not in promoted.name, promoted.name
+                assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith(("_fast", "_fast_tma")), fast.name
                 assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
+                tma = bias == scale_stride == 0 and cls in fam.FP8_GEMM_SM90_TMA and dtype in fam.TMA_DTYPES
+                assert promoted.kernel == fast.kernel == ("_fp8_gemm_tma" if tma else "_fp8_gemm"), (promoted.name, fast.name)
+                want = fam.FP8_GEMM_SM90_TMA_FAST[cls] if tma else fast_configs[cls]
                 c = fast.constexprs
                 assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], fast.num_warps,
-                        fast.num_stages) == fast_configs[cls][:6], (fast.name, fast_configs[cls])
+                        fast.num_stages) == want[:6], (fast.name, want)
             else:
                 assert promoted is fast and "fast_accum" not in promoted.when, (arch, promoted.name)
 

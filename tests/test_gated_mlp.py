@@ -330,16 +330,17 @@ def test_sm90_tma_kernel_copies_with_tma(tmp_path):
         assert "UTMALDG" in text and "UTMASTG" in text, "the sm90 TMA gated_mlp kernel without TMA copies"
 
 
-def test_scratch_covers_every_kernel():
+@pytest.mark.parametrize("op,promised", [("gated_mlp", "GATED_MLP_SCRATCH"), ("fp8_gemm", "FP8_GEMM_SCRATCH")])
+def test_scratch_covers_every_kernel(op, promised):
     """The Python layer allocates, per program, the most any of the library's kernels asked Triton
     for (none on libraries without TMA kernels); the C header promises C callers that the spec's
-    GATED_MLP_SCRATCH bytes a program suffice, so every kernel must fit in that too."""
-    from fusedaot.ops import gated_mlp
+    figure of bytes a program suffices, so every kernel must fit in that too."""
     from test_specs import specs
-    kernels = [k for k in fusedaot._lib.manifest()["kernels"] if k["op"] == "gated_mlp"]
-    assert kernels and all(k["global_scratch"] <= specs.gated_mlp.GATED_MLP_SCRATCH for k in kernels)
+    kernels = [k for k in fusedaot._lib.manifest()["kernels"] if k["op"] == op]
+    limit = getattr(getattr(specs, op), promised)
+    assert kernels and all(k["global_scratch"] <= limit for k in kernels)
     for arch in {k["arch"] for k in kernels}:
         need = max(k["global_scratch"] for k in kernels if k["arch"] == arch)
-        assert gated_mlp.scratch_per_program(arch) == need, arch
-    assert gated_mlp.scratch_per_program("sm90") > 0, "no sm90 TMA kernel"
-    assert gated_mlp.scratch_per_program("sm80") == 0
+        assert fusedaot._lib.scratch_per_program(op, arch) == need, arch
+    assert fusedaot._lib.scratch_per_program(op, "sm90") > 0, "no sm90 TMA kernel"
+    assert fusedaot._lib.scratch_per_program(op, "sm89" if op == "fp8_gemm" else "sm80") == 0

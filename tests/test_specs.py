@@ -51,11 +51,12 @@ def _calls(op, dtypes):
     # integer switches some ops' conditions read (AdaLN's fp32-parameter flag and rows per scale
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
     # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
-    # M): values on each side of every boundary, where the op has them; rms_norm_rope's
+    # M, fp8_gemm's TMA kernel by has_bias and its scales' strides): values on each side of every boundary, where the op has them; rms_norm_rope's
     # backward also tells full rotary (2 * pairs == N) from partial
     conditions = " ".join(_condition(op, v) for v in op.variants)
     rotary = (2, 4) if re.search(r"\bpairs\b", conditions) else (None,)
-    switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)),
+    switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)), ("has_bias", (0, 1)),
+                                                    ("stride_sa", (0, 1)), ("stride_sb", (0, 1)),
                                                     ("per_head", (0, 1)),
                                                     ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65)),
                                                     ("M", (1, 8, 9, 64, 65, 128, 129, 512, 513, 1024, 1025)),
@@ -71,7 +72,7 @@ def _calls(op, dtypes):
         if null_w:
             args.update({name: 0 for name in OPTIONAL_POINTERS if name in args})
         for p in op.params:
-            if p.name.startswith("stride_"):
+            if p.name.startswith("stride_") and p.name not in dict(switches):
                 args[p.name] = n + stride_pad
         yield args
 

@@ -39,6 +39,8 @@ dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .core import DTYPES, Op, Param, Variant, merge_arches, tuning
 
 SHAPE_CLASSES = {"small": "M <= 64", "medium": "M > 64 && M <= 1024", "large": "M > 1024"}
@@ -57,6 +59,16 @@ FP8_GEMM_FALLBACK = {"sm90": (64, 64, 64, 8, 4, 2, 64), "sm89": (64, 64, 64, 8, 
 FP8_GEMM_SM90_FAST = {"small": (64, 32, 256, 1, 4, 4, 0), "medium": (64, 128, 128, 8, 4, 4, 0),
                       "large": (128, 256, 128, 8, 8, 3, 0)}
 FAST_FLAG = "fast_accum"   # the i32 op parameter that selects the fast variants
+# sm90, M > 1024, bf16/fp16 output, one scale per operand, no bias: _fp8_gemm_tma, warp-specialised with TMA
+# copies, one program per SM (4 warps asked for: Triton makes them two consumer warp groups
+# of 128 rows each plus a producer group, 12 warps in all).  Promoted or not, by fast_accum.
+FP8_GEMM_SM90_TMA = {"large": (256, 128, 128, 8, 4, 3, 128)}
+FP8_GEMM_SM90_TMA_FAST = {"large": (256, 128, 128, 8, 4, 3, 0)}
+TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared memory for 3 stages
+# per-row scales and a bias take the pointer kernel (kernels/triton/fp8_gemm.py says why)
+TMA_WHEN = "has_bias == 0 && stride_sa == 0 && stride_sb == 0"
+FP8_GEMM_SCRATCH = 512          # bytes of scratch a program Triton asks for (3 TMA descriptors of 128 bytes)
+PERSISTENT_GRID = "fa_min(dev->sms, fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N))"
 
 _PARAMS = (
     Param("a", "ptr", "fp8e4nv"), Param("b", "ptr", "fp8e4nv"), Param("c", "ptr"),
@@ -65,6 +77,8 @@ _PARAMS = (
     Param("stride_sa", "i64"), Param("stride_sb", "i64"),
     Param("M", "i32"), Param("N", "i32"), Param("K", "i32", "u8"), Param("has_bias", "i32"),
     Param(FAST_FLAG, "i32"),   # selects a variant only: the kernel takes no such argument
+    # Triton's global scratch memory for the TMA variants (not a kernel argument of its own)
+    Param("scratch", "ptr", "u8"), Param("scratch_bytes", "i64"),
 )
 
 
@@ -150,14 +164,45 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
     return merge_arches(out)
 
 
+def with_tma(variants, kernel: str, arch: str, configs: dict, fast_configs: dict, dtypes, when: str,
+             aligned: tuple[str, ...]):
+    """`variants` (from gemm_variants, flag FAST_FLAG) with `kernel` taking the aligned calls of
+    `arch` whose class is in configs / fast_configs, dtype in `dtypes` and `when` true, each
+    class with its config and PERSISTENT_GRID; the aligned variants that took those calls
+    before keep the rest (their condition gains the negation), so exactly one still matches."""
+    out, tma = [], []   # tma: (variant, fast, its classes)
+    for fast, table in ((False, configs), (True, fast_configs)):
+        for dtype in dtypes:
+            for cfg, names in _by_config(table).items():
+                tma.append((_aligned_variant("fp8_gemm", kernel, dtype, cfg, names, SHAPE_CLASSES, PERSISTENT_GRID,
+                                             aligned, arch, True, FAST_FLAG, fast=fast,
+                                             tag=kernel.removeprefix("_fp8_gemm")), fast, names))
+    for v in variants:
+        fast = v.name.endswith("_fast")
+        taken = [t for t, t_fast, names in tma if t.dtype == v.dtype and t_fast == fast
+                 and any(f"({SHAPE_CLASSES[c]})" in v.when for c in names)]
+        if arch in v.arches and not v.unaligned and taken:
+            if v.arches != (arch,):
+                raise ValueError(f"{v.name}: shared with {v.arches}, cannot give way to {kernel} on {arch} alone")
+            took = " || ".join(f"({t.when})" for t in taken)
+            v = replace(v, when=f"{v.when} && !(({took}) && {when})")
+        out.append(v)
+    return tuple(out) + tuple(replace(t, when=f"{t.when} && {when}") for t, _, _ in tma)
+
+
+_ALIGNED = ("a", "b", "c", "stride_am", "stride_bn", "stride_cm", "N", "K")
+
 OPS = (
     Op("fp8_gemm", "triton", "kernels/triton/fp8_gemm.py", _PARAMS,
-       gemm_variants("fp8_gemm", "_fp8_gemm", GEMM_DTYPES,
-                     {"sm90": gemm_configs("sm90", "fp8_gemm", FP8_GEMM_SM90), "sm89": FP8_GEMM_SM89},
-                     FP8_GEMM_FALLBACK, ("a", "b", "c", "stride_am", "stride_bn", "stride_cm", "N", "K"),
-                     "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True,
-                     fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)}),
+       with_tma(gemm_variants("fp8_gemm", "_fp8_gemm", GEMM_DTYPES,
+                              {"sm90": gemm_configs("sm90", "fp8_gemm", FP8_GEMM_SM90), "sm89": FP8_GEMM_SM89},
+                              FP8_GEMM_FALLBACK, _ALIGNED, "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True,
+                              fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)}),
+                "_fp8_gemm_tma", "sm90", FP8_GEMM_SM90_TMA, FP8_GEMM_SM90_TMA_FAST, TMA_DTYPES, TMA_WHEN,
+                _ALIGNED),
        arches=("sm89", "sm90"), dtypes=GEMM_DTYPES,
        doc="c = (a @ b^T) * a_scale[m*stride_sa] * b_scale[n*stride_sb] (+ bias); a, b e4m3fn; fp32 sums "
-           "(fast_accum != 0 on sm90: tensor-core accumulation, no promotion)"),
+           "(fast_accum != 0 on sm90: tensor-core accumulation, no promotion); scratch: 128-byte aligned "
+           f"device memory the sm90 TMA variants build descriptors in, scratch_bytes >= {FP8_GEMM_SCRATCH} x the "
+           "SM count (other libraries ignore it)"),
 )

@@ -78,3 +78,51 @@ def _fp8_gemm(
         out += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     c_ptrs = c + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, out.to(c.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+
+
+@triton.jit
+def _fp8_gemm_tma(
+    a, b, c,      # as _fp8_gemm's, each 16-byte aligned
+    a_scale,      # fp32: one scale for a
+    b_scale,      # fp32: one scale for b
+    stride_am, stride_bn, stride_cm,     # multiples of 16 bytes
+    M, N, K,      # problem size
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,      # row tiles per group (L2 reuse of b)
+    ACC_PROMOTE: tl.constexpr,  # K elements per wgmma chain before adding into fp32 (None: never)
+):
+    """_fp8_gemm on sm90 for one scale per operand and no bias, through the Tensor Memory
+    Accelerator and warp-specialised: one warp group issues the TMA copies of a and b
+    (descriptors built on the device, in the global scratch memory Triton asks for) while two
+    consumer warp groups, BLOCK_M / 2 rows of the tile each, run the wgmmas; one program per
+    SM walks the tiles.  The consumers wait on the copies through barriers of their own
+    instead of the whole block's, so one group's promotion (its wait for its wgmmas and the
+    fp32 additions) can run while the other's wgmmas do.
+
+    Written as it is on purpose: Triton 3.6's warp specialisation computed wrong results on
+    an H100 (zeros in part of the tiles) for the epilogues measured that load per-row scales
+    or a bias inside the tile loop, so those calls take _fp8_gemm; the two scales here are
+    loaded once, before it (docs/benchmarks.md)."""
+    ad = tl.make_tensor_descriptor(a, [M, K], [stride_am, 1], [BLOCK_M, BLOCK_K])
+    bd = tl.make_tensor_descriptor(b, [N, K], [stride_bn, 1], [BLOCK_N, BLOCK_K])
+    cd = tl.make_tensor_descriptor(c, [M, N], [stride_cm, 1], [BLOCK_M, BLOCK_N])
+    scale = tl.load(a_scale) * tl.load(b_scale)
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), warp_specialize=True):
+        pid_m, pid_n = _tile_of(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _tma_tile(ad, bd, cd, scale, pid_m * BLOCK_M, pid_n * BLOCK_N, tl.cdiv(K, BLOCK_K),
+                  BLOCK_M, BLOCK_N, BLOCK_K, ACC_PROMOTE)
+
+
+@triton.jit
+def _tma_tile(ad, bd, cd, scale, m0, n0, k_tiles,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC_PROMOTE: tl.constexpr):
+    """One tile of _fp8_gemm_tma: c[m0:, n0:] = (a[m0:] @ b[n0:]^T) * scale; TMA fills zeros
+    past M, N and K and its store stops at M and N."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(k_tiles):
+        acc = tl.dot(ad.load([m0, k * BLOCK_K]), bd.load([n0, k * BLOCK_K]).T, acc,
+                     max_num_imprecise_acc=ACC_PROMOTE)
+    cd.store([m0, n0], (acc * scale).to(cd.dtype))

@@ -226,3 +226,22 @@ current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", _current_stream_
 @functools.lru_cache(maxsize=None)
 def sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def scratch_per_program(op: str, arch: str) -> int:
+    """Bytes of global scratch memory a program of `op`'s kernels in the arch's library needs at
+    most (the manifest's record of what Triton asked for: the sm90 TMA kernels build their
+    descriptors there), 0 where no kernel needs any."""
+    return ops_manifest()["ops"][op]["global_scratch"].get(arch, 0)
+
+
+def scratch(op: str, lib, dev: int, device: torch.device) -> tuple[int, int]:
+    """(pointer, bytes) of fresh scratch memory for `op`'s persistent kernels (at most one
+    program per SM), or (0, 0) where the library's kernels need none.  A fresh buffer per call,
+    so no two streams share one."""
+    share = scratch_per_program(op, lib.arch)
+    if not share:
+        return 0, 0
+    buf = torch.empty(share * sm_count(dev), dtype=torch.uint8, device=device)
+    return buf.data_ptr(), buf.numel()

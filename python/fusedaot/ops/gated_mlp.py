@@ -9,8 +9,6 @@ x's dtype (the reference composition, fusedaot.reference.fused_gated_mlp_backwar
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .. import _lib, reference
@@ -36,14 +34,6 @@ def _weight(w: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     return w, (w.stride(0) if w.shape[0] > 1 else k)
 
 
-@functools.lru_cache(maxsize=None)
-def scratch_per_program(arch: str) -> int:
-    """Bytes of scratch memory a program of the arch's library needs at most (the manifest's
-    record of what Triton asked for: the sm90 TMA kernels build their descriptors there), 0
-    where no kernel needs any."""
-    return _lib.ops_manifest()["ops"]["gated_mlp"]["global_scratch"].get(arch, 0)
-
-
 def _launch(lib, dev, x, w_gate, w_up, activation):
     n = w_gate.shape[0]
     y = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype, device=x.device)
@@ -54,13 +44,10 @@ def _launch(lib, dev, x, w_gate, w_up, activation):
     x2, m, k, stride = launch_rows(x)
     wg, stride_g = _weight(w_gate, k)
     wu, stride_u = _weight(w_up, k)
-    # a share of scratch for each of at most one program per SM (aot/specs/gated_mlp.py); a fresh
-    # buffer per call, so no two streams share one; none for a library whose kernels need none
-    share = scratch_per_program(lib.arch)
-    scratch = torch.empty(share * _lib.sm_count(dev), dtype=torch.uint8, device=x.device) if share else None
+    scratch, scratch_bytes = _lib.scratch("gated_mlp", lib, dev, x.device)   # (aot/specs/gated_mlp.py)
     rc = lib.gated_mlp(_lib.current_stream(dev), dev, _lib.DTYPE_CODES[x.dtype], x2.data_ptr(), wg.data_ptr(),
                        wu.data_ptr(), y.data_ptr(), stride, stride_g, stride_u, n, m, n, k, ACTIVATIONS[activation],
-                       scratch.data_ptr() if share else 0, scratch.numel() if share else 0)
+                       scratch, scratch_bytes)
     if rc:
         raise lib.error(rc, OP)
     return y
