@@ -275,3 +275,18 @@ def test_layer_norm_dtype_entry_overrides_its_size(monkeypatch):
     assert loops("bf16", aligned=False) == loops("fp16", aligned=False)
     wide = [v for op in specs.OPS if op.name == "layer_norm_fwd" for v in op.variants if v.constexprs.get("UNROLL")]
     assert wide and all(v.dtype == "bf16" and "N > 32768" in v.when and not v.unaligned for v in wide)
+
+def test_a_partial_build_brings_the_families_its_ops_call():
+    """A partial library (--families) gets the families its Python ops call into: the column
+    sums of the broadcast backwards run reduce_finish, fp8_gemm quantizes with fp8's kernels."""
+    names = lambda fams: {op.name for op in specs.ops_of(fams)}   # noqa: E731
+    assert specs.with_needs(["bias_gelu"]) == {"bias_gelu", "reduce"}
+    assert {"reduce_finish", "bias_gelu_bwd"} <= names(["bias_gelu"])
+    assert {"reduce_finish", "add_relu_bwd", "mul_tanh_bwd"} <= names(["add_relu", "mul_tanh"])
+    assert {"fp8_gemm", "fp8_quantize_row"} <= names(["fp8_gemm"])
+    assert names(["rms_norm"]) == {op.name for op in specs.rms_norm.OPS}
+    order = [op.name for op in specs.OPS]
+    picked = [op.name for op in specs.ops_of(["mul_tanh", "bias_gelu"])]
+    assert picked == sorted(picked, key=order.index), "ops_of keeps the table's order"
+    with pytest.raises(ValueError, match=r"unknown op families \['nope'\]"):
+        specs.ops_of(["nope"])

@@ -35,12 +35,25 @@ FAMILIES = (
 
 
 
-def ops_of(families) -> tuple[Op, ...]:
-    """The ops of the given families, in table order."""
+def with_needs(families) -> set[str]:
+    """`families` and every family they need (a module's NEEDS: the C functions of another
+    family its Python op calls), transitively."""
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown op families {sorted(unknown)}; expected some of {list(FAMILIES)}")
-    return tuple(op for family in FAMILIES if family in families
+    out, todo = set(), list(families)
+    while todo:
+        family = todo.pop()
+        if family not in out:
+            out.add(family)
+            todo.extend(getattr(importlib.import_module(f"{__name__}.{family}"), "NEEDS", ()))
+    return out
+
+
+def ops_of(families) -> tuple[Op, ...]:
+    """The ops of the given families and of the families they need, in table order."""
+    wanted = with_needs(families)
+    return tuple(op for family in FAMILIES if family in wanted
                  for op in importlib.import_module(f"{__name__}.{family}").OPS)
 
 

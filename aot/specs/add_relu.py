@@ -40,6 +40,8 @@ def _variants(direction: str):
                                   colsum_grid, WHOLE_VECTORS, "G > 0")
     return tuple(out)
 
+NEEDS = ("reduce",)   # families a partial build adds: the broadcast backward's column sums finish with reduce_finish
+
 OPS = (
     Op("add_relu_fwd", "cuda", "kernels/cuda/add_relu.cu", _FWD_PARAMS, _variants("fwd"),
        dtypes=DTYPES_WITH_FP64, doc="y = relu(a + b); b (M, N) or (N,) with stride_b = 0"),

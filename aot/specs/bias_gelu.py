@@ -53,6 +53,8 @@ def _bias_gelu_variants(direction: str) -> tuple[Variant, ...]:
     return tuple(out)
 
 
+NEEDS = ("reduce",)   # families a partial build adds: the backward's column sums finish with reduce_finish
+
 OPS = (
     Op("bias_gelu_fwd", "cuda", "kernels/cuda/bias_gelu.cu", _BG_FWD_PARAMS,
        _bias_gelu_variants("fwd"), doc="y = gelu(x + bias)"),

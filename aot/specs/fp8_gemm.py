@@ -196,6 +196,8 @@ def with_tma(variants, kernel: str, arch: str, configs: dict, fast_configs: dict
 
 _ALIGNED = ("a", "b", "c", "stride_am", "stride_bn", "stride_cm", "N", "K")
 
+NEEDS = ("fp8",)   # families a partial build adds: fp16/bf16/fp32 operands are quantized first by fp8_quantize_row
+
 OPS = (
     Op("fp8_gemm", "triton", "kernels/triton/fp8_gemm.py", _PARAMS,
        with_tma(gemm_variants("fp8_gemm", "_fp8_gemm", GEMM_DTYPES,

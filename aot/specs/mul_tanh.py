@@ -43,6 +43,8 @@ def _variants(direction: str):
     return tuple(out)
 
 
+NEEDS = ("reduce",)   # families a partial build adds: the broadcast backward's column sums finish with reduce_finish
+
 OPS = (
     Op("mul_tanh_fwd", "cuda", "kernels/cuda/mul_tanh.cu", _FWD_PARAMS, _variants("fwd"),
        dtypes=DTYPES_WITH_FP64, doc="y = tanh(a * b); b (M, N) or (N,) with stride_b = 0"),

@@ -161,14 +161,13 @@ def column_sums(lib, dev: int, op: str, m: int, n: int, dtype: torch.dtype, laun
     launch(out_ptr, partial_ptr, g) runs the kernel over g row groups: with one it writes the
     sums into out itself; with more it writes each group's into a (g, N) fp32 (fp64 for fp64)
     partial, whose rows `reduce_finish` adds in a fixed order and rounds once (deterministic)."""
-    g = row_groups(m, n, dev)
+    g, device = row_groups(m, n, dev), torch.device("cuda", dev)
+    out = torch.empty(n, dtype=dtype, device=device)
     if g == 1:
-        out = torch.empty(n, dtype=dtype, device=torch.device("cuda", dev))
         launch(out.data_ptr(), 0, 1)
         return out
-    partial = torch.empty((g, n), dtype=acc_dtype(dtype), device=torch.device("cuda", dev))
+    partial = torch.empty((g, n), dtype=acc_dtype(dtype), device=device)
     launch(0, partial.data_ptr(), g)
-    out = torch.empty(n, dtype=dtype, device=partial.device)
     rc = lib.reduce_finish(_lib.current_stream(dev), dev, _CODES[dtype], partial.data_ptr(), out.data_ptr(),
                            n, g, 1, 0)
     if rc:
