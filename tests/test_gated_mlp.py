@@ -344,3 +344,17 @@ def test_scratch_covers_every_kernel(op, promised):
         assert fusedaot._lib.scratch_per_program(op, arch) == need, arch
     assert fusedaot._lib.scratch_per_program(op, "sm90") > 0, "no sm90 TMA kernel"
     assert fusedaot._lib.scratch_per_program(op, "sm89" if op == "fp8_gemm" else "sm80") == 0
+
+
+def test_scratch_comes_with_its_buffer(monkeypatch):
+    """_lib.scratch hands the caller the buffer with its pointer (the memory stays allocated
+    until the caller's launch is queued), one share per SM; NO_SCRATCH where no kernel needs any."""
+    lib = type("Lib", (), {"arch": "sm90"})
+    monkeypatch.setattr(fusedaot._lib, "sm_count", lambda dev: 3)
+    for op in ("fp8_gemm", "gated_mlp"):
+        s = fusedaot._lib.scratch(op, lib, 0, torch.device("cpu"))
+        assert s.buffer is not None and s.buffer.dtype == torch.uint8
+        assert (s.ptr, s.bytes) == (s.buffer.data_ptr(), s.buffer.numel())
+        assert s.bytes == 3 * fusedaot._lib.scratch_per_program(op, "sm90") > 0
+    lib.arch = "sm89"
+    assert fusedaot._lib.scratch("fp8_gemm", lib, 0, torch.device("cpu")) is fusedaot._lib.NO_SCRATCH

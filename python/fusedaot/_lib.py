@@ -15,6 +15,7 @@ import struct
 import threading
 import warnings
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -236,12 +237,21 @@ def scratch_per_program(op: str, arch: str) -> int:
     return ops_manifest()["ops"][op]["global_scratch"].get(arch, 0)
 
 
-def scratch(op: str, lib, dev: int, device: torch.device) -> tuple[int, int]:
-    """(pointer, bytes) of fresh scratch memory for `op`'s persistent kernels (at most one
-    program per SM), or (0, 0) where the library's kernels need none.  A fresh buffer per call,
-    so no two streams share one."""
+class Scratch(NamedTuple):
+    buffer: Optional[torch.Tensor]   # holds the memory until the launch is queued
+    ptr: int
+    bytes: int
+
+
+NO_SCRATCH = Scratch(None, 0, 0)
+
+
+def scratch(op: str, lib, dev: int, device: torch.device) -> Scratch:
+    """Fresh scratch memory for `op`'s persistent kernels (at most one program per SM), or
+    NO_SCRATCH where the library's kernels need none.  The caller keeps the Scratch until its
+    launch is queued.  A fresh buffer per call, so no two streams share one."""
     share = scratch_per_program(op, lib.arch)
     if not share:
-        return 0, 0
+        return NO_SCRATCH
     buf = torch.empty(share * sm_count(dev), dtype=torch.uint8, device=device)
-    return buf.data_ptr(), buf.numel()
+    return Scratch(buf, buf.data_ptr(), buf.numel())

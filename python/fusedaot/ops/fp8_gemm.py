@@ -47,12 +47,12 @@ def _launch(lib, dev, a, b, a_scale, b_scale, out_dtype, bias, use_fast_accum):
         b = b.contiguous()
     sa, sb = a_scale.reshape(-1).contiguous(), b_scale.reshape(-1).contiguous()
     bias = None if bias is None else bias.to(out_dtype).contiguous()
-    scratch, scratch_bytes = _lib.scratch(OP, lib, dev, a.device)   # (aot/specs/fp8_gemm.py)
+    scratch = _lib.scratch(OP, lib, dev, a.device)   # (aot/specs/fp8_gemm.py)
     rc = lib.fp8_gemm(_lib.current_stream(dev), dev, _lib.DTYPE_CODES[out_dtype], a.data_ptr(), b.data_ptr(),
                       c.data_ptr(), sa.data_ptr(), sb.data_ptr(), 0 if bias is None else bias.data_ptr(),
                       a.stride(0) if m > 1 else k, b.stride(0) if n > 1 else k, n,
                       0 if sa.numel() == 1 else 1, 0 if sb.numel() == 1 else 1, m, n, k, bias is not None,
-                      int(bool(use_fast_accum)), scratch, scratch_bytes)
+                      int(bool(use_fast_accum)), scratch.ptr, scratch.bytes)
     if rc:
         raise lib.error(rc, OP)
     return c

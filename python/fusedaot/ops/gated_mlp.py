@@ -44,10 +44,10 @@ def _launch(lib, dev, x, w_gate, w_up, activation):
     x2, m, k, stride = launch_rows(x)
     wg, stride_g = _weight(w_gate, k)
     wu, stride_u = _weight(w_up, k)
-    scratch, scratch_bytes = _lib.scratch("gated_mlp", lib, dev, x.device)   # (aot/specs/gated_mlp.py)
+    scratch = _lib.scratch("gated_mlp", lib, dev, x.device)   # (aot/specs/gated_mlp.py)
     rc = lib.gated_mlp(_lib.current_stream(dev), dev, _lib.DTYPE_CODES[x.dtype], x2.data_ptr(), wg.data_ptr(),
                        wu.data_ptr(), y.data_ptr(), stride, stride_g, stride_u, n, m, n, k, ACTIVATIONS[activation],
-                       scratch, scratch_bytes)
+                       scratch.ptr, scratch.bytes)
     if rc:
         raise lib.error(rc, OP)
     return y
