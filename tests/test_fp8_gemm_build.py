@@ -60,9 +60,25 @@ def test_sm90_sass_uses_fp8_wgmma(tmp_path):
 
 
 def test_sm90_tma_kernel_copies_with_tma(tmp_path):
-    """The warp-specialised kernel loads a and b with TMA (UTMALDG) and stores c with it (UTMASTG)."""
+    """The warp-specialised kernel loads a and b with TMA (UTMALDG), stores c with it (UTMASTG) and
+    hands registers between its warp groups (USETMAXREG: the producer gives up its share)."""
     for text in sm90_sass("_fp8_gemm_tma", tmp_path):
         assert "UTMALDG" in text and "UTMASTG" in text, "the sm90 TMA fp8_gemm kernel without TMA copies"
+        assert "USETMAXREG" in text, "the sm90 TMA fp8_gemm kernel is not warp-specialised"
+
+
+def test_sm90_tma_variants_are_warp_specialised():
+    """The manifest's record of the TMA variants: 12 warps launched for the 4 asked for (a producer
+    and two consumer warp groups), scratch within what the C header promises, sm90 only."""
+    from fusedaot import _lib
+    from test_specs import specs
+    kernels = [k for k in _lib.manifest()["kernels"] if k["op"] == "fp8_gemm" and k["variant"].endswith("_tma")]
+    if not kernels:
+        pytest.skip("no sm90 library in this build")
+    assert {k["arch"] for k in kernels} == {"sm90"}
+    assert len(kernels) == 2 * len(specs.fp8_gemm.TMA_DTYPES)   # promoted and fast, per dtype
+    for k in kernels:
+        assert k["num_warps"] == 12 and 0 < k["global_scratch"] <= specs.fp8_gemm.FP8_GEMM_SCRATCH, k
 
 
 # --- the GEMM family's dispatch over M (tests/test_specs.py holds M at 64) -----------------------
