@@ -145,6 +145,10 @@ def test_plan_keeps_order_alignment_and_bounds():
     assert pack.plan([pack.BLOCK_BYTES - 20, 4, 5]) == [(0, 0), (0, pack.BLOCK_BYTES - 16), (1, 0)]
     big = 3 * pack.BLOCK_BYTES
     assert pack.plan([10, big, 10]) == [(0, 0), (1, 0), (2, 0)]  # an image larger than a block: a block alone
+    # the runtime finds a block's images by binary search (fa_images.c): blocks in table order, none skipped
+    rng = random.Random(4)
+    blocks = [b for b, _ in pack.plan([rng.choice((16, 5000, 70000, 200000)) for _ in range(300)])]
+    assert blocks[0] == 0 and all(b - a in (0, 1) for a, b in zip(blocks, blocks[1:]))
     assert pack.props_byte({"lc": 3, "lp": 0, "pb": 2}) == 0x5D  # LZMA's usual properties byte
 
 

@@ -93,9 +93,21 @@ typedef struct {
   char message[FA_MESSAGE_BYTES];
 } loader_t;
 
+/* The first image of block b: the table lists images in block order (aot/pack.py's plan). */
+static int first_image(int b) {
+  int lo = 0, hi = fa_num_images;
+  while (lo < hi) {
+    int mid = lo + (hi - lo) / 2;
+    if (fa_images[mid].block < b) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 static int load_block(fa_device_t* d, int b, fa_lzma_t* decoder, unsigned char** bytes, size_t* capacity) {
-  int todo = 0;
-  for (int i = 0; i < fa_num_images && !todo; ++i) todo = fa_images[i].block == b && !d->modules[i];
+  const int first = first_image(b);
+  int end = first, todo = 0;
+  for (; end < fa_num_images && fa_images[end].block == b; ++end) todo |= !d->modules[end];
   if (!todo) return 0;
   const fa_block_t* blk = &fa_blocks[b];
   if (*capacity < blk->unpacked) {
@@ -114,8 +126,8 @@ static int load_block(fa_device_t* d, int b, fa_lzma_t* decoder, unsigned char**
                     b, fa_arch_name, decoder->error);
   int rc = 0;
   pthread_mutex_lock((pthread_mutex_t*)d->lock);
-  for (int i = 0; i < fa_num_images && !rc; ++i) {
-    if (fa_images[i].block != b || d->modules[i]) continue;
+  for (int i = first; i < end && !rc; ++i) {
+    if (d->modules[i]) continue;
     CUmodule mod;
     rc = fa_module_load(&mod, *bytes + fa_images[i].offset, image_variant(i));
     if (!rc) __atomic_store_n(&d->modules[i], (void*)mod, __ATOMIC_RELEASE);
