@@ -34,7 +34,7 @@ dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
   at 4096^3, 8192^3 and 16384x8192x7168 against ~950 for the best promoted config; small and
   medium are the tuned promoted tiles without promotion, not timed.  wgmma needs BLOCK_M a
   multiple of 64 and 4 or 8 warps.
-- sm90, M > 1024, bf16/fp16 output, per-tensor scales, no bias: _fp8_gemm_tma (with_tma below),
+- sm90, M > 1024, bf16/fp16 output, per-tensor scales, no bias: _fp8_gemm_tma (a Split below),
   warp-specialised with TMA copies, FP8_GEMM_SM90_TMA / _FAST: 1107-1180 TFLOP/s promoted
   (0.82-0.85x torch._scaled_mm), 1369-1426 fast, on an H100; the other calls of that class
   keep the pointer kernel (kernels/triton/fp8_gemm.py says why).
@@ -43,7 +43,7 @@ dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import NamedTuple
 
 from .core import DTYPES, Op, Param, Variant, merge_arches, tuning
 
@@ -73,6 +73,20 @@ TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared m
 TMA_WHEN = "has_bias == 0 && stride_sa == 0 && stride_sb == 0"
 FP8_GEMM_SCRATCH = 512          # bytes of scratch a program Triton asks for (3 TMA descriptors of 128 bytes)
 PERSISTENT_GRID = "fa_min(dev->sms, fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N))"
+
+
+class Split(NamedTuple):
+    """Aligned calls of some classes that take another kernel where `when` holds (gemm_variants'
+    split_by_arch): configs / fast_configs, {class: config} for FAST_FLAG == 0 / != 0."""
+    kernel: str
+    grid: str
+    when: str
+    dtypes: tuple[str, ...]
+    configs: dict
+    fast_configs: dict
+
+
+NO_SPLIT = Split("", "", "", (), {}, {})
 
 _PARAMS = (
     Param("a", "ptr", "fp8e4nv"), Param("b", "ptr", "fp8e4nv"), Param("c", "ptr"),
@@ -131,7 +145,8 @@ def _by_config(configs: dict) -> dict:
 
 def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_by_arch: dict,
                   aligned: tuple[str, ...], grid: str, classes=SHAPE_CLASSES, promote=False,
-                  fast_by_arch: dict | None = None, kernels_by_arch: dict | None = None):
+                  fast_by_arch: dict | None = None, kernels_by_arch: dict | None = None,
+                  split_by_arch: dict | None = None):
     """The variants of one GEMM op.  configs_by_arch: arch -> {class: config};
     fallback_by_arch: arch -> config; grid: a C expression of the tile sizes' names
     BLOCK_M and BLOCK_N (a 1-D grid).  fast_by_arch (fp8_gemm only): arch -> {class:
@@ -139,7 +154,10 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
     match FAST_FLAG == 0 and these match FAST_FLAG != 0 (the op needs an i32 parameter
     FAST_FLAG); the fallback ignores the flag.  kernels_by_arch (gated_mlp's TMA kernel):
     arch -> {class: (kernel, grid)} for the aligned classes that take another kernel (named
-    after the op's kernel, e.g. "_gated_mlp_tma": the rest, "_tma", tags the variant)."""
+    after the op's kernel, e.g. "_gated_mlp_tma": the rest, "_tma", tags the variant).
+    split_by_arch (fp8_gemm's TMA kernel): arch -> Split; for its dtypes, the aligned calls of
+    its classes where Split.when holds take its kernel (promoted or fast by FAST_FLAG), and the
+    variants those classes had keep the calls where it does not."""
     fast_by_arch = fast_by_arch or {}
     out = []
     for arch, configs in configs_by_arch.items():
@@ -151,13 +169,23 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
                 raise ValueError(f"{op}: fast-accumulation config {cfg} for {arch} must end with "
                                  "ACC_PROMOTE 0 (no promotion)")
         for dtype in dtypes:
+            split = (split_by_arch or {}).get(arch)
+            split = split if split and dtype in split.dtypes else NO_SPLIT
+
+            def rest(taken: dict) -> dict:   # each class's condition, less the calls the split takes
+                return {c: f"{cond} && !({split.when})" if c in taken else cond for c, cond in classes.items()}
             for (cfg, kern, kgrid), names in _by_config(
                     {cls: (cfg, *other.get(cls, (kernel, grid))) for cls, cfg in configs.items()}).items():
-                out.append(_aligned_variant(op, kern, dtype, cfg, names, classes, kgrid, aligned, arch,
+                out.append(_aligned_variant(op, kern, dtype, cfg, names, rest(split.configs), kgrid, aligned, arch,
                                             promote, flag, tag=kern.removeprefix(kernel)))
             for cfg, names in _by_config(fast or {}).items():
-                out.append(_aligned_variant(op, kernel, dtype, cfg, names, classes, grid, aligned, arch,
-                                            promote, flag, fast=True))
+                out.append(_aligned_variant(op, kernel, dtype, cfg, names, rest(split.fast_configs), grid, aligned,
+                                            arch, promote, flag, fast=True))
+            for is_fast, table in ((False, split.configs), (True, split.fast_configs)):
+                taken = {c: f"{classes[c]} && {split.when}" for c in table}
+                for cfg, names in _by_config(table).items():
+                    out.append(_aligned_variant(op, split.kernel, dtype, cfg, names, taken, split.grid, aligned, arch,
+                                                promote, flag, fast=is_fast, tag=split.kernel.removeprefix(kernel)))
             cfg = fallback_by_arch[arch]
             out.append(Variant(
                 name=f"{op}_{dtype}_any_{config_tag(cfg)}_u",
@@ -168,44 +196,18 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
     return merge_arches(out)
 
 
-def with_tma(variants, kernel: str, arch: str, configs: dict, fast_configs: dict, dtypes, when: str,
-             aligned: tuple[str, ...]):
-    """`variants` (from gemm_variants, flag FAST_FLAG) with `kernel` taking the aligned calls of
-    `arch` whose class is in configs / fast_configs, dtype in `dtypes` and `when` true, each
-    class with its config and PERSISTENT_GRID; the aligned variants that took those calls
-    before keep the rest (their condition gains the negation), so exactly one still matches."""
-    out, tma = [], []   # tma: (variant, fast, its classes)
-    for fast, table in ((False, configs), (True, fast_configs)):
-        for dtype in dtypes:
-            for cfg, names in _by_config(table).items():
-                tma.append((_aligned_variant("fp8_gemm", kernel, dtype, cfg, names, SHAPE_CLASSES, PERSISTENT_GRID,
-                                             aligned, arch, True, FAST_FLAG, fast=fast,
-                                             tag=kernel.removeprefix("_fp8_gemm")), fast, names))
-    for v in variants:
-        fast = v.name.endswith("_fast")
-        taken = [t for t, t_fast, names in tma if t.dtype == v.dtype and t_fast == fast
-                 and any(f"({SHAPE_CLASSES[c]})" in v.when for c in names)]
-        if arch in v.arches and not v.unaligned and taken:
-            if v.arches != (arch,):
-                raise ValueError(f"{v.name}: shared with {v.arches}, cannot give way to {kernel} on {arch} alone")
-            took = " || ".join(f"({t.when})" for t in taken)
-            v = replace(v, when=f"{v.when} && !(({took}) && {when})")
-        out.append(v)
-    return tuple(out) + tuple(replace(t, when=f"{t.when} && {when}") for t, _, _ in tma)
-
-
 _ALIGNED = ("a", "b", "c", "stride_am", "stride_bn", "stride_cm", "N", "K")
 
 NEEDS = ("fp8",)   # families a partial build adds: fp16/bf16/fp32 operands are quantized first by fp8_quantize_row
 
 OPS = (
     Op("fp8_gemm", "triton", "kernels/triton/fp8_gemm.py", _PARAMS,
-       with_tma(gemm_variants("fp8_gemm", "_fp8_gemm", GEMM_DTYPES,
-                              {"sm90": gemm_configs("sm90", "fp8_gemm", FP8_GEMM_SM90), "sm89": FP8_GEMM_SM89},
-                              FP8_GEMM_FALLBACK, _ALIGNED, "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True,
-                              fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)}),
-                "_fp8_gemm_tma", "sm90", FP8_GEMM_SM90_TMA, FP8_GEMM_SM90_TMA_FAST, TMA_DTYPES, TMA_WHEN,
-                _ALIGNED),
+       gemm_variants("fp8_gemm", "_fp8_gemm", GEMM_DTYPES,
+                     {"sm90": gemm_configs("sm90", "fp8_gemm", FP8_GEMM_SM90), "sm89": FP8_GEMM_SM89},
+                     FP8_GEMM_FALLBACK, _ALIGNED, "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True,
+                     fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)},
+                     split_by_arch={"sm90": Split("_fp8_gemm_tma", PERSISTENT_GRID, TMA_WHEN, TMA_DTYPES,
+                                                  FP8_GEMM_SM90_TMA, FP8_GEMM_SM90_TMA_FAST)}),
        arches=("sm89", "sm90"), dtypes=GEMM_DTYPES,
        doc="c = (a @ b^T) * a_scale[m*stride_sa] * b_scale[n*stride_sb] (+ bias); a, b e4m3fn; fp32 sums "
            "(fast_accum != 0 on sm90: tensor-core accumulation, no promotion); scratch: 128-byte aligned "

@@ -229,7 +229,6 @@ def sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=None)
 def scratch_per_program(op: str, arch: str) -> int:
     """Bytes of global scratch memory a program of `op`'s kernels in the arch's library needs at
     most (the manifest's record of what Triton asked for: the sm90 TMA kernels build their
