@@ -16,9 +16,11 @@ import re
 import sys
 from pathlib import Path
 
+from . import ptx as ptx_pass
 from . import specs
 
 ROOT = Path(__file__).resolve().parent.parent
+PTX_PASS_TEXT = Path(ptx_pass.__file__).read_bytes()  # part of every Triton image's cache key
 
 
 class CompileError(RuntimeError):
@@ -62,6 +64,23 @@ def _triton_module(source: str):
     return module
 
 
+def _with_ptx_pass(backend, stages, options, language, capability):
+    """Triton's stage hook: its PTX goes through ptx_pass before ptxas (and into asm["ptx"])."""
+    make_ptx = stages["ptx"]
+    stages["ptx"] = lambda src, metadata: ptx_pass.wait_for_wgmma_results(make_ptx(src, metadata))
+
+
+def jit_like_the_build():
+    """Make Triton's JIT in this process (the tuner's) compile as the build does, through the PTX
+    pass, with a cache of its own: Triton's cache key does not know the hook."""
+    import triton
+    triton.knobs.runtime.add_stages_inspection_hook = _with_ptx_pass
+    base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    tag = "fusedaot-ptx-" + _digest(PTX_PASS_TEXT)[:16]
+    if not base.endswith(tag):  # spawned workers inherit the tagged directory
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(base, tag)
+
+
 def triton_signature(op: specs.Op, v: specs.Variant, arg_names) -> tuple[dict, dict, list]:
     """(signature, attrs, runtime args) of `v` for Triton, from the op's C parameter types."""
     signature, attrs, args = {}, {}, []
@@ -101,10 +120,13 @@ def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
     options = {"num_warps": v.num_warps, "num_stages": v.num_stages}
     if v.maxnreg:
         options["maxnreg"] = v.maxnreg
-    key = _digest("triton", triton.__version__, os.environ.get("TRITON_DISABLE_LINE_INFO"), source_text, v.kernel, sorted(signature.items()),
+    key = _digest("triton", triton.__version__, os.environ.get("TRITON_DISABLE_LINE_INFO"), PTX_PASS_TEXT, source_text, v.kernel, sorted(signature.items()),
                   sorted(v.constexprs.items()), sorted(attrs.items()), sorted(options.items()), arch)
 
     def build():
+        # Triton's own cache does not know the hook: compile, never reuse (ours is the cache).
+        triton.knobs.runtime.add_stages_inspection_hook = _with_ptx_pass
+        triton.knobs.compilation.always_compile = True
         try:
             k = triton.compile(ASTSource(fn, signature, dict(v.constexprs), attrs),
                                target=GPUTarget("cuda", specs.ARCH_CC[arch], 32), options=options)

@@ -7,7 +7,7 @@ and decode / prefill-chunk sizes at N = K = 8192.  Pre-quantized inputs: fusedao
 per-tensor and per-row scales, torch._scaled_mm with the same scales, each with and without
 fast accumulation (use_fast_accum=True), bf16 torch.matmul on bf16 copies of the inputs, and
 the same Triton kernel launched by Triton's JIT with the AOT build's promoted config (on
-sm90 at M > 1024 the warp-specialised TMA kernel, with per-tensor scales).  Then
+sm90 for the rows specs.fp8_gemm.TMA_ROWS names the warp-specialised TMA kernel, with per-tensor scales).  Then
 the total with on-the-fly quantization of a (bf16, per row): fusedaot.fp8_gemm(a_bf16, b_fp8)
 against its parts and against eager torch quantization + torch._scaled_mm.
 TFLOP/s = 2 M N K / time.
@@ -82,16 +82,20 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
-def triton_jit_impl(triton, specs, m: int):
+def holds(cond: str, **values) -> bool:
+    """A dispatch condition of aot/specs (C: &&, ||) for these parameter values."""
+    return eval(cond.replace("&&", " and ").replace("||", " or "), {}, values)
+
+
+def triton_jit_impl(triton, specs, m: int, n: int, k: int):
     """(run, config, per-tensor scales?): the kernel and config the AOT build's sm90 library picks
-    for this M (bf16 output, no bias, promoted; per-tensor scales where that is the TMA kernel,
-    per-row ones otherwise), launched through Triton's JIT; or None."""
+    for this shape (bf16 output, no bias, promoted; per-tensor scales where that is the TMA
+    kernel, per-row ones otherwise), launched through Triton's JIT; or None."""
     if triton is None or torch.cuda.get_device_capability() != (9, 0):
         return None
     fam = specs.fp8_gemm
-    cls = next(c for c, cond in fam.SHAPE_CLASSES.items()
-               if eval(cond.replace("&&", " and "), {}, {"M": m}))
-    tma = cls in fam.FP8_GEMM_SM90_TMA
+    cls = next(c for c, cond in fam.SHAPE_CLASSES.items() if holds(cond, M=m))
+    tma = cls in fam.FP8_GEMM_SM90_TMA and holds(fam.TMA_ROWS, M=m, N=n, K=k)
     cfg = fam.FP8_GEMM_SM90_TMA[cls] if tma else fam.gemm_configs("sm90", "fp8_gemm", fam.FP8_GEMM_SM90)[cls]
     sys.path.insert(0, str(H.ROOT))
     from aot.compile import _triton_module
@@ -141,7 +145,7 @@ def bench_shape(table, fa, triton, specs, m, n, k, l2, notes):
         notes.append(f"{where}: skipped, does not fit in free GPU memory")
         return
     flops = 2.0 * m * n * k
-    jit = triton_jit_impl(triton, specs, m)
+    jit = triton_jit_impl(triton, specs, m, n, k)
     impls = {
         "fusedaot tensor": lambda d: fa.fp8_gemm(d["qat"], d["qbt"], d["sat"], d["sbt"]),
         "fusedaot tensor fast-accum": lambda d: fa.fp8_gemm(d["qat"], d["qbt"], d["sat"], d["sbt"],

@@ -67,6 +67,40 @@ def test_sm90_tma_kernel_copies_with_tma(tmp_path):
         assert "USETMAXREG" in text, "the sm90 TMA fp8_gemm kernel is not warp-specialised"
 
 
+QGMMA = re.compile(r"\bQGMMA\.\S+ (R\d+), gdesc\[\w+\], (R\w+)")
+
+
+def serialised_wgmmas(sass: str) -> int:
+    """How many QGMMAs that add into the previous one's accumulator wait for it first (a
+    WARPGROUP.DEPBAR between them): ptxas's serialisation of a chain."""
+    count, last_dest, waited = 0, None, False
+    for line in sass.splitlines():
+        m = QGMMA.search(line)
+        if m:
+            dest, acc = m.groups()
+            count += dest == acc == last_dest and waited
+            last_dest, waited = dest, False
+        elif "WARPGROUP.DEPBAR" in line:
+            waited = True
+    return count
+
+
+def test_sm90_wgmma_chains_are_not_serialised(tmp_path):
+    """Promotion folds each chain into fp32 after a wait for the whole chain, not after each
+    wgmma (aot/ptx.py: ptxas serialised them, 15-20% of the promoted kernels' throughput)."""
+    for kernel in ("_fp8_gemm", "_fp8_gemm_tma"):
+        for text in sm90_sass(kernel, tmp_path):
+            assert text.count("QGMMA") and serialised_wgmmas(text) == 0, f"an sm90 {kernel} kernel waits after each wgmma"
+
+
+def test_serialised_wgmmas_counts_waits_inside_a_chain():
+    chain = ["QGMMA.64x128x32.F32.E4M3.E4M3 R52, gdesc[UR12], RZ, !UPT ;",
+             "QGMMA.64x128x32.F32.E4M3.E4M3 R52, gdesc[UR16], R52, gsb0 ;"]
+    wait = "WARPGROUP.DEPBAR.LE gsb0, 0x0 ;"
+    assert serialised_wgmmas("\n".join([chain[0], wait, chain[1], wait])) == 1
+    assert serialised_wgmmas("\n".join([chain[0], chain[1], wait, "FADD R1, R52, R1 ;", chain[0], chain[1]])) == 0
+
+
 def test_sm90_tma_variants_are_warp_specialised():
     """The manifest's record of the TMA variants: 12 warps launched for the 4 asked for (a producer
     and two consumer warp groups), scratch within what the C header promises, sm90 only."""
@@ -118,9 +152,10 @@ def test_sm90_has_promoted_and_fast_variants():
     fast_configs = fam.gemm_configs("sm90", "fp8_gemm_fast", fam.FP8_GEMM_SM90_FAST)
     for arch in op.arches:
         variants = [(v, compile(_condition(op, v), v.name, "eval")) for v in op.variants if arch in v.arches]
-        for dtype, (cls, m), k, bias, scale_stride in itertools.product(
-                op.dtypes, (("small", 16), ("medium", 512), ("large", 4096)), (4096, 4097), (0, 1), (0, 1)):
-            args = dict(dtype=specs.DTYPES[dtype], M=m, N=4096, K=k, has_bias=bias,
+        for dtype, (cls, m), n, k, bias, scale_stride in itertools.product(
+                op.dtypes, (("small", 16), ("medium", 512), ("large", 4096)), (4096, 8192), (8192, 8193), (0, 1),
+                (0, 1)):
+            args = dict(dtype=specs.DTYPES[dtype], M=m, N=n, K=k, has_bias=bias,
                         **{p: 0x7F0000001000 for p in pointers})
             args.update({p.name: k for p in op.params if p.name.startswith("stride_")})
             args.update(stride_sa=scale_stride, stride_sb=scale_stride)
@@ -131,11 +166,12 @@ def test_sm90_has_promoted_and_fast_variants():
                 picked[flag] = hits[0]
             assert picked[1] is picked[7], (arch, dtype, cls)
             promoted, fast = picked[0], picked[1]
-            if arch == "sm90" and k == 4096:
+            if arch == "sm90" and k == 8192:
                 assert promoted.constexprs["ACC_PROMOTE"] and "_fast" not in promoted.name, promoted.name
                 assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith(("_fast", "_fast_tma")), fast.name
                 assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
-                tma = bias == scale_stride == 0 and cls in fam.FP8_GEMM_SM90_TMA and dtype in fam.TMA_DTYPES
+                rows = eval(fam.TMA_ROWS.replace("&&", " and ").replace("||", " or "), {}, dict(M=m, N=n, K=k))
+                tma = bias == scale_stride == 0 and rows and cls in fam.FP8_GEMM_SM90_TMA and dtype in fam.TMA_DTYPES
                 assert promoted.kernel == fast.kernel == ("_fp8_gemm_tma" if tma else "_fp8_gemm"), (promoted.name, fast.name)
                 want = fam.FP8_GEMM_SM90_TMA_FAST[cls] if tma else fast_configs[cls]
                 c = fast.constexprs

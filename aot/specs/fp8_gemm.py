@@ -63,14 +63,19 @@ FP8_GEMM_FALLBACK = {"sm90": (64, 64, 64, 8, 4, 2, 64), "sm89": (64, 64, 64, 8, 
 FP8_GEMM_SM90_FAST = {"small": (64, 32, 256, 1, 4, 4, 0), "medium": (64, 128, 128, 8, 4, 4, 0),
                       "large": (128, 256, 128, 8, 8, 3, 0)}
 FAST_FLAG = "fast_accum"   # the i32 op parameter that selects the fast variants
-# sm90, M > 1024, bf16/fp16 output, one scale per operand, no bias: _fp8_gemm_tma, warp-specialised with TMA
+# sm90, rows as TMA_ROWS, bf16/fp16 output, one scale per operand, no bias: _fp8_gemm_tma, warp-specialised with TMA
 # copies, one program per SM (4 warps asked for: Triton makes them two consumer warp groups
 # of 128 rows each plus a producer group, 12 warps in all).  Promoted or not, by fast_accum.
-FP8_GEMM_SM90_TMA = {"large": (256, 128, 128, 8, 4, 3, 128)}
-FP8_GEMM_SM90_TMA_FAST = {"large": (256, 128, 128, 8, 4, 3, 0)}
+FP8_GEMM_SM90_TMA = {"medium": (256, 128, 128, 8, 4, 3, 128), "large": (256, 128, 128, 8, 4, 3, 128)}
+FP8_GEMM_SM90_TMA_FAST = {"medium": (256, 128, 128, 8, 4, 3, 0), "large": (256, 128, 128, 8, 4, 3, 0)}
 TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared memory for 3 stages
-# per-row scales and a bias take the pointer kernel (kernels/triton/fp8_gemm.py says why)
-TMA_WHEN = "has_bias == 0 && stride_sa == 0 && stride_sb == 0"
+# Rows it takes: every large call; medium ones from 257 rows when N and K are 8192 or more
+# (1.1-1.45x the medium pointer kernel promoted at N = K = 8192, M 320-1024, on an H100; at
+# N = K = 4096 the pointer kernel's 64-row tiles won up to M = 1024, and at M <= 256 a
+# 256-row tile leaves half the SMs without one).  Per-row scales and a bias take the pointer
+# kernel (kernels/triton/fp8_gemm.py says why).
+TMA_ROWS = "M > 1024 || (M > 256 && N >= 8192 && K >= 8192)"
+TMA_WHEN = f"({TMA_ROWS}) && has_bias == 0 && stride_sa == 0 && stride_sb == 0"
 FP8_GEMM_SCRATCH = 512          # bytes of scratch a program Triton asks for (3 TMA descriptors of 128 bytes)
 PERSISTENT_GRID = "fa_min(dev->sms, fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N))"
 

@@ -54,8 +54,11 @@ def _attention_scores(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    # Rows past M (N) read row m % M (n % N): in bounds without row masks, never stored.
-    q_ptrs = q + (offs_m % M).to(tl.int64)[:, None] * stride_qm + offs_k[None, :]
+    # Rows past N read row n % N, and rows past M rows of this program's tile of k: in bounds
+    # without masks, never stored (as in fp8_gemm.py's _fp8_gemm, which says why).
+    rows_q = tl.where(offs_m < M, q + offs_m.to(tl.int64) * stride_qm,
+                      k + ((pid_n * BLOCK_N + offs_m % BLOCK_N) % N).to(tl.int64) * stride_kn)
+    q_ptrs = rows_q[:, None] + offs_k[None, :]
     k_ptrs = k + (offs_n % N).to(tl.int64)[None, :] * stride_kn + offs_k[:, None]
 
     # main loop over the head dimension; zeros past D

@@ -53,10 +53,15 @@ def _fp8_gemm(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    # Rows past M (N) read row m % M (n % N): in bounds, so the loads need no row masks;
-    # their results are never stored.
-    a_ptrs = a + (offs_m % M).to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = b + (offs_n % N).to(tl.int64)[None, :] * stride_bn + offs_k[:, None]
+    # Rows past N read row n % N, and rows past M rows of this program's tile of b: in bounds
+    # (b has K columns too) without masks, and never stored.  (Row m % M put every load of a
+    # one-row call on the same bytes: a decode GEMM ran 3x slower; row masks cost the pointer
+    # kernels 6-13%.)
+    rows_b = b + (offs_n % N).to(tl.int64) * stride_bn
+    rows_a = tl.where(offs_m < M, a + offs_m.to(tl.int64) * stride_am,
+                      b + ((pid_n * BLOCK_N + offs_m % BLOCK_N) % N).to(tl.int64) * stride_bn)
+    a_ptrs = rows_a[:, None] + offs_k[None, :]
+    b_ptrs = rows_b[None, :] + offs_k[:, None]
 
     # main loop: acc += a[m, k:k+BK] @ b[n, k:k+BK]^T, zeros past K
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)

@@ -74,8 +74,11 @@ def _gated_mlp(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    # Rows past M (N) read row m % M (n % N): in bounds without row masks, never stored.
-    x_ptrs = x + (offs_m % M).to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
+    # Rows past N read row n % N, and rows past M rows of this program's tile of w_gate: in
+    # bounds without masks, never stored (as in _fp8_gemm, which says why).
+    rows_x = tl.where(offs_m < M, x + offs_m.to(tl.int64) * stride_xm,
+                      wg + ((pid_n * BLOCK_N + offs_m % BLOCK_N) % N).to(tl.int64) * stride_wg)
+    x_ptrs = rows_x[:, None] + offs_k[None, :]
     rn = (offs_n % N).to(tl.int64)[None, :]
     g_ptrs = wg + rn * stride_wg + offs_k[:, None]
     u_ptrs = wu + rn * stride_wu + offs_k[:, None]
