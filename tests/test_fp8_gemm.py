@@ -90,11 +90,13 @@ def check(a, b, sa, sb, out_dtype, bias=None):
 # --- shapes, dtypes, scale layouts, bias ---------------------------------------------------------
 
 # (M, N, K): every shape class (M <= 64, <= 1024, larger), aligned (K, N multiples of 16) and
-# not (1, 17, 4097), K = 0, empty outputs; sm90's TMA kernel (M > 1024, aligned, no bias) on
-# partial tiles in M, N and K (1500 x 1032 x 1040) and on one narrow column tile (1025 x 8 x 16).
+# not (1, 17, 4097), K = 0, empty outputs; sm90's TMA kernels (specs.fp8_gemm.TMA_ROWS, aligned;
+# warp-specialised for one scale per operand and no bias, else _fp8_gemm_tma_rows) on partial
+# tiles in M, N and K (1500 x 1032 x 1040), on one narrow column tile (1025 x 8 x 16) and on
+# medium rows with N, K >= 8192 (264 x 8208 x 8192: partial tiles in M and N).
 SHAPES = [(1, 17, 4097), (1, 1, 1), (17, 17, 17), (16, 4096, 4096), (64, 1000, 512), (65, 257, 1024),
           (300, 1024, 2048), (1025, 512, 4096), (2048, 2048, 4096), (1500, 1032, 1040), (1025, 8, 16),
-          (5, 7, 0), (0, 64, 256), (4, 0, 64)]
+          (264, 8208, 8192), (5, 7, 0), (0, 64, 256), (4, 0, 64)]
 
 
 @FP8_DEVICES

@@ -43,7 +43,7 @@ def sm90_sass(kernel: str, tmp_path) -> list[str]:
         pytest.skip("cuobjdump is not available")
     texts = []
     for i, image in enumerate(_lib.library_for_arch("sm90").images()):
-        if f".text.{kernel}".encode() not in image:
+        if f".text.{kernel}\0".encode() not in image:
             continue
         path = tmp_path / f"{kernel}_{i}.cubin"
         path.write_bytes(image)
@@ -59,12 +59,14 @@ def test_sm90_sass_uses_fp8_wgmma(tmp_path):
         assert re.search(r"\bQGMMA\.\d+x\d+x\d+\.F32\.E4M3\.E4M3", text), "an sm90 fp8_gemm kernel without QGMMA"
 
 
-def test_sm90_tma_kernel_copies_with_tma(tmp_path):
-    """The warp-specialised kernel loads a and b with TMA (UTMALDG), stores c with it (UTMASTG) and
-    hands registers between its warp groups (USETMAXREG: the producer gives up its share)."""
-    for text in sm90_sass("_fp8_gemm_tma", tmp_path):
-        assert "UTMALDG" in text and "UTMASTG" in text, "the sm90 TMA fp8_gemm kernel without TMA copies"
-        assert "USETMAXREG" in text, "the sm90 TMA fp8_gemm kernel is not warp-specialised"
+@pytest.mark.parametrize("kernel", ["_fp8_gemm_tma", "_fp8_gemm_tma_rows"])
+def test_sm90_tma_kernels_copy_with_tma(kernel, tmp_path):
+    """Both TMA kernels load a and b with TMA (UTMALDG) and store c with it (UTMASTG); the
+    warp-specialised one hands registers between its warp groups (USETMAXREG: the producer
+    gives up its share), the other has one instruction stream."""
+    for text in sm90_sass(kernel, tmp_path):
+        assert "UTMALDG" in text and "UTMASTG" in text, f"the sm90 {kernel} kernel without TMA copies"
+        assert ("USETMAXREG" in text) == (kernel == "_fp8_gemm_tma"), f"{kernel}: warp specialisation"
 
 
 QGMMA = re.compile(r"\bQGMMA\.\S+ (R\d+), gdesc\[\w+\], (R\w+)")
@@ -88,7 +90,7 @@ def serialised_wgmmas(sass: str) -> int:
 def test_sm90_wgmma_chains_are_not_serialised(tmp_path):
     """Promotion folds each chain into fp32 after a wait for the whole chain, not after each
     wgmma (aot/ptx.py: ptxas serialised them, 15-20% of the promoted kernels' throughput)."""
-    for kernel in ("_fp8_gemm", "_fp8_gemm_tma"):
+    for kernel in ("_fp8_gemm", "_fp8_gemm_tma", "_fp8_gemm_tma_rows"):
         for text in sm90_sass(kernel, tmp_path):
             assert text.count("QGMMA") and serialised_wgmmas(text) == 0, f"an sm90 {kernel} kernel waits after each wgmma"
 
@@ -168,12 +170,15 @@ def test_sm90_has_promoted_and_fast_variants():
             promoted, fast = picked[0], picked[1]
             if arch == "sm90" and k == 8192:
                 assert promoted.constexprs["ACC_PROMOTE"] and "_fast" not in promoted.name, promoted.name
-                assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith(("_fast", "_fast_tma")), fast.name
+                assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith(("_fast", "_fast_tma", "_fast_tma_rows")), fast.name
                 assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
                 rows = eval(fam.TMA_ROWS.replace("&&", " and ").replace("||", " or "), {}, dict(M=m, N=n, K=k))
-                tma = bias == scale_stride == 0 and rows and cls in fam.FP8_GEMM_SM90_TMA and dtype in fam.TMA_DTYPES
-                assert promoted.kernel == fast.kernel == ("_fp8_gemm_tma" if tma else "_fp8_gemm"), (promoted.name, fast.name)
-                want = fam.FP8_GEMM_SM90_TMA_FAST[cls] if tma else fast_configs[cls]
+                tma = rows and cls in fam.FP8_GEMM_SM90_TMA and dtype in fam.TMA_DTYPES
+                one_scale = bias == scale_stride == 0
+                kernel = ("_fp8_gemm_tma" if one_scale else "_fp8_gemm_tma_rows") if tma else "_fp8_gemm"
+                assert promoted.kernel == fast.kernel == kernel, (promoted.name, fast.name)
+                want = ((fam.FP8_GEMM_SM90_TMA_FAST if one_scale else fam.FP8_GEMM_SM90_TMA_ROWS_FAST)[cls] if tma
+                        else fast_configs[cls])
                 c = fast.constexprs
                 assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], fast.num_warps,
                         fast.num_stages) == want[:6], (fast.name, want)

@@ -75,23 +75,30 @@ TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared m
 # 256-row tile leaves half the SMs without one).  Per-row scales and a bias take the pointer
 # kernel (kernels/triton/fp8_gemm.py says why).
 TMA_ROWS = "M > 1024 || (M > 256 && N >= 8192 && K >= 8192)"
-TMA_WHEN = f"({TMA_ROWS}) && has_bias == 0 && stride_sa == 0 && stride_sb == 0"
+_ONE_SCALE_NO_BIAS = "has_bias == 0 && stride_sa == 0 && stride_sb == 0"
+TMA_WHEN = f"({TMA_ROWS}) && {_ONE_SCALE_NO_BIAS}"
+# The same rows with per-row scales or a bias: _fp8_gemm_tma_rows, TMA copies without warp
+# specialisation (8 warps: two warp groups of 128 rows), the scales and bias in its epilogue.
+TMA_ROWS_WHEN = f"({TMA_ROWS}) && !({_ONE_SCALE_NO_BIAS})"
+FP8_GEMM_SM90_TMA_ROWS = {"medium": (256, 128, 128, 8, 8, 3, 128), "large": (256, 128, 128, 8, 8, 3, 128)}
+FP8_GEMM_SM90_TMA_ROWS_FAST = {"medium": (256, 128, 128, 8, 8, 3, 0), "large": (256, 128, 128, 8, 8, 3, 0)}
 FP8_GEMM_SCRATCH = 512          # bytes of scratch a program Triton asks for (3 TMA descriptors of 128 bytes)
 PERSISTENT_GRID = "fa_min(dev->sms, fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N))"
 
 
 class Split(NamedTuple):
     """Aligned calls of some classes that take another kernel where `when` holds (gemm_variants'
-    split_by_arch): configs / fast_configs, {class: config} for FAST_FLAG == 0 / != 0."""
+    split_by_arch): configs / fast_configs, {class: config} for FAST_FLAG == 0 / != 0.
+    whole: classes whose aligned calls of these dtypes the arch's splits take between them,
+    every one (their own variants would never be picked, so none is built)."""
     kernel: str
     grid: str
     when: str
     dtypes: tuple[str, ...]
     configs: dict
     fast_configs: dict
+    whole: tuple[str, ...] = ()
 
-
-NO_SPLIT = Split("", "", "", (), {}, {})
 
 _PARAMS = (
     Param("a", "ptr", "fp8e4nv"), Param("b", "ptr", "fp8e4nv"), Param("c", "ptr"),
@@ -160,9 +167,9 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
     FAST_FLAG); the fallback ignores the flag.  kernels_by_arch (gated_mlp's TMA kernel):
     arch -> {class: (kernel, grid)} for the aligned classes that take another kernel (named
     after the op's kernel, e.g. "_gated_mlp_tma": the rest, "_tma", tags the variant).
-    split_by_arch (fp8_gemm's TMA kernel): arch -> Split; for its dtypes, the aligned calls of
-    its classes where Split.when holds take its kernel (promoted or fast by FAST_FLAG), and the
-    variants those classes had keep the calls where it does not."""
+    split_by_arch (fp8_gemm's TMA kernels): arch -> Splits with disjoint `when`s; for a split's
+    dtypes, the aligned calls of its classes where its `when` holds take its kernel (promoted
+    or fast by FAST_FLAG), and the variants those classes had keep the calls no split takes."""
     fast_by_arch = fast_by_arch or {}
     out = []
     for arch, configs in configs_by_arch.items():
@@ -174,23 +181,27 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
                 raise ValueError(f"{op}: fast-accumulation config {cfg} for {arch} must end with "
                                  "ACC_PROMOTE 0 (no promotion)")
         for dtype in dtypes:
-            split = (split_by_arch or {}).get(arch)
-            split = split if split and dtype in split.dtypes else NO_SPLIT
+            splits = [s for s in (split_by_arch or {}).get(arch, ()) if dtype in s.dtypes]
+            whole = {c for s in splits for c in s.whole}
 
-            def rest(taken: dict) -> dict:   # each class's condition, less the calls the split takes
-                return {c: f"{cond} && !({split.when})" if c in taken else cond for c, cond in classes.items()}
+            def rest(table: str) -> dict:   # each class's condition, less the calls the splits take
+                return {c: " && ".join([cond] + [f"!({s.when})" for s in splits if c in getattr(s, table)])
+                        for c, cond in classes.items()}
             for (cfg, kern, kgrid), names in _by_config(
-                    {cls: (cfg, *other.get(cls, (kernel, grid))) for cls, cfg in configs.items()}).items():
-                out.append(_aligned_variant(op, kern, dtype, cfg, names, rest(split.configs), kgrid, aligned, arch,
+                    {cls: (cfg, *other.get(cls, (kernel, grid))) for cls, cfg in configs.items()
+                     if cls not in whole}).items():
+                out.append(_aligned_variant(op, kern, dtype, cfg, names, rest("configs"), kgrid, aligned, arch,
                                             promote, flag, tag=kern.removeprefix(kernel)))
-            for cfg, names in _by_config(fast or {}).items():
-                out.append(_aligned_variant(op, kernel, dtype, cfg, names, rest(split.fast_configs), grid, aligned,
+            for cfg, names in _by_config({c: cfg for c, cfg in (fast or {}).items() if c not in whole}).items():
+                out.append(_aligned_variant(op, kernel, dtype, cfg, names, rest("fast_configs"), grid, aligned,
                                             arch, promote, flag, fast=True))
-            for is_fast, table in ((False, split.configs), (True, split.fast_configs)):
-                taken = {c: f"{classes[c]} && {split.when}" for c in table}
-                for cfg, names in _by_config(table).items():
-                    out.append(_aligned_variant(op, split.kernel, dtype, cfg, names, taken, split.grid, aligned, arch,
-                                                promote, flag, fast=is_fast, tag=split.kernel.removeprefix(kernel)))
+            for split in splits:
+                for is_fast, table in ((False, split.configs), (True, split.fast_configs)):
+                    taken = {c: f"{classes[c]} && {split.when}" for c in table}
+                    for cfg, names in _by_config(table).items():
+                        out.append(_aligned_variant(op, split.kernel, dtype, cfg, names, taken, split.grid, aligned,
+                                                    arch, promote, flag, fast=is_fast,
+                                                    tag=split.kernel.removeprefix(kernel)))
             cfg = fallback_by_arch[arch]
             out.append(Variant(
                 name=f"{op}_{dtype}_any_{config_tag(cfg)}_u",
@@ -211,8 +222,12 @@ OPS = (
                      {"sm90": gemm_configs("sm90", "fp8_gemm", FP8_GEMM_SM90), "sm89": FP8_GEMM_SM89},
                      FP8_GEMM_FALLBACK, _ALIGNED, "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True,
                      fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)},
-                     split_by_arch={"sm90": Split("_fp8_gemm_tma", PERSISTENT_GRID, TMA_WHEN, TMA_DTYPES,
-                                                  FP8_GEMM_SM90_TMA, FP8_GEMM_SM90_TMA_FAST)}),
+                     split_by_arch={"sm90": (
+                         Split("_fp8_gemm_tma", PERSISTENT_GRID, TMA_WHEN, TMA_DTYPES,
+                               FP8_GEMM_SM90_TMA, FP8_GEMM_SM90_TMA_FAST),
+                         Split("_fp8_gemm_tma_rows", PERSISTENT_GRID, TMA_ROWS_WHEN, TMA_DTYPES,
+                               FP8_GEMM_SM90_TMA_ROWS, FP8_GEMM_SM90_TMA_ROWS_FAST,
+                               whole=("large",)))}),   # TMA_WHEN or TMA_ROWS_WHEN: all M > 1024
        arches=("sm89", "sm90"), dtypes=GEMM_DTYPES,
        doc="c = (a @ b^T) * a_scale[m*stride_sa] * b_scale[n*stride_sb] (+ bias); a, b e4m3fn; fp32 sums "
            "(fast_accum != 0 on sm90: tensor-core accumulation, no promotion); scratch: 128-byte aligned "
