@@ -35,6 +35,9 @@ def _digest(*parts) -> str:
     return h.hexdigest()
 
 
+PTX_PASS_TAG = "ptx-pass-" + _digest(PTX_PASS_TEXT)[:16]
+
+
 def _cached(cache_dir: Path, key: str, build):
     """Return (image bytes, meta dict, hit) for `key`, calling build() on a miss."""
     d = cache_dir / key[:2]
@@ -70,15 +73,15 @@ def _with_ptx_pass(backend, stages, options, language, capability):
     stages["ptx"] = lambda src, metadata: ptx_pass.wait_for_wgmma_results(make_ptx(src, metadata))
 
 
-def jit_like_the_build():
-    """Make Triton's JIT in this process (the tuner's) compile as the build does, through the PTX
-    pass, with a cache of its own: Triton's cache key does not know the hook."""
+def use_ptx_pass():
+    """Make this process's Triton compile through the PTX pass (the build and the tuner's JIT),
+    caching in a directory named by the pass under the configured one: Triton's cache key does
+    not know the hook.  (Its cache is what lets the ptx library reuse the sm80 compile.)"""
     import triton
     triton.knobs.runtime.add_stages_inspection_hook = _with_ptx_pass
     base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
-    tag = "fusedaot-ptx-" + _digest(PTX_PASS_TEXT)[:16]
-    if not base.endswith(tag):  # spawned workers inherit the tagged directory
-        os.environ["TRITON_CACHE_DIR"] = os.path.join(base, tag)
+    if os.path.basename(base) != PTX_PASS_TAG:   # worker processes inherit the tagged directory
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(base, PTX_PASS_TAG)
 
 
 def triton_signature(op: specs.Op, v: specs.Variant, arg_names) -> tuple[dict, dict, list]:
@@ -124,9 +127,7 @@ def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
                   sorted(v.constexprs.items()), sorted(attrs.items()), sorted(options.items()), arch)
 
     def build():
-        # Triton's own cache does not know the hook: compile, never reuse (ours is the cache).
-        triton.knobs.runtime.add_stages_inspection_hook = _with_ptx_pass
-        triton.knobs.compilation.always_compile = True
+        use_ptx_pass()
         try:
             k = triton.compile(ASTSource(fn, signature, dict(v.constexprs), attrs),
                                target=GPUTarget("cuda", specs.ARCH_CC[arch], 32), options=options)

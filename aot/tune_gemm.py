@@ -81,8 +81,8 @@ SOURCES = {"fp8_gemm": ("kernels/triton/fp8_gemm.py", "_fp8_gemm"),
 
 def _kernel(op):
     sys.path.insert(0, str(ROOT))
-    from aot.compile import _triton_module, jit_like_the_build
-    jit_like_the_build()
+    from aot.compile import _triton_module, use_ptx_pass
+    use_ptx_pass()
     source, name = SOURCES[KERNEL_OF.get(op, op)]
     return getattr(_triton_module(source), name)
 
