@@ -71,11 +71,12 @@ FAST_FLAG = "fast_accum"   # the i32 op parameter that selects the fast variants
 FP8_GEMM_SM90_TMA = {"medium": (256, 128, 128, 8, 4, 3, 128), "large": (256, 128, 128, 8, 4, 3, 128)}
 FP8_GEMM_SM90_TMA_FAST = {"medium": (256, 128, 128, 8, 4, 3, 0), "large": (256, 128, 128, 8, 4, 3, 0)}
 TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared memory for 3 stages
-# Rows it takes: every large call; medium ones from 257 rows when N and K are 8192 or more
-# (1.1-1.45x the medium pointer kernel promoted at N = K = 8192, M 320-1024, on an H100; at
-# N = K = 4096 the pointer kernel's 64-row tiles won up to M = 1024, and at M <= 256 a
-# 256-row tile leaves half the SMs without one).  Per-row scales and a bias take the pointer
-# kernel (kernels/triton/fp8_gemm.py says why).
+# Rows the TMA kernels take: every large call; medium ones from 257 rows when N and K are 8192
+# or more (promoted, 5-35% faster than the medium pointer kernel at N = K = 8192 and M 320-512
+# or 1024, level at 640-768, on an H100; docs/benchmarks.md); at N = K = 4096 the pointer
+# kernel's 64-row tiles won up to M = 1024, and at M <= 256 a 256-row tile leaves half the SMs
+# without one.  One scale per operand and no bias: _fp8_gemm_tma; per-row scales or a bias:
+# _fp8_gemm_tma_rows (kernels/triton/fp8_gemm.py says why two).
 TMA_ROWS = "M > 1024 || (M > 256 && N >= 8192 && K >= 8192)"
 _ONE_SCALE_NO_BIAS = "has_bias == 0 && stride_sa == 0 && stride_sb == 0"
 TMA_WHEN = f"({TMA_ROWS}) && {_ONE_SCALE_NO_BIAS}"
