@@ -7,7 +7,8 @@ and decode / prefill-chunk sizes at N = K = 8192.  Pre-quantized inputs: fusedao
 per-tensor and per-row scales, torch._scaled_mm with the same scales, each with and without
 fast accumulation (use_fast_accum=True), bf16 torch.matmul on bf16 copies of the inputs, and
 the same Triton kernel launched by Triton's JIT with the AOT build's promoted config (on
-sm90 for the rows specs.fp8_gemm.TMA_ROWS names the warp-specialised TMA kernel, with per-tensor scales).  Then
+sm90, at the rows specs.fp8_gemm.TMA_ROWS names, the warp-specialised TMA kernel with
+per-tensor scales; the JIT compiles without the build's PTX pass, aot/ptx.py).  Then
 the total with on-the-fly quantization of a (bf16, per row): fusedaot.fp8_gemm(a_bf16, b_fp8)
 against its parts and against eager torch quantization + torch._scaled_mm.
 TFLOP/s = 2 M N K / time.
