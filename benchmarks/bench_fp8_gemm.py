@@ -83,11 +83,6 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
-def holds(cond: str, **values) -> bool:
-    """A dispatch condition of aot/specs (C: &&, ||) for these parameter values."""
-    return eval(cond.replace("&&", " and ").replace("||", " or "), {}, values)
-
-
 def triton_jit_impl(triton, specs, m: int, n: int, k: int):
     """(run, config, per-tensor scales?): the kernel and config the AOT build's sm90 library picks
     for this shape (bf16 output, no bias, promoted; per-tensor scales where that is the TMA
@@ -95,8 +90,8 @@ def triton_jit_impl(triton, specs, m: int, n: int, k: int):
     if triton is None or torch.cuda.get_device_capability() != (9, 0):
         return None
     fam = specs.fp8_gemm
-    cls = next(c for c, cond in fam.SHAPE_CLASSES.items() if holds(cond, M=m))
-    tma = cls in fam.FP8_GEMM_SM90_TMA and holds(fam.TMA_ROWS, M=m, N=n, K=k)
+    cls = next(c for c, cond in fam.SHAPE_CLASSES.items() if H.holds(cond, M=m))
+    tma = cls in fam.FP8_GEMM_SM90_TMA and H.holds(fam.TMA_ROWS, M=m, N=n, K=k)
     cfg = fam.FP8_GEMM_SM90_TMA[cls] if tma else fam.gemm_configs("sm90", "fp8_gemm", fam.FP8_GEMM_SM90)[cls]
     sys.path.insert(0, str(H.ROOT))
     from aot.compile import _triton_module

@@ -46,7 +46,7 @@ def triton_jit(triton, specs, m):
     if triton is None or torch.cuda.get_device_capability() != (9, 0):
         return "Triton not importable or not an sm90 GPU"
     fam, gm_ = specs.gated_mlp, specs.fp8_gemm
-    cls = next(c for c, cond in gm_.SHAPE_CLASSES.items() if eval(cond.replace("&&", " and "), {}, {"M": m}))
+    cls = next(c for c, cond in gm_.SHAPE_CLASSES.items() if H.holds(cond, M=m))
     tma = cls in fam.GATED_MLP_SM90_TMA
     bm, bn, bk, gm, warps, stages = fam.sm90_configs()[cls][:6]
     sys.path.insert(0, str(H.ROOT))

@@ -70,6 +70,12 @@ def aot_specs():
     return specs
 
 
+def holds(cond: str, **values) -> bool:
+    """A dispatch condition of aot/specs (C's && and ||) for these parameter values: which
+    shape class or kernel the build's dispatch picks, for a JIT baseline of the same kernel."""
+    return eval(cond.replace("&&", " and ").replace("||", " or "), {}, values)
+
+
 def import_fusedaot():
     """(fusedaot, description), or (None, reason). Every kernel is loaded up front: that keeps
     loading out of the timings and is what CUDA-graph capture requires."""

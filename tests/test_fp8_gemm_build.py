@@ -146,7 +146,7 @@ def test_sm90_has_promoted_and_fast_variants():
     (ACC_PROMOTE set) for fast_accum == 0 and a "_fast" one (ACC_PROMOTE None, the tuning
     table's fp8_gemm_fast tile, or FP8_GEMM_SM90_TMA_FAST's for the TMA kernel's calls) for
     fast_accum != 0; sm89 and the unaligned fallbacks select the same variant either way."""
-    from test_specs import _condition, specs
+    from test_specs import _condition, _python_condition, specs
     fam = specs.fp8_gemm
     op = next(op for op in specs.OPS if op.name == "fp8_gemm")
     assert op.param("fast_accum").ctype == "i32"
@@ -172,7 +172,7 @@ def test_sm90_has_promoted_and_fast_variants():
                 assert promoted.constexprs["ACC_PROMOTE"] and "_fast" not in promoted.name, promoted.name
                 assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith(("_fast", "_fast_tma", "_fast_tma_rows")), fast.name
                 assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
-                rows = eval(fam.TMA_ROWS.replace("&&", " and ").replace("||", " or "), {}, dict(M=m, N=n, K=k))
+                rows = eval(_python_condition(fam.TMA_ROWS), {}, dict(M=m, N=n, K=k))
                 tma = rows and cls in fam.FP8_GEMM_SM90_TMA and dtype in fam.TMA_DTYPES
                 one_scale = bias == scale_stride == 0
                 kernel = ("_fp8_gemm_tma" if one_scale else "_fp8_gemm_tma_rows") if tma else "_fp8_gemm"
