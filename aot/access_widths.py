@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         if op.lang != "triton" or (wanted and op.name not in wanted):
             continue
         for v in op.variants:
-            if v.dtype != args.dtype or v.unaligned or not v.aligned or "ptx" not in v.arches:
+            if op.lang_of(v) != "triton" or v.dtype != args.dtype or v.unaligned or not v.aligned or "ptx" not in v.arches:
                 continue
             image, _, _ = compile_triton(op, v, "ptx", args.cache)
             one, wide = widths(image.decode(errors="replace"), args.dtype)

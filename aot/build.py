@@ -50,10 +50,8 @@ def compile_all(arches, jobs: int, cache: Path):
         for arch in arches:
             if arch not in op.arches:
                 continue
-            if op.lang == "cuda":
-                todo.append(("cuda", op.source, arch))
-            else:
-                todo += [(op.name, v.name, arch) for v in op.variants if arch in v.arches]
+            todo += [("cuda", op.source_of(v), arch) if op.lang_of(v) == "cuda" else (op.name, v.name, arch)
+                     for v in op.variants if arch in v.arches]
     todo = list(dict.fromkeys(todo))  # a CUDA source serves several ops: compile it once
     results, hits, t0 = {}, 0, time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
@@ -83,22 +81,24 @@ def _collect(arch: str, results, out: Path, manifest: dict) -> tuple[list[bytes]
     by_content = {}   # variants whose configs differ only in their dispatch conditions compile
                       # to the same bytes: the library embeds such an image once
     for op, v, a in specs.enumerate_kernels((arch,)):
-        key = ("cuda", op.source, arch) if op.lang == "cuda" else (op.name, v.name, arch)
+        cuda = op.lang_of(v) == "cuda"
+        key = ("cuda", op.source_of(v), arch) if cuda else (op.name, v.name, arch)
         image, meta = results[key]
         if key not in image_index and image in by_content:
             image_index[key] = by_content[image]
         elif key not in image_index:
             by_content[image] = image_index[key] = len(images)
-            stem = Path(op.source).stem if op.lang == "cuda" else v.name
+            stem = Path(op.source_of(v)).stem if cuda else v.name
             (img_dir / f"{stem}_{arch}.bin").write_bytes(image)
             images.append(image)
             names.append(f"{stem}_{arch}")
             if meta.get("ptx_version"):
                 ptx_versions.add(meta["ptx_version"])
-        if op.lang == "cuda":
-            meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared, args=[p.name for p in op.params])
+        if cuda:
+            meta = dict(meta, symbol=v.kernel, num_warps=0, shared=v.shared,
+                        args=[f"tensor_map{i}" for i in range(len(v.tensor_maps))] + [p.name for p in op.params])
             if v.kernel.encode() not in image:
-                sys.exit(f"aot: error: {v.name}: symbol {v.kernel} not found in the {arch} image of {op.source}")
+                sys.exit(f"aot: error: {v.name}: symbol {v.kernel} not found in the {arch} image of {op.source_of(v)}")
         image = images[image_index[key]]
         kernels.append({"op": op, "variant": v, "image": image_index[key], "meta": meta,
                         "shared": meta["shared"]})

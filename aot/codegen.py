@@ -93,7 +93,7 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
     if v.aligned:
         cond = f"({cond}) && {specs.alignment_condition(op, v)}"
     check = ""
-    if op.lang == "triton":
+    if op.lang_of(v) == "triton":
         # Triton appends two pointers: its global scratch memory (the caller's `scratch`
         # where the kernel asks for some, for every program of the grid) and profile scratch
         size = meta.get("global_scratch", 0)
@@ -109,9 +109,14 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
                      f"                      \"{align}-byte aligned ({size} a program); got %lld bytes at %p\",\n"
                      f"                      (long long)(fa_programs * {size}), (long long)scratch_bytes, scratch);\n")
     else:
-        args = [f"&{p.name}" for p in op.params]
+        args = [f"&fa_map{i}" for i in range(len(v.tensor_maps))] + [f"&{p.name}" for p in op.params]
         block, shared = v.block, str(v.shared)
-    grid = "fa_grid[0], fa_grid[1], fa_grid[2]" if check else ", ".join(v.grid)
+        for i, m in enumerate(v.tensor_maps):   # TMA descriptors, encoded on the host for this call
+            check += (f"    fa_tensor_map_t fa_map{i};\n"
+                      f"    rc = fa_tensor_map_2d(&fa_map{i}, (const void*)({m.ptr}), {m.cols}, {m.rows}, {m.stride}, "
+                      f"{m.box_cols}, {m.box_rows});\n"
+                      f"    if (rc) return rc;\n")
+    grid = "fa_grid[0], fa_grid[1], fa_grid[2]" if "fa_grid" in check else ", ".join(v.grid)
     return (f"  if ({cond}) {{  /* {v.name} */\n{check}"
             f"    void* args[] = {{{', '.join(args)}}};\n"
             f"    return fa_launch(dev, {index}, {grid}, {', '.join(block)}, {shared}, stream, args);\n"

@@ -164,7 +164,7 @@ def _ptx_version(ptx: str) -> str:
 # ------------------------------------------------------------------------------ NVRTC
 
 NVRTC_OPTIONS = ("-std=c++17", "--fmad=true")
-NVRTC_ARCH = {"sm80": "sm_80", "sm89": "sm_89", "sm90": "sm_90", "ptx": "compute_80"}
+NVRTC_ARCH = {"sm80": "sm_80", "sm89": "sm_89", "sm90": "sm_90a", "ptx": "compute_80"}  # sm_90a: wgmma, setmaxnreg
 
 
 @functools.lru_cache(maxsize=None)

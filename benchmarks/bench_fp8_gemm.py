@@ -6,9 +6,10 @@ Shapes (M x N x K, out = a @ b^T with a (M, K), b (N, K)): 4096^3, 8192^3, 16384
 and decode / prefill-chunk sizes at N = K = 8192.  Pre-quantized inputs: fusedaot with
 per-tensor and per-row scales, torch._scaled_mm with the same scales, each with and without
 fast accumulation (use_fast_accum=True), bf16 torch.matmul on bf16 copies of the inputs, and
-the same Triton kernel launched by Triton's JIT with the AOT build's promoted config (on
-sm90, at the rows specs.fp8_gemm.TMA_ROWS names, the warp-specialised TMA kernel with
-per-tensor scales; the JIT compiles without the build's PTX pass, aot/ptx.py).  Then
+a Triton kernel launched by Triton's JIT ("triton jit"): the AOT build's promoted pick where
+it is a Triton kernel (the JIT compiles without the build's PTX pass, aot/ptx.py); on sm90 at
+the rows specs.fp8_gemm.TMA_ROWS names, where the build picks the CUDA C++ kernel, the Triton
+kernel those rows took before it (the warp-specialised TMA kernel, per-tensor scales).  Then
 the total with on-the-fly quantization of a (bf16, per row): fusedaot.fp8_gemm(a_bf16, b_fp8)
 against its parts and against eager torch quantization + torch._scaled_mm.
 TFLOP/s = 2 M N K / time.
@@ -28,6 +29,9 @@ SHAPES = ((4096, 4096, 4096), (8192, 8192, 8192), (16384, 8192, 7168),
           (1, 8192, 8192), (16, 8192, 8192), (128, 8192, 8192), (1024, 8192, 8192))
 QUICK = ((4096, 4096, 4096), (8192, 8192, 8192), (16384, 8192, 7168))
 FP8 = torch.float8_e4m3fn
+# _fp8_gemm_tma's promoted config (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages, ACC_PROMOTE):
+# what the rows of TMA_ROWS took before kernels/cuda/fp8_gemm_sm90.cu, the JIT baseline there.
+TRITON_TMA_PROMOTED = (256, 128, 128, 8, 4, 3, 128)
 
 
 class GemmTable:
@@ -84,15 +88,15 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def triton_jit_impl(triton, specs, m: int, n: int, k: int):
-    """(run, config, per-tensor scales?): the kernel and config the AOT build's sm90 library picks
-    for this shape (bf16 output, no bias, promoted; per-tensor scales where that is the TMA
-    kernel, per-row ones otherwise), launched through Triton's JIT; or None."""
+    """(run, config, per-tensor scales?): the Triton kernel and config of the "triton jit" row
+    (bf16 output, no bias, promoted; the module docstring says which), launched through
+    Triton's JIT with per-tensor scales for the TMA kernel, per-row ones otherwise; or None."""
     if triton is None or torch.cuda.get_device_capability() != (9, 0):
         return None
     fam = specs.fp8_gemm
     cls = next(c for c, cond in fam.SHAPE_CLASSES.items() if H.holds(cond, M=m))
-    tma = cls in fam.FP8_GEMM_SM90_TMA and H.holds(fam.TMA_ROWS, M=m, N=n, K=k)
-    cfg = fam.FP8_GEMM_SM90_TMA[cls] if tma else fam.gemm_configs("sm90", "fp8_gemm", fam.FP8_GEMM_SM90)[cls]
+    tma = cls in fam.FP8_GEMM_SM90_CUDA and H.holds(fam.TMA_ROWS, M=m, N=n, K=k)
+    cfg = TRITON_TMA_PROMOTED if tma else fam.gemm_configs("sm90", "fp8_gemm", fam.FP8_GEMM_SM90)[cls]
     sys.path.insert(0, str(H.ROOT))
     from aot.compile import _triton_module
     module = _triton_module("kernels/triton/fp8_gemm.py")
@@ -157,7 +161,7 @@ def bench_shape(table, fa, triton, specs, m, n, k, l2, notes):
         "_scaled_mm row fast-accum": lambda d: torch._scaled_mm(d["qa"], d["qb"].t(), d["sa"], d["sb"].reshape(1, n),
                                                                 out_dtype=torch.bfloat16, use_fast_accum=True),
         "bf16 matmul": lambda d: torch.matmul(d["a16"], d["b16"].t()),
-        "triton jit (same kernel)": (
+        "triton jit": (
             (lambda d: jit[0](d["qat"], d["qbt"], d["sat"].reshape(-1), d["sbt"].reshape(-1))) if jit and jit[2]
             else (lambda d: jit[0](d["qa"], d["qb"], d["sa"].reshape(-1), d["sb"].reshape(-1))) if jit
             else "Triton not importable or not an sm90 GPU"),
@@ -169,7 +173,7 @@ def bench_shape(table, fa, triton, specs, m, n, k, l2, notes):
     for impl, base in (("fusedaot tensor", "_scaled_mm tensor"),
                        ("fusedaot tensor fast-accum", "_scaled_mm tensor fast-accum"),
                        ("fusedaot row", "_scaled_mm row"), ("fusedaot row fast-accum", "_scaled_mm row fast-accum"),
-                       ("triton jit (same kernel)", "_scaled_mm tensor" if jit and jit[2] else "_scaled_mm row")):
+                       ("triton jit", "_scaled_mm tensor" if jit and jit[2] else "_scaled_mm row")):
         if not callable(impls[impl]):
             continue
         try:
@@ -183,7 +187,7 @@ def bench_shape(table, fa, triton, specs, m, n, k, l2, notes):
         ok[impl] = e <= 1e-2
     extra = {impl: {"rel_err_vs_scaled_mm": e, "scaled_mm_baseline": base} for impl, (e, base) in errs.items()}
     if jit:
-        extra.setdefault("triton jit (same kernel)", {})["config"] = list(jit[1])
+        extra.setdefault("triton jit", {})["config"] = list(jit[1])
     table.rows("fp8_gemm (pre-quantized)", (m, n, k), flops, times, ok, extra)
     notes.append(f"{where}: relative error against torch._scaled_mm on the same inputs and scales "
                  "(fast-accum rows against _scaled_mm fast-accum): "

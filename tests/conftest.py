@@ -214,6 +214,7 @@ class Launch(ctypes.Structure):  # struct fake_launch
                 ("shared", ctypes.c_uint), ("stream", ctypes.c_void_p), ("nparams", ctypes.c_int),
                 ("params", (ctypes.c_ubyte * 8) * 64)]  # MAX_PARAMS
 fake.fake_last_launch.restype = ctypes.POINTER(Launch)
+fake.fake_tensor_map.restype = ctypes.POINTER(ctypes.c_uint64 * 16)
 
 def error():
     return lib.fusedaot_last_error().decode()

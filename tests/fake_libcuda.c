@@ -1,4 +1,4 @@
-/* A stand-in for libcuda.so.1 with the 17 entry points the fusedaot runtime resolves, for
+/* A stand-in for libcuda.so.1 with the 18 entry points the fusedaot runtime resolves, for
  * testing the runtime and the generated dispatch on a machine without a GPU.  It records
  * every launch (function, grid, block, shared memory, stream, and the first bytes of each
  * kernel parameter), module load (a copy of each image: the runtime may reuse its buffer) and
@@ -20,7 +20,7 @@ struct fake_launch {
 };
 
 static struct fake_launch last;
-static int launches, loads, pushes, pops, fail_load, nwidths;
+static int launches, loads, pushes, pops, fail_load, nwidths, tensor_maps, fail_tensor_map;
 static unsigned char widths[MAX_PARAMS];
 static uintptr_t capturing_stream, current_ctx;
 static const void* last_image;
@@ -36,7 +36,7 @@ static const void* last_fn;  /* the function of the last launch */
 /* --- control, called by the test through ctypes ----------------------------------------- */
 void fake_reset(void) {
   memset(&last, 0, sizeof last);
-  launches = loads = pushes = pops = fail_load = nwidths = 0;
+  launches = loads = pushes = pops = fail_load = nwidths = tensor_maps = fail_tensor_map = 0;
   capturing_stream = current_ctx = 0;
   last_image = NULL;
 }
@@ -142,6 +142,23 @@ CUresult cuFuncGetAttribute(int* v, int attr, void* fn) {
 }
 CUresult cuStreamIsCapturing(void* stream, int* status) {
   *status = capturing_stream && (uintptr_t)stream == capturing_stream;
+  return 0;
+}
+/* A TMA descriptor that records its arguments: the address, the two dimensions, the row
+ * stride, the box, then the swizzle, in 8-byte words (the test reads the launch's copy). */
+static uint64_t maps[2][16]; /* the last two descriptors encoded */
+int fake_tensor_maps(void) { return tensor_maps; }
+const uint64_t* fake_tensor_map(int i) { return maps[(tensor_maps - 1 - i) & 1]; } /* 0: the last */
+void fake_fail_tensor_map(int fail) { fail_tensor_map = fail; }
+CUresult cuTensorMapEncodeTiled(uint64_t* map, int dtype, uint32_t rank, void* address, const uint64_t* dims,
+                                const uint64_t* strides, const uint32_t* box, const uint32_t* unit, int interleave,
+                                int swizzle, int l2, int oob) {
+  (void)dtype, (void)unit, (void)interleave, (void)l2, (void)oob;
+  if (rank != 2 || fail_tensor_map) return 1; /* CUDA_ERROR_INVALID_VALUE */
+  memset(map, 0, 128);
+  map[0] = (uint64_t)(uintptr_t)address, map[1] = dims[0], map[2] = dims[1], map[3] = strides[0];
+  map[4] = box[0], map[5] = box[1], map[6] = (uint64_t)swizzle;
+  memcpy(maps[tensor_maps++ & 1], map, 128);
   return 0;
 }
 CUresult cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,

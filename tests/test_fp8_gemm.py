@@ -188,9 +188,9 @@ def test_layouts(fp8_device):
 @FP8_DEVICES
 @pytest.mark.parametrize("fast", [False, True])
 def test_large_m_layouts(fast, fp8_device):
-    """Rows of a and b strided (aligned: sm90's TMA kernel reads them through descriptors of
-    that stride), every output element written, and the same call with a bias of zeros (the
-    pointer kernel on sm90) right too."""
+    """Rows of a and b strided (aligned: sm90's TMA kernels read them through descriptors of
+    that stride), every output element written, and the same call with a bias of zeros right
+    too (on sm90, with fast accumulation, the TMA kernel for per-row scales and a bias)."""
     m, n, k = 1100, 264, 1024
     if fp8_device == "cpu" and fast:
         pytest.skip("the CPU emulation ignores use_fast_accum")

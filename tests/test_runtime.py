@@ -65,9 +65,12 @@ def expected_launch(arch: str, op_name: str, args: dict) -> dict:
     ctypes_of = {p.name: p.ctype for p in op.params}
     params = []  # (struct format, value) in launch order
     for name in k["args"]:
+        if name.startswith("tensor_map"):   # the fake driver writes a descriptor's address first
+            params.append(("<Q", _c_expr(v.tensor_maps[int(name.removeprefix("tensor_map"))].ptr, args)))
+            continue
         fmt = {"ptr": "<Q", "i64": "<q", "i32": "<i", "f32": "<f"}[ctypes_of[name]]
         params.append((fmt, args[name]))
-    if op.lang == "triton":
+    if op.lang_of(v) == "triton":
         # global scratch (the caller's, where the kernel asks for some) and profile scratch (none)
         params += [("<Q", args["scratch"] if k["global_scratch"] else 0), ("<Q", 0)]
         block = [32 * k["num_warps"], 1, 1]
@@ -92,6 +95,12 @@ GATED_MLP_TMA = ("gated_mlp", dict(dtype=2, x=ALIGNED, wg=ALIGNED + 0x100000, wu
                                    y=ALIGNED + 0x300000, stride_xm=4096, stride_wg=4096, stride_wu=4096,
                                    stride_ym=14336, M=2048, N=14336, K=4096, activation=0,
                                    scratch=ALIGNED + 0x400000, scratch_bytes=SMS * 512))
+# sm90: the CUDA C++ kernel with two TMA descriptors, a persistent grid (sm89: a Triton tile)
+FP8_GEMM_LARGE = ("fp8_gemm", dict(dtype=2, a=ALIGNED, b=ALIGNED + 0x1000000, c=ALIGNED + 0x2000000,
+                                   a_scale=ALIGNED + 0x3000000, b_scale=ALIGNED + 0x3001000, bias=0,
+                                   stride_am=8192, stride_bn=8192, stride_cm=8192, stride_sa=0, stride_sb=0,
+                                   M=4096, N=8192, K=8192, has_bias=0, fast_accum=0,
+                                   scratch=ALIGNED + 0x4000000, scratch_bytes=SMS * 512))
 CASES = [
     ("rms_norm_fwd", dict(dtype=2, x=ALIGNED, y=ALIGNED + 0x100000, w=ALIGNED + 0x200000,
                           stride_x=4096, stride_y=4096, M=37, N=4096, eps=1e-6)),
@@ -126,6 +135,7 @@ CASES = [
                        stride_wg=4096, stride_wu=4096, stride_ym=14336, M=2048, N=14336, K=4096, activation=2,
                        scratch=0, scratch_bytes=0)),
     GATED_MLP_TMA,
+    FP8_GEMM_LARGE,
     ("swiglu_fwd", dict(dtype=2, gate=ALIGNED, up=ALIGNED + 0x100000, out=ALIGNED + 0x200000,
                         stride_gate=11008, stride_up=11008, M=2048, N=11008)),
     ("geglu_bwd", dict(dtype=1, dy=ALIGNED, gate=ALIGNED, up=ALIGNED + 2 * 4097, dgate=ALIGNED + 0x100000,
@@ -170,6 +180,8 @@ CASES = [
 def test_dispatch_launches_the_selected_variant(fake_driver, arch):
     checks = []
     for (op_name, args), packed in [(case, False) for case in CASES] + [(case, True) for case in CASES]:
+        if arch not in _op(op_name).arches:
+            continue
         want = expected_launch(arch, op_name, args)
         widths = bytes(8 if fmt in ("<Q", "<q") else 4 for fmt, _ in want["params"])
         expected_bytes = [list(struct.pack(fmt, val)) for fmt, val in want["params"]]
@@ -193,6 +205,27 @@ def test_dispatch_launches_the_selected_variant(fake_driver, arch):
                 assert image_digest(fake.fake_last_image()) == {want['image_sha256']!r}, {want['variant']!r}
         """)
     run(fake_driver, arch, "".join(textwrap.dedent(c) for c in checks))
+
+
+def test_tma_descriptors_describe_the_operands(fake_driver):
+    """sm90's CUDA C++ fp8_gemm kernel reads a and b through TMA descriptors the dispatch encodes
+    for each call: a as K x M bytes in 128 x 128 boxes, b as K x N in 128 x 256, rows a stride
+    apart, the 128-byte swizzle (3).  A descriptor the driver refuses is an error naming it,
+    and nothing is launched."""
+    _, args = FP8_GEMM_LARGE
+    run(fake_driver, "sm90", f"""
+        fake.fake_reset()
+        assert {call_source("fp8_gemm", args)} == 0, error()
+        assert fake.fake_tensor_maps() == 2 and fake.fake_launches() == 1
+        a, b = list(fake.fake_tensor_map(1).contents)[:7], list(fake.fake_tensor_map(0).contents)[:7]
+        assert a == [{args['a']}, 8192, 4096, 8192, 128, 128, 3], a
+        assert b == [{args['b']}, 8192, 8192, 8192, 128, 256, 3], b
+        fake.fake_reset()
+        fake.fake_fail_tensor_map(1)
+        assert {call_source("fp8_gemm", args)} != 0
+        assert "cuTensorMapEncodeTiled (a TMA descriptor) failed" in error(), error()
+        assert fake.fake_launches() == 0
+    """)
 
 
 def test_scratch_too_small_or_misaligned_is_refused(fake_driver):

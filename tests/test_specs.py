@@ -229,6 +229,24 @@ def test_colsum_constants_agree_with_the_kernel():
     assert ops.COLSUM_TRIP == int(threads.group(1)) // wide * int(unroll.group(1))
 
 
+def test_fp8_gemm_sm90_cuda_constants_agree_with_the_kernel():
+    """The CUDA C++ fp8_gemm kernel's tile, stages and barriers fix its shared memory and the
+    TMA boxes it expects; the spec sizes the grid, the dynamic shared memory and the
+    descriptors from its own copy of them, which must agree (a box of the wrong size would
+    fill the stages with the wrong bytes, too little shared memory would fail the launch)."""
+    source = (REPO / "kernels/cuda/fp8_gemm_sm90.cu").read_text()
+    tile = re.search(r"^constexpr int BM = (\d+), BN = (\d+), BK = (\d+);", source, re.M)
+    stages = re.search(r"^constexpr int STAGES = (\d+);", source, re.M)
+    assert tile and stages, "kernels/cuda/fp8_gemm_sm90.cu no longer defines its tile as expected"
+    bm, bn, bk = map(int, tile.groups())
+    fam = specs.fp8_gemm
+    for cfg in fam.FP8_GEMM_SM90_CUDA.values():
+        assert cfg[:3] == (bm, bn, bk) and cfg[5] == int(stages.group(1)), cfg
+    assert fam.FP8_GEMM_SM90_CUDA_SHARED == int(stages.group(1)) * (bm + bn) * bk + 1024 + 64
+    a, b = fam.FP8_GEMM_SM90_CUDA_MAPS
+    assert (a.box_cols, a.box_rows, b.box_cols, b.box_rows) == (bk, bm, bk, bn)
+
+
 def test_reduce_finish_columns_agree_with_the_kernel():
     """reduce_finish's grid has a block for every FINISH_COLS outputs (aot/specs/reduce.py); the
     kernel's own FINISH_COLS must be the same, or outputs would be left unwritten or added twice."""

@@ -21,3 +21,13 @@ typedef unsigned long long CUdeviceptr;
 #define CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES 1
 #define CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES 8
 #define CU_STREAM_CAPTURE_STATUS_NONE 0
+
+/* TMA descriptors (cuTensorMapEncodeTiled, drivers >= 525) */
+typedef struct {
+  _Alignas(64) uint64_t opaque[16];
+} CUtensorMap;
+#define CU_TENSOR_MAP_DATA_TYPE_UINT8 0
+#define CU_TENSOR_MAP_INTERLEAVE_NONE 0
+#define CU_TENSOR_MAP_SWIZZLE_128B 3
+#define CU_TENSOR_MAP_L2_PROMOTION_L2_256B 3
+#define CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE 0

@@ -45,6 +45,8 @@ static struct {
   CUresult (*StreamIsCapturing)(CUstream, int*);
   CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, CUstream, void**, void**);
+  CUresult (*TensorMapEncodeTiled)(CUtensorMap*, int, uint32_t, void*, const uint64_t*, const uint64_t*,
+                                   const uint32_t*, const uint32_t*, int, int, int, int);
 } cu;
 
 static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
@@ -58,6 +60,7 @@ static const char* symbols[] = {
     "cuDeviceGetCount", "cuDeviceGetAttribute", "cuDevicePrimaryCtxRetain", "cuCtxGetCurrent",
     "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2", "cuModuleLoadData", "cuModuleGetFunction",
     "cuFuncSetAttribute", "cuFuncGetAttribute", "cuStreamIsCapturing", "cuLaunchKernel",
+    "cuTensorMapEncodeTiled",
 };
 
 static void driver_open(void) {
@@ -268,6 +271,22 @@ int fa_launch(fa_device_t* d, int k, int64_t gx, int64_t gy, int64_t gz, unsigne
                "cuLaunchKernel for", fa_kernels[k].variant);
   fa_ctx_leave(pushed);
   return rc;
+}
+
+/* A TMA descriptor of the rows x cols bytes at ptr, rows `stride` bytes apart, copied in
+ * box_rows x box_cols boxes with the 128-byte swizzle (what wgmma reads), zeros past the ends.
+ * An empty matrix gets a descriptor of one row or column: no block of its launch reads it. */
+int fa_tensor_map_2d(fa_tensor_map_t* map, const void* ptr, int64_t cols, int64_t rows, int64_t stride,
+                     unsigned box_cols, unsigned box_rows) {
+  int rc = driver();
+  if (rc) return rc;
+  const uint64_t dims[2] = {(uint64_t)(cols > 0 ? cols : 1), (uint64_t)(rows > 0 ? rows : 1)};
+  const uint64_t strides[1] = {(uint64_t)stride};
+  const uint32_t box[2] = {box_cols, box_rows}, unit[2] = {1, 1};
+  return fa_check(cu.TensorMapEncodeTiled(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void*)ptr, dims, strides, box,
+                                          unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+                  "cuTensorMapEncodeTiled", "(a TMA descriptor)");
 }
 
 int fa_no_variant(const char* op, int dtype) {

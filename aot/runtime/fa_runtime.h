@@ -77,6 +77,10 @@ int fa_launch(fa_device_t* dev, int kernel, int64_t gx, int64_t gy, int64_t gz, 
               unsigned by, unsigned bz, unsigned shared, void* stream, void** args);
 int fa_no_variant(const char* op, int dtype);
 int fa_unavailable(const char* op, int device);
+/* A TMA descriptor for a CUDA C++ kernel's argument (aot/specs' TensorMap says what it describes). */
+typedef CUtensorMap fa_tensor_map_t;
+int fa_tensor_map_2d(fa_tensor_map_t* map, const void* ptr, int64_t cols, int64_t rows, int64_t stride,
+                     unsigned box_cols, unsigned box_rows);
 
 /* Shared by the runtime's two files: fa_runtime.c (driver, devices, launches) and fa_images.c
  * (the image store, fusedaot_load's first pass). */

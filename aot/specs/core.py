@@ -41,6 +41,21 @@ class Param:
 
 
 @dataclass(frozen=True)
+class TensorMap:
+    """A TMA descriptor the dispatch encodes before a CUDA C++ variant's launch and passes as
+    one of its first kernel arguments (a __grid_constant__ CUtensorMap): the 2-D matrix of
+    bytes at `ptr` (C expressions over the op's parameters), `rows` x `cols` with rows
+    `stride` bytes apart, copied in boxes of box_rows x box_cols with the 128-byte swizzle
+    that wgmma reads; out-of-bounds elements read as zeros."""
+    ptr: str
+    cols: str
+    rows: str
+    stride: str
+    box_cols: int
+    box_rows: int
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str                      # unique, names the generated file: rms_norm_fwd_bf16_b4096_w8_a16
     dtype: str                     # fp16 | bf16 | fp32
@@ -58,6 +73,8 @@ class Variant:
     unaligned: bool = False        # the fallback for calls that fail the `aligned` test: the
                                    # test is negated in `when` and no alignment is assumed
     arches: tuple[str, ...] = ARCHES
+    source: str | None = None      # a CUDA C++ source for this variant of a Triton op (None: the op's)
+    tensor_maps: tuple[TensorMap, ...] = ()   # CUDA C++ only: descriptors passed before the op's params
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,13 @@ class Op:
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
+
+    def lang_of(self, v: Variant) -> str:
+        """triton | cuda: how variant v is compiled (a variant may bring a CUDA C++ source)."""
+        return "cuda" if v.source else self.lang
+
+    def source_of(self, v: Variant) -> str:
+        return v.source or self.source
 
 
 def align_elements(p: Param, v: Variant) -> int:

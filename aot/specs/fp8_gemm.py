@@ -45,9 +45,10 @@ dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
-from .core import DTYPES, Op, Param, Variant, merge_arches, tuning
+from .core import DTYPES, Op, Param, TensorMap, Variant, merge_arches, tuning
 
 SHAPE_CLASSES = {"small": "M <= 64", "medium": "M > 64 && M <= 1024", "large": "M > 1024"}
 GEMM_DTYPES = ("bf16", "fp16", "fp32")   # output dtypes
@@ -65,25 +66,33 @@ FP8_GEMM_FALLBACK = {"sm90": (64, 64, 64, 8, 4, 2, 64), "sm89": (64, 64, 64, 8, 
 FP8_GEMM_SM90_FAST = {"small": (64, 32, 256, 1, 4, 4, 0), "medium": (64, 128, 128, 8, 4, 4, 0),
                       "large": (128, 256, 128, 8, 8, 3, 0)}
 FAST_FLAG = "fast_accum"   # the i32 op parameter that selects the fast variants
-# sm90, rows as TMA_ROWS, bf16/fp16 output, one scale per operand, no bias: _fp8_gemm_tma, warp-specialised with TMA
-# copies, one program per SM (4 warps asked for: Triton makes them two consumer warp groups
-# of 128 rows each plus a producer group, 12 warps in all).  Promoted or not, by fast_accum.
-FP8_GEMM_SM90_TMA = {"medium": (256, 128, 128, 8, 4, 3, 128), "large": (256, 128, 128, 8, 4, 3, 128)}
-FP8_GEMM_SM90_TMA_FAST = {"medium": (256, 128, 128, 8, 4, 3, 0), "large": (256, 128, 128, 8, 4, 3, 0)}
-TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared memory for 3 stages
 # Rows the TMA kernels take: every large call; medium ones from 257 rows when N and K are 8192
 # or more (promoted, 5-35% faster than the medium pointer kernel at N = K = 8192 and M 320-512
 # or 1024, level at 640-768, on an H100; docs/benchmarks.md); at N = K = 4096 the pointer
 # kernel's 64-row tiles won up to M = 1024, and at M <= 256 a 256-row tile leaves half the SMs
-# without one.  One scale per operand and no bias: _fp8_gemm_tma; per-row scales or a bias:
-# _fp8_gemm_tma_rows (kernels/triton/fp8_gemm.py says why two).
+# without one.
 TMA_ROWS = "M > 1024 || (M > 256 && N >= 8192 && K >= 8192)"
+TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared memory for 3 stages
+# sm90, promoted, rows as TMA_ROWS, bf16/fp16 output, any scales and bias: the CUDA C++ kernel
+# kernels/cuda/fp8_gemm_sm90.cu (TMA copies; two consumer warp groups, each adding its own
+# wgmma chains into fp32 while the other's run; 128 x 256 tiles, 4 stages of 48 KiB, one block
+# of 384 threads per SM).  The config names its tile (BLOCK_M, BLOCK_N size the grid); the
+# kernel fixes it.  6-13% faster than the Triton kernels it replaced at 8192^3 and
+# 16384x8192x7168 and level at 4096^3, on an H100 (docs/benchmarks.md).
+FP8_GEMM_SM90_CUDA = {"medium": (128, 256, 128, 8, 12, 4, 128), "large": (128, 256, 128, 8, 12, 4, 128)}
+FP8_GEMM_SM90_CUDA_SHARED = 4 * (128 + 256) * 128 + 1024 + 64   # the stages, their alignment, the barriers
+FP8_GEMM_SM90_CUDA_MAPS = (TensorMap("a", "K", "M", "stride_am", 128, 128),    # a's and b's boxes of a K step
+                           TensorMap("b", "K", "N", "stride_bn", 128, 256))
+# With fast_accum, the same rows take Triton's TMA kernels.  One scale per operand and no bias:
+# _fp8_gemm_tma, warp-specialised, one program per SM (4 warps asked for: Triton makes them two
+# consumer warp groups of 128 rows each plus a producer group, 12 warps in all).
+FP8_GEMM_SM90_TMA_FAST = {"medium": (256, 128, 128, 8, 4, 3, 0), "large": (256, 128, 128, 8, 4, 3, 0)}
 _ONE_SCALE_NO_BIAS = "has_bias == 0 && stride_sa == 0 && stride_sb == 0"
 TMA_WHEN = f"({TMA_ROWS}) && {_ONE_SCALE_NO_BIAS}"
-# The same rows with per-row scales or a bias: _fp8_gemm_tma_rows, TMA copies without warp
-# specialisation (8 warps: two warp groups of 128 rows), the scales and bias in its epilogue.
+# Per-row scales or a bias: _fp8_gemm_tma_rows, TMA copies without warp specialisation (8
+# warps: two warp groups of 128 rows), the scales and bias in its epilogue
+# (kernels/triton/fp8_gemm.py says why two).
 TMA_ROWS_WHEN = f"({TMA_ROWS}) && !({_ONE_SCALE_NO_BIAS})"
-FP8_GEMM_SM90_TMA_ROWS = {"medium": (256, 128, 128, 8, 8, 3, 128), "large": (256, 128, 128, 8, 8, 3, 128)}
 FP8_GEMM_SM90_TMA_ROWS_FAST = {"medium": (256, 128, 128, 8, 8, 3, 0), "large": (256, 128, 128, 8, 8, 3, 0)}
 FP8_GEMM_SCRATCH = 512          # bytes of scratch a program Triton asks for (3 TMA descriptors of 128 bytes)
 PERSISTENT_GRID = "fa_min(dev->sms, fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N))"
@@ -93,7 +102,10 @@ class Split(NamedTuple):
     """Aligned calls of some classes that take another kernel where `when` holds (gemm_variants'
     split_by_arch): configs / fast_configs, {class: config} for FAST_FLAG == 0 / != 0.
     whole: classes whose aligned calls of these dtypes the arch's splits take between them,
-    every one (their own variants would never be picked, so none is built)."""
+    every one (their own variants would never be picked, so none is built).
+    source: a CUDA C++ kernel instead of a Triton one (`kernel`_<dtype> in that file, launched
+    with `block` threads, `shared` bytes and the descriptors `tensor_maps`; the config only
+    names the variant and sizes the grid)."""
     kernel: str
     grid: str
     when: str
@@ -101,6 +113,10 @@ class Split(NamedTuple):
     configs: dict
     fast_configs: dict
     whole: tuple[str, ...] = ()
+    source: str | None = None
+    block: tuple[str, str, str] | None = None
+    shared: int = 0
+    tensor_maps: tuple[TensorMap, ...] = ()
 
 
 _PARAMS = (
@@ -202,9 +218,13 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
                 for is_fast, table in ((False, split.configs), (True, split.fast_configs)):
                     taken = {c: f"{classes[c]} && {split.when}" for c in table}
                     for cfg, names in _by_config(table).items():
-                        out.append(_aligned_variant(op, split.kernel, dtype, cfg, names, taken, split.grid, aligned,
-                                                    arch, promote, flag, fast=is_fast,
-                                                    tag=split.kernel.removeprefix(kernel)))
+                        tag = "_cuda" if split.source else split.kernel.removeprefix(kernel)
+                        v = _aligned_variant(op, split.kernel, dtype, cfg, names, taken, split.grid, aligned,
+                                             arch, promote, flag, fast=is_fast, tag=tag)
+                        if split.source:
+                            v = replace(v, kernel=f"{split.kernel}_{dtype}", constexprs={}, source=split.source,
+                                        block=split.block, shared=split.shared, tensor_maps=split.tensor_maps)
+                        out.append(v)
             cfg = fallback_by_arch[arch]
             out.append(Variant(
                 name=f"{op}_{dtype}_any_{config_tag(cfg)}_u",
@@ -226,11 +246,13 @@ OPS = (
                      FP8_GEMM_FALLBACK, _ALIGNED, "fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N)", promote=True,
                      fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)},
                      split_by_arch={"sm90": (
-                         Split("_fp8_gemm_tma", PERSISTENT_GRID, TMA_WHEN, TMA_DTYPES,
-                               FP8_GEMM_SM90_TMA, FP8_GEMM_SM90_TMA_FAST),
-                         Split("_fp8_gemm_tma_rows", PERSISTENT_GRID, TMA_ROWS_WHEN, TMA_DTYPES,
-                               FP8_GEMM_SM90_TMA_ROWS, FP8_GEMM_SM90_TMA_ROWS_FAST,
-                               whole=("large",)))}),   # TMA_WHEN or TMA_ROWS_WHEN: all M > 1024
+                         Split("fp8_gemm_sm90", PERSISTENT_GRID, f"({TMA_ROWS})", TMA_DTYPES, FP8_GEMM_SM90_CUDA, {},
+                               source="kernels/cuda/fp8_gemm_sm90.cu", block=("384", "1", "1"),
+                               shared=FP8_GEMM_SM90_CUDA_SHARED, tensor_maps=FP8_GEMM_SM90_CUDA_MAPS),
+                         Split("_fp8_gemm_tma", PERSISTENT_GRID, TMA_WHEN, TMA_DTYPES, {}, FP8_GEMM_SM90_TMA_FAST),
+                         Split("_fp8_gemm_tma_rows", PERSISTENT_GRID, TMA_ROWS_WHEN, TMA_DTYPES, {},
+                               FP8_GEMM_SM90_TMA_ROWS_FAST,
+                               whole=("large",)))}),   # promoted: TMA_ROWS; fast: TMA_WHEN or TMA_ROWS_WHEN
        arches=("sm89", "sm90"), dtypes=GEMM_DTYPES,
        doc="c = (a @ b^T) * a_scale[m*stride_sa] * b_scale[n*stride_sb] (+ bias); a, b e4m3fn; fp32 sums "
            "(fast_accum != 0 on sm90: tensor-core accumulation, no promotion); scratch: 128-byte aligned "
