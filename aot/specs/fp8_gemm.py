@@ -34,12 +34,13 @@ dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
   at 4096^3, 8192^3 and 16384x8192x7168 against ~950 for the best promoted config; small and
   medium are the tuned promoted tiles without promotion, not timed.  wgmma needs BLOCK_M a
   multiple of 64 and 4 or 8 warps.
-- sm90, rows as TMA_ROWS, bf16/fp16 output, aligned: two Splits below.  One scale per operand
-  and no bias: _fp8_gemm_tma, warp-specialised with TMA copies, FP8_GEMM_SM90_TMA / _FAST:
-  1080-1213 TFLOP/s promoted (0.75-0.90x torch._scaled_mm over five runs), 1334-1469 fast, on
-  an H100.  Per-row scales or a bias: _fp8_gemm_tma_rows, TMA copies without warp
-  specialisation (kernels/triton/fp8_gemm.py says why), FP8_GEMM_SM90_TMA_ROWS / _FAST:
-  1046-1124 promoted (0.81-0.85x _scaled_mm with per-row scales).
+- sm90, rows as TMA_ROWS, bf16/fp16 output, aligned: three Splits below.  Promoted, any scales
+  and bias: the CUDA C++ kernel kernels/cuda/fp8_gemm_sm90.cu (TMA copies, two consumer warp
+  groups promoting their own wgmma chains): 1132-1273 TFLOP/s per-tensor (0.84-0.89x
+  torch._scaled_mm), 1096-1246 per-row (0.83-0.93x _scaled_mm with per-row scales), on an H100.
+  Fast accumulation: one scale per operand and no bias, _fp8_gemm_tma (warp-specialised, TMA
+  copies, FP8_GEMM_SM90_TMA_FAST: 1334-1469); per-row scales or a bias, _fp8_gemm_tma_rows (TMA
+  copies without warp specialisation, kernels/triton/fp8_gemm.py says why, 1199-1355).
 - sm89 (Ada: mma.sync FP8, 99 KiB of shared memory per block): heuristics, not measured:
   128x128x64 tiles with 4 stages (64 KiB) for the large classes, 64x64x128 for decode.
 """

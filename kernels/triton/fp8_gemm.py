@@ -8,7 +8,8 @@ a: (M, K) and b: (N, K) e4m3fn, rows `stride_am` / `stride_bn` bytes apart, K co
 sm90 the wgmma partial sums are added into the fp32 accumulator every ACC_PROMOTE
 elements of K (Hopper's FP8 tensor cores accumulate with fewer bits than fp32 within one
 chain of wgmmas).  Scales and bias are applied once, in the epilogue, and c is rounded
-once into its dtype.
+once into its dtype.  (sm90's promoted calls with many rows take the CUDA C++ kernel
+kernels/cuda/fp8_gemm_sm90.cu instead; aot/specs/fp8_gemm.py says which.)
 """
 import triton
 import triton.language as tl
