@@ -36,8 +36,8 @@ dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
   multiple of 64 and 4 or 8 warps.
 - sm90, rows as TMA_ROWS, bf16/fp16 output, aligned: three Splits below.  Promoted, any scales
   and bias: the CUDA C++ kernel kernels/cuda/fp8_gemm_sm90.cu (TMA copies, two consumer warp
-  groups promoting their own wgmma chains): 1132-1273 TFLOP/s per-tensor (0.84-0.89x
-  torch._scaled_mm), 1096-1246 per-row (0.83-0.93x _scaled_mm with per-row scales), on an H100.
+  groups promoting their own wgmma chains): 1343-1389 TFLOP/s per-tensor (0.92-1.00x
+  torch._scaled_mm), 1184-1362 per-row (0.90-1.05x _scaled_mm with per-row scales), on an H100.
   Fast accumulation: one scale per operand and no bias, _fp8_gemm_tma (warp-specialised, TMA
   copies, FP8_GEMM_SM90_TMA_FAST: 1334-1469); per-row scales or a bias, _fp8_gemm_tma_rows (TMA
   copies without warp specialisation, kernels/triton/fp8_gemm.py says why, 1199-1355).
@@ -78,8 +78,8 @@ TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared m
 # kernels/cuda/fp8_gemm_sm90.cu (TMA copies; two consumer warp groups, each adding its own
 # wgmma chains into fp32 while the other's run; 128 x 256 tiles, 4 stages of 48 KiB, one block
 # of 384 threads per SM).  The config names its tile (BLOCK_M, BLOCK_N size the grid); the
-# kernel fixes it.  6-13% faster than the Triton kernels it replaced at 8192^3 and
-# 16384x8192x7168 and level at 4096^3, on an H100 (docs/benchmarks.md).
+# kernel fixes it.  15-18% faster than the Triton kernels it replaced at 4096^3, 8192^3 and
+# 16384x8192x7168, on an H100 (docs/benchmarks.md).
 FP8_GEMM_SM90_CUDA = {"medium": (128, 256, 128, 8, 12, 4, 128), "large": (128, 256, 128, 8, 12, 4, 128)}
 FP8_GEMM_SM90_CUDA_SHARED = 4 * (128 + 256) * 128 + 1024 + 64   # the stages, their alignment, the barriers
 FP8_GEMM_SM90_CUDA_MAPS = (TensorMap("a", "K", "M", "stride_am", 128, 128),    # a's and b's boxes of a K step

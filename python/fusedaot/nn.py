@@ -111,7 +111,7 @@ class FP8Linear(torch.nn.Module):
     output has `dtype`.  Needs the sm89 or sm90 library on a GPU (CPU runs an fp32
     emulation).  Build one from a trained layer with FP8Linear.from_linear(linear).
     use_fast_accum: fusedaot.fp8_gemm's (sm90: tensor-core accumulation without promotion,
-    faster, a few 1e-3 relative error at large K).  A gradient through it raises an error.
+    faster at few rows, a few 1e-3 relative error at large K).  A gradient through it raises an error.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
