@@ -90,10 +90,10 @@ def check(a, b, sa, sb, out_dtype, bias=None):
 # --- shapes, dtypes, scale layouts, bias ---------------------------------------------------------
 
 # (M, N, K): every shape class (M <= 64, <= 1024, larger), aligned (K, N multiples of 16) and
-# not (1, 17, 4097), K = 0, empty outputs; sm90's TMA kernels (specs.fp8_gemm.TMA_ROWS, aligned;
-# warp-specialised for one scale per operand and no bias, else _fp8_gemm_tma_rows) on partial
-# tiles in M, N and K (1500 x 1032 x 1040), on one narrow column tile (1025 x 8 x 16) and on
-# medium rows with N, K >= 8192 (264 x 8208 x 8192: partial tiles in M and N).
+# not (1, 17, 4097), K = 0, empty outputs; sm90's TMA kernels (specs.fp8_gemm.TMA_ROWS, aligned:
+# the CUDA C++ kernel, and with fast accumulation _fp8_gemm_tma for one scale per operand and
+# no bias) on partial tiles in M, N and K (1500 x 1032 x 1040), on one narrow column tile
+# (1025 x 8 x 16) and on medium rows with N, K >= 8192 (264 x 8208 x 8192: partial tiles in M and N).
 SHAPES = [(1, 17, 4097), (1, 1, 1), (17, 17, 17), (16, 4096, 4096), (64, 1000, 512), (65, 257, 1024),
           (300, 1024, 2048), (1025, 512, 4096), (2048, 2048, 4096), (1500, 1032, 1040), (1025, 8, 16),
           (264, 8208, 8192), (5, 7, 0), (0, 64, 256), (4, 0, 64)]
@@ -379,11 +379,12 @@ def test_compile_fullgraph(fp8_device):
 
 
 @pytest.mark.requires_cuda
-def test_cuda_graph_replay():
+@pytest.mark.parametrize("m", [33, 1100])   # 1100: sm90's CUDA C++ kernel, its TMA descriptors captured
+def test_cuda_graph_replay(m):
     if not fp8_library_available():
         pytest.skip("no fp8_gemm in this library")
     fusedaot.load()
-    x = make_tensor((33, 1024), torch.bfloat16, "cuda")
+    x = make_tensor((m, 1024), torch.bfloat16, "cuda")
     w, ws = quantized((512, 1024), "cuda", scale=0.05)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -394,7 +395,7 @@ def test_cuda_graph_replay():
     with torch.cuda.graph(g):
         y = fusedaot.fp8_gemm(x, w, None, ws)
     for k in range(2):
-        x.copy_(make_tensor((33, 1024), torch.bfloat16, "cuda", scale=k + 1.0))
+        x.copy_(make_tensor((m, 1024), torch.bfloat16, "cuda", scale=k + 1.0))
         g.replay()
         torch.cuda.synchronize()
         assert torch.equal(y, fusedaot.fp8_gemm(x, w, None, ws))

@@ -59,16 +59,15 @@ def test_sm90_sass_uses_fp8_wgmma(tmp_path):
         assert re.search(r"\bQGMMA\.\d+x\d+x\d+\.F32\.E4M3\.E4M3", text), "an sm90 fp8_gemm kernel without QGMMA"
 
 
-@pytest.mark.parametrize("kernel", ["_fp8_gemm_tma", "_fp8_gemm_tma_rows", "fp8_gemm_sm90_bf16"])
+@pytest.mark.parametrize("kernel", ["_fp8_gemm_tma", "fp8_gemm_sm90_bf16"])
 def test_sm90_tma_kernels_copy_with_tma(kernel, tmp_path):
-    """The TMA kernels load a and b with TMA (UTMALDG); the Triton ones store c with it too
-    (UTMASTG; the CUDA C++ kernel stores from registers).  The warp-specialised ones hand
-    registers between their warp groups (USETMAXREG: the producer gives up its share), the
-    other has one instruction stream."""
+    """Both TMA kernels load a and b with TMA (UTMALDG), the Triton one stores c with it too
+    (UTMASTG; the CUDA C++ kernel stores from registers), and both are warp-specialised: their
+    producer hands registers to the consumer warp groups (USETMAXREG)."""
     for text in sm90_sass(kernel, tmp_path):
         assert "UTMALDG" in text, f"the sm90 {kernel} kernel without TMA copies"
         assert ("UTMASTG" in text) == kernel.startswith("_"), f"{kernel}: TMA stores"
-        assert ("USETMAXREG" in text) == (kernel != "_fp8_gemm_tma_rows"), f"{kernel}: warp specialisation"
+        assert "USETMAXREG" in text, f"{kernel}: warp specialisation"
 
 
 QGMMA = re.compile(r"\bQGMMA\.\S+ (R\d+), gdesc\[\w+\], (R\w+)")
@@ -92,7 +91,7 @@ def serialised_wgmmas(sass: str) -> int:
 def test_sm90_wgmma_chains_are_not_serialised(tmp_path):
     """Promotion folds each chain into fp32 after a wait for the whole chain, not after each
     wgmma (aot/ptx.py: ptxas serialised them, 15-20% of the promoted kernels' throughput)."""
-    for kernel in ("_fp8_gemm", "_fp8_gemm_tma", "_fp8_gemm_tma_rows", "fp8_gemm_sm90_bf16"):
+    for kernel in ("_fp8_gemm", "_fp8_gemm_tma", "fp8_gemm_sm90_bf16"):
         for text in sm90_sass(kernel, tmp_path):
             assert text.count("QGMMA") and serialised_wgmmas(text) == 0, f"an sm90 {kernel} kernel waits after each wgmma"
 
@@ -147,9 +146,10 @@ def test_gemm_shape_classes_cover_every_m_exactly_once():
 def test_sm90_has_promoted_and_fast_variants():
     """On sm90 every (dtype, shape class, bias or not) of an aligned call has a promoted variant
     for fast_accum == 0 (ACC_PROMOTE set, or for the rows of TMA_ROWS in bf16/fp16 the CUDA C++
-    kernel, which always promotes) and a "_fast" one (ACC_PROMOTE None, the tuning table's
-    fp8_gemm_fast tile, or the TMA kernels' FAST tables for those rows) for fast_accum != 0;
-    sm89 and the unaligned fallbacks select the same variant either way."""
+    kernel, which always promotes) and one for fast_accum != 0: ACC_PROMOTE None with the
+    tuning table's fp8_gemm_fast tile, or for those rows _fp8_gemm_tma's FAST tile with one
+    scale per operand and no bias, else the CUDA C++ kernel again.  sm89 and the unaligned
+    fallbacks select the same variant either way."""
     from test_specs import _condition, _python_condition, specs
     fam = specs.fp8_gemm
     op = next(op for op in specs.OPS if op.name == "fp8_gemm")
@@ -174,22 +174,23 @@ def test_sm90_has_promoted_and_fast_variants():
             promoted, fast = picked[0], picked[1]
             if arch == "sm90" and k == 8192:
                 rows = eval(_python_condition(fam.TMA_ROWS), {}, dict(M=m, N=n, K=k))
-                tma = rows and cls in fam.FP8_GEMM_SM90_TMA_FAST and dtype in fam.TMA_DTYPES
-                if tma:
-                    assert promoted.kernel == f"fp8_gemm_sm90_{dtype}" and promoted.source and not promoted.constexprs
-                    assert promoted.tensor_maps == fam.FP8_GEMM_SM90_CUDA_MAPS and promoted.name.endswith("_cuda")
-                else:
-                    assert promoted.constexprs["ACC_PROMOTE"] and "_fast" not in promoted.name, promoted.name
-                assert fast.constexprs["ACC_PROMOTE"] is None and fast.name.endswith(("_fast", "_fast_tma", "_fast_tma_rows")), fast.name
-                assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
+                tma = rows and cls in fam.FP8_GEMM_SM90_CUDA and dtype in fam.TMA_DTYPES
                 one_scale = bias == scale_stride == 0
-                kernel = ("_fp8_gemm_tma" if one_scale else "_fp8_gemm_tma_rows") if tma else "_fp8_gemm"
-                assert fast.kernel == kernel and (tma or promoted.kernel == kernel), (promoted.name, fast.name)
-                want = ((fam.FP8_GEMM_SM90_TMA_FAST if one_scale else fam.FP8_GEMM_SM90_TMA_ROWS_FAST)[cls] if tma
-                        else fast_configs[cls])
-                c = fast.constexprs
-                assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], fast.num_warps,
-                        fast.num_stages) == want[:6], (fast.name, want)
+                assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when
+                cuda = [v for v, on in ((promoted, tma), (fast, tma and not one_scale)) if on]
+                for v in cuda:   # the CUDA C++ kernel, which always promotes
+                    assert v.kernel == f"fp8_gemm_sm90_{dtype}" and v.source and not v.constexprs, v.name
+                    assert v.tensor_maps == fam.FP8_GEMM_SM90_CUDA_MAPS and v.name.endswith("_cuda"), v.name
+                if not tma:
+                    assert promoted.kernel == "_fp8_gemm" and promoted.constexprs["ACC_PROMOTE"], promoted.name
+                if fast not in cuda:
+                    kernel = "_fp8_gemm_tma" if tma else "_fp8_gemm"
+                    assert fast.kernel == kernel and fast.constexprs["ACC_PROMOTE"] is None, fast.name
+                    assert fast.name.endswith(("_fast", "_fast_tma")), fast.name
+                    want = fam.FP8_GEMM_SM90_TMA_FAST[cls] if tma else fast_configs[cls]
+                    c = fast.constexprs
+                    assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], fast.num_warps,
+                            fast.num_stages) == want[:6], (fast.name, want)
             else:
                 assert promoted is fast and "fast_accum" not in promoted.when, (arch, promoted.name)
 

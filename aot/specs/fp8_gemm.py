@@ -38,9 +38,10 @@ dominate, many narrow column tiles), "medium" M <= 1024, "large" beyond.
   and bias: the CUDA C++ kernel kernels/cuda/fp8_gemm_sm90.cu (TMA copies, two consumer warp
   groups promoting their own wgmma chains): 1343-1389 TFLOP/s per-tensor (0.92-1.00x
   torch._scaled_mm), 1184-1362 per-row (0.90-1.05x _scaled_mm with per-row scales), on an H100.
-  Fast accumulation: one scale per operand and no bias, _fp8_gemm_tma (warp-specialised, TMA
-  copies, FP8_GEMM_SM90_TMA_FAST: 1334-1469); per-row scales or a bias, _fp8_gemm_tma_rows (TMA
-  copies without warp specialisation, kernels/triton/fp8_gemm.py says why, 1199-1355).
+  The same kernel takes the fast-accumulation calls with per-row scales or a bias (it
+  promotes anyway, and ran level with or up to 6% faster than a Triton TMA kernel without
+  promotion there); one scale per operand and no bias, _fp8_gemm_tma (warp-specialised, TMA
+  copies, FP8_GEMM_SM90_TMA_FAST: 1334-1469, 2-6% faster than the promoted kernel).
 - sm89 (Ada: mma.sync FP8, 99 KiB of shared memory per block): heuristics, not measured:
   128x128x64 tiles with 4 stages (64 KiB) for the large classes, 64x64x128 for decode.
 """
@@ -84,17 +85,15 @@ FP8_GEMM_SM90_CUDA = {"medium": (128, 256, 128, 8, 12, 4, 128), "large": (128, 2
 FP8_GEMM_SM90_CUDA_SHARED = 4 * (128 + 256) * 128 + 1024 + 64   # the stages, their alignment, the barriers
 FP8_GEMM_SM90_CUDA_MAPS = (TensorMap("a", "K", "M", "stride_am", 128, 128),    # a's and b's boxes of a K step
                            TensorMap("b", "K", "N", "stride_bn", 128, 256))
-# With fast_accum, the same rows take Triton's TMA kernels.  One scale per operand and no bias:
-# _fp8_gemm_tma, warp-specialised, one program per SM (4 warps asked for: Triton makes them two
-# consumer warp groups of 128 rows each plus a producer group, 12 warps in all).
+# With fast_accum and one scale per operand, no bias: _fp8_gemm_tma, warp-specialised, one
+# program per SM (4 warps asked for: Triton makes them two consumer warp groups of 128 rows
+# each plus a producer group, 12 warps in all).  With per-row scales or a bias the CUDA C++
+# kernel takes those calls too (Triton 3.6 miscompiled them warp-specialised; a Triton TMA
+# kernel without warp specialisation ran level with the CUDA C++ one or up to 6% slower).
 FP8_GEMM_SM90_TMA_FAST = {"medium": (256, 128, 128, 8, 4, 3, 0), "large": (256, 128, 128, 8, 4, 3, 0)}
 _ONE_SCALE_NO_BIAS = "has_bias == 0 && stride_sa == 0 && stride_sb == 0"
 TMA_WHEN = f"({TMA_ROWS}) && {_ONE_SCALE_NO_BIAS}"
-# Per-row scales or a bias: _fp8_gemm_tma_rows, TMA copies without warp specialisation (8
-# warps: two warp groups of 128 rows), the scales and bias in its epilogue
-# (kernels/triton/fp8_gemm.py says why two).
 TMA_ROWS_WHEN = f"({TMA_ROWS}) && !({_ONE_SCALE_NO_BIAS})"
-FP8_GEMM_SM90_TMA_ROWS_FAST = {"medium": (256, 128, 128, 8, 8, 3, 0), "large": (256, 128, 128, 8, 8, 3, 0)}
 FP8_GEMM_SCRATCH = 512          # bytes of scratch a program Triton asks for (3 TMA descriptors of 128 bytes)
 PERSISTENT_GRID = "fa_min(dev->sms, fa_cdiv(M, BLOCK_M) * fa_cdiv(N, BLOCK_N))"
 
@@ -237,6 +236,8 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
 
 
 _ALIGNED = ("a", "b", "c", "stride_am", "stride_bn", "stride_cm", "N", "K")
+_CUDA_KERNEL = dict(source="kernels/cuda/fp8_gemm_sm90.cu", block=("384", "1", "1"), shared=FP8_GEMM_SM90_CUDA_SHARED,
+                    tensor_maps=FP8_GEMM_SM90_CUDA_MAPS)
 
 NEEDS = ("fp8",)   # families a partial build adds: fp16/bf16/fp32 operands are quantized first by fp8_quantize_row
 
@@ -248,12 +249,11 @@ OPS = (
                      fast_by_arch={"sm90": gemm_configs("sm90", "fp8_gemm_fast", FP8_GEMM_SM90_FAST)},
                      split_by_arch={"sm90": (
                          Split("fp8_gemm_sm90", PERSISTENT_GRID, f"({TMA_ROWS})", TMA_DTYPES, FP8_GEMM_SM90_CUDA, {},
-                               source="kernels/cuda/fp8_gemm_sm90.cu", block=("384", "1", "1"),
-                               shared=FP8_GEMM_SM90_CUDA_SHARED, tensor_maps=FP8_GEMM_SM90_CUDA_MAPS),
-                         Split("_fp8_gemm_tma", PERSISTENT_GRID, TMA_WHEN, TMA_DTYPES, {}, FP8_GEMM_SM90_TMA_FAST),
-                         Split("_fp8_gemm_tma_rows", PERSISTENT_GRID, TMA_ROWS_WHEN, TMA_DTYPES, {},
-                               FP8_GEMM_SM90_TMA_ROWS_FAST,
-                               whole=("large",)))}),   # promoted: TMA_ROWS; fast: TMA_WHEN or TMA_ROWS_WHEN
+                               **_CUDA_KERNEL),
+                         Split("fp8_gemm_sm90", PERSISTENT_GRID, TMA_ROWS_WHEN, TMA_DTYPES, {}, FP8_GEMM_SM90_CUDA,
+                               **_CUDA_KERNEL),
+                         Split("_fp8_gemm_tma", PERSISTENT_GRID, TMA_WHEN, TMA_DTYPES, {}, FP8_GEMM_SM90_TMA_FAST,
+                               whole=("large",)))}),   # promoted: TMA_ROWS; fast: TMA_ROWS_WHEN or TMA_WHEN
        arches=("sm89", "sm90"), dtypes=GEMM_DTYPES,
        doc="c = (a @ b^T) * a_scale[m*stride_sa] * b_scale[n*stride_sb] (+ bias); a, b e4m3fn; fp32 sums "
            "(fast_accum != 0 on sm90: tensor-core accumulation, no promotion); scratch: 128-byte aligned "

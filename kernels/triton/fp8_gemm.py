@@ -109,8 +109,9 @@ def _fp8_gemm_tma(
 
     Written as it is on purpose: Triton 3.6's warp specialisation computed wrong results on
     an H100 (zeros in part of the tiles) for the epilogues measured that load per-row scales
-    or a bias inside the tile loop, so those calls take _fp8_gemm_tma_rows; the two scales
-    here are loaded once, before it (docs/benchmarks.md)."""
+    or a bias inside the tile loop, so those calls take the CUDA C++ kernel
+    (kernels/cuda/fp8_gemm_sm90.cu); the two scales here are loaded once, before it
+    (docs/benchmarks.md).  With promotion the CUDA C++ kernel takes every call of these rows."""
     ad = tl.make_tensor_descriptor(a, [M, K], [stride_am, 1], [BLOCK_M, BLOCK_K])
     bd = tl.make_tensor_descriptor(b, [N, K], [stride_bn, 1], [BLOCK_N, BLOCK_K])
     cd = tl.make_tensor_descriptor(c, [M, N], [stride_cm, 1], [BLOCK_M, BLOCK_N])
@@ -125,52 +126,10 @@ def _fp8_gemm_tma(
 @triton.jit
 def _tma_tile(ad, bd, cd, scale, m0, n0, k_tiles,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC_PROMOTE: tl.constexpr):
-    """One tile of _fp8_gemm_tma: c[m0:, n0:] = (a[m0:] @ b[n0:]^T) * scale; its store stops
-    at M and N."""
-    acc = _tma_products(ad, bd, m0, n0, k_tiles, BLOCK_M, BLOCK_N, BLOCK_K, ACC_PROMOTE)
-    cd.store([m0, n0], (acc * scale).to(cd.dtype))
-
-
-@triton.jit
-def _tma_products(ad, bd, m0, n0, k_tiles,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC_PROMOTE: tl.constexpr):
-    """a[m0:m0+BLOCK_M] @ b[n0:n0+BLOCK_N]^T in fp32 through TMA copies (zeros past M, N, K)."""
+    """One tile of _fp8_gemm_tma: c[m0:, n0:] = (a[m0:] @ b[n0:]^T) * scale, the products
+    through TMA copies (zeros past M, N, K); its store stops at M and N."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(k_tiles):
         acc = tl.dot(ad.load([m0, k * BLOCK_K]), bd.load([n0, k * BLOCK_K]).T, acc,
                      max_num_imprecise_acc=ACC_PROMOTE)
-    return acc
-
-
-@triton.jit
-def _fp8_gemm_tma_rows(
-    a, b, c, a_scale, b_scale, bias,     # as _fp8_gemm's; a, b, c 16-byte aligned
-    stride_am, stride_bn, stride_cm,     # multiples of 16 bytes
-    stride_sa, stride_sb,                # as _fp8_gemm's: 0 one scale, 1 one per row
-    M, N, K,      # problem size
-    has_bias,     # nonzero: add bias[n]
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,      # row tiles per group (L2 reuse of b)
-    ACC_PROMOTE: tl.constexpr,  # K elements per wgmma chain before adding into fp32 (None: never)
-):
-    """_fp8_gemm on sm90 through TMA copies, one program per SM walking the tiles, for the calls
-    _fp8_gemm_tma cannot take (per-row scales, a bias): without warp specialisation, whose
-    epilogues with these loads Triton 3.6 miscompiled, so the wgmmas wait for their copies
-    in one instruction stream (software-pipelined over num_stages)."""
-    ad = tl.make_tensor_descriptor(a, [M, K], [stride_am, 1], [BLOCK_M, BLOCK_K])
-    bd = tl.make_tensor_descriptor(b, [N, K], [stride_bn, 1], [BLOCK_N, BLOCK_K])
-    cd = tl.make_tensor_descriptor(c, [M, N], [stride_cm, 1], [BLOCK_M, BLOCK_N])
-    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0)):
-        pid_m, pid_n = _tile_of(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        acc = _tma_products(ad, bd, pid_m * BLOCK_M, pid_n * BLOCK_N, tl.cdiv(K, BLOCK_K),
-                            BLOCK_M, BLOCK_N, BLOCK_K, ACC_PROMOTE)
-        # epilogue: c = acc * a_scale[m] * b_scale[n] (+ bias[n]), one rounding
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        sa = tl.load(a_scale + offs_m * stride_sa, mask=offs_m < M, other=0.0)
-        sb = tl.load(b_scale + offs_n * stride_sb, mask=offs_n < N, other=0.0)
-        out = acc * sa[:, None] * sb[None, :]
-        if has_bias != 0:
-            out += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        cd.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out.to(cd.dtype))
+    cd.store([m0, n0], (acc * scale).to(cd.dtype))

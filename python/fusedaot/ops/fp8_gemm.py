@@ -135,8 +135,8 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: Optional[torch.Tensor] =
     without adding their partial sums into fp32 every 128 elements of K, with a relative
     error of a few 1e-3 against the promoted result at large K (~3e-3 measured).  Faster at
     few rows; with many rows the promoted kernel is nearly as fast (measured on an H100 at
-    4096^3, 8192^3 and 16384x8192x7168 with per-tensor scales: 99-1344 us against 102-1420,
-    level with per-row ones).  No effect on sm89 (its tensor cores accumulate in fp32) or in the CPU
+    4096^3, 8192^3 and 16384x8192x7168 with per-tensor scales: 99-1344 us against 102-1420),
+    and with per-row scales or a bias such calls take it (the result is then the promoted one).  No effect on sm89 (its tensor cores accumulate in fp32) or in the CPU
     emulation.
     """
     check_fast_accum(OP, use_fast_accum)
