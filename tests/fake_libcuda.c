@@ -154,7 +154,8 @@ CUresult cuTensorMapEncodeTiled(uint64_t* map, int dtype, uint32_t rank, void* a
                                 const uint64_t* strides, const uint32_t* box, const uint32_t* unit, int interleave,
                                 int swizzle, int l2, int oob) {
   (void)dtype, (void)unit, (void)interleave, (void)l2, (void)oob;
-  if (rank != 2 || fail_tensor_map) return 1; /* CUDA_ERROR_INVALID_VALUE */
+  /* the real driver refuses empty dimensions too (CUDA_ERROR_INVALID_VALUE) */
+  if (rank != 2 || fail_tensor_map || dims[0] == 0 || dims[1] == 0) return 1;
   memset(map, 0, 128);
   map[0] = (uint64_t)(uintptr_t)address, map[1] = dims[0], map[2] = dims[1], map[3] = strides[0];
   map[4] = box[0], map[5] = box[1], map[6] = (uint64_t)swizzle;

@@ -210,9 +210,11 @@ def test_dispatch_launches_the_selected_variant(fake_driver, arch):
 def test_tma_descriptors_describe_the_operands(fake_driver):
     """sm90's CUDA C++ fp8_gemm kernel reads a and b through TMA descriptors the dispatch encodes
     for each call: a as K x M bytes in 128 x 128 boxes, b as K x N in 128 x 256, rows a stride
-    apart, the 128-byte swizzle (3).  A descriptor the driver refuses is an error naming it,
-    and nothing is launched."""
+    apart, the 128-byte swizzle (3).  An empty operand gets a descriptor of one row (the driver
+    refuses a zero dimension) and no launch.  A descriptor the driver refuses is an error
+    naming it, and nothing is launched."""
     _, args = FP8_GEMM_LARGE
+    empty = dict(args, N=0)
     run(fake_driver, "sm90", f"""
         fake.fake_reset()
         assert {call_source("fp8_gemm", args)} == 0, error()
@@ -220,6 +222,10 @@ def test_tma_descriptors_describe_the_operands(fake_driver):
         a, b = list(fake.fake_tensor_map(1).contents)[:7], list(fake.fake_tensor_map(0).contents)[:7]
         assert a == [{args['a']}, 8192, 4096, 8192, 128, 128, 3], a
         assert b == [{args['b']}, 8192, 8192, 8192, 128, 256, 3], b
+        fake.fake_reset()
+        assert {call_source("fp8_gemm", empty)} == 0, error()
+        assert fake.fake_tensor_maps() == 2 and fake.fake_launches() == 0
+        assert list(fake.fake_tensor_map(0).contents)[1:3] == [8192, 1]
         fake.fake_reset()
         fake.fake_fail_tensor_map(1)
         assert {call_source("fp8_gemm", args)} != 0
