@@ -203,16 +203,17 @@ def gemm_variants(op: str, kernel: str, dtypes, configs_by_arch: dict, fallback_
             splits = [s for s in (split_by_arch or {}).get(arch, ()) if dtype in s.dtypes]
             whole = {c for s in splits for c in s.whole}
 
-            def rest(table: str) -> dict:   # each class's condition, less the calls the splits take
-                return {c: " && ".join([cond] + [f"!({s.when})" for s in splits if c in getattr(s, table)])
+            def rest(fast: bool) -> dict:   # each class's condition, less the calls the splits take
+                return {c: " && ".join([cond] + [f"!({s.when})" for s in splits
+                                                 if c in (s.fast_configs if fast else s.configs)])
                         for c, cond in classes.items()}
             for (cfg, kern, kgrid), names in _by_config(
                     {cls: (cfg, *other.get(cls, (kernel, grid))) for cls, cfg in configs.items()
                      if cls not in whole}).items():
-                out.append(_aligned_variant(op, kern, dtype, cfg, names, rest("configs"), kgrid, aligned, arch,
+                out.append(_aligned_variant(op, kern, dtype, cfg, names, rest(False), kgrid, aligned, arch,
                                             promote, flag, tag=kern.removeprefix(kernel)))
             for cfg, names in _by_config({c: cfg for c, cfg in (fast or {}).items() if c not in whole}).items():
-                out.append(_aligned_variant(op, kernel, dtype, cfg, names, rest("fast_configs"), grid, aligned,
+                out.append(_aligned_variant(op, kernel, dtype, cfg, names, rest(True), grid, aligned,
                                             arch, promote, flag, fast=True))
             for split in splits:
                 for is_fast, table in ((False, split.configs), (True, split.fast_configs)):
