@@ -92,7 +92,7 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
     cond = v.when
     if v.aligned:
         cond = f"({cond}) && {specs.alignment_condition(op, v)}"
-    check = ""
+    check, grid = "", ", ".join(v.grid)
     if op.lang_of(v) == "triton":
         # Triton appends two pointers: its global scratch memory (the caller's `scratch`
         # where the kernel asks for some, for every program of the grid) and profile scratch
@@ -102,6 +102,7 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
         shared = str(meta["shared"])
         if size:  # scratch for every program of the grid, whose size is evaluated once
             align = meta["global_scratch_align"]
+            grid = "fa_grid[0], fa_grid[1], fa_grid[2]"
             check = (f"    const int64_t fa_grid[3] = {{{', '.join(v.grid)}}};\n"
                      f"    const int64_t fa_programs = fa_grid[0] * fa_grid[1] * fa_grid[2];\n"
                      f"    if (((uintptr_t)scratch & {align - 1}u) || scratch_bytes < fa_programs * {size})\n"
@@ -116,7 +117,6 @@ def _launch_block(op: specs.Op, v: specs.Variant, index: int, meta: dict) -> str
                       f"    rc = fa_tensor_map_2d(&fa_map{i}, (const void*)({m.ptr}), {m.cols}, {m.rows}, {m.stride}, "
                       f"{m.box_cols}, {m.box_rows});\n"
                       f"    if (rc) return rc;\n")
-    grid = "fa_grid[0], fa_grid[1], fa_grid[2]" if "fa_grid" in check else ", ".join(v.grid)
     return (f"  if ({cond}) {{  /* {v.name} */\n{check}"
             f"    void* args[] = {{{', '.join(args)}}};\n"
             f"    return fa_launch(dev, {index}, {grid}, {', '.join(block)}, {shared}, stream, args);\n"

@@ -74,7 +74,9 @@ FAST_FLAG = "fast_accum"   # the i32 op parameter that selects the fast variants
 # kernel's 64-row tiles won up to M = 1024, and at M <= 256 a 256-row tile leaves half the SMs
 # without one.
 TMA_ROWS = "M > 1024 || (M > 256 && N >= 8192 && K >= 8192)"
-TMA_DTYPES = ("bf16", "fp16")   # an fp32 tile of c (128 KiB) leaves no shared memory for 3 stages
+TMA_DTYPES = ("bf16", "fp16")   # output dtypes of the TMA rows' kernels: _fp8_gemm_tma's fp32 tile of c
+                                # (128 KiB) leaves no shared memory for 3 stages; the CUDA C++ kernel stores
+                                # 16-bit pairs; fp32 calls keep the pointer kernels
 # sm90, promoted, rows as TMA_ROWS, bf16/fp16 output, any scales and bias: the CUDA C++ kernel
 # kernels/cuda/fp8_gemm_sm90.cu (TMA copies; two consumer warp groups, each adding its own
 # wgmma chains into fp32 while the other's run; 128 x 256 tiles, 4 stages of 48 KiB, one block

@@ -21,7 +21,8 @@
 // Arguments: the two TMA descriptors (encoded by the dispatch, aot/runtime: a as K x M
 // bytes in 128 x 128 boxes, b as K x N in 128 x 256), then fp8_gemm's C parameters in order.
 // The dispatch picks this kernel only for 16-byte aligned a, b, c, strides and K, and N a
-// multiple of 8 (columns are stored in pairs).
+// multiple of 8 (columns are stored 8 at a time); bf16 or fp16 output (fp32 calls keep the Triton
+// kernels: aot/specs/fp8_gemm.py).
 #include "fa_common.cuh"
 
 namespace {
@@ -104,10 +105,6 @@ __device__ __forceinline__ void tile_coords(int t, int tiles_m, int tiles_n, int
   const int rows = min(tiles_m - first, GROUP_M);
   m0 = (first + (t % per_group) % rows) * BM;
   n0 = ((t % per_group) / rows) * BN;
-}
-
-__device__ __forceinline__ void store2(float* p, float x, float y) {
-  *reinterpret_cast<float2*>(p) = make_float2(x, y);
 }
 
 template <typename T> __device__ __forceinline__ unsigned pack2(float x, float y);   // x in the low half
@@ -235,42 +232,25 @@ __device__ __forceinline__ void fp8_gemm_sm90(
         col_scale[j] = stride_sb ? b_scale[n * stride_sb] : 1.f;
         col_bias[j] = has_bias ? to_float(bias[n]) : 0.f;
       }
-      if constexpr (sizeof(T) == 2) {
-        // 16-byte stores: each quad of lanes trades words so that a lane stores one 8-column
-        // group of its row (storing each lane's 4-byte pairs, 8 rows per instruction, took
-        // 10% of the time at 4096^3).  Every lane shuffles; rows past M only skip the store.
+      // 16-byte stores: each quad of lanes trades words so that a lane stores one 8-column
+      // group of its row (storing each lane's 4-byte pairs, 8 rows per instruction, took
+      // 10% of the time at 4096^3).  Every lane shuffles; rows past M only skip the store.
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int m = m0 + g * 64 + 16 * warp + lane / 4 + 8 * half;
-          T* row = c + min(m, M - 1) * stride_cm;
+      for (int half = 0; half < 2; ++half) {
+        const int m = m0 + g * 64 + 16 * warp + lane / 4 + 8 * half;
+        T* row = c + min(m, M - 1) * stride_cm;
 #pragma unroll
-          for (int t = 0; t < 2; ++t) {
-            unsigned w[4];
+        for (int t = 0; t < 2; ++t) {
+          unsigned w[4];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-              const int j = 4 * t + k, i = 4 * (j0 + j) + 2 * half;
-              w[k] = pack2<T>(acc[h][i] * row_scale[half] * col_scale[2 * j] + col_bias[2 * j],
-                              acc[h][i + 1] * row_scale[half] * col_scale[2 * j + 1] + col_bias[2 * j + 1]);
-            }
-            const uint4 v = quad_transpose(w[0], w[1], w[2], w[3], lane % 4);
-            const int n = n0 + h * 128 + 8 * (j0 + 4 * t + lane % 4);
-            if (m < M && n < N) *reinterpret_cast<uint4*>(row + n) = v;   // N: a multiple of 8
+          for (int k = 0; k < 4; ++k) {
+            const int j = 4 * t + k, i = 4 * (j0 + j) + 2 * half;
+            w[k] = pack2<T>(acc[h][i] * row_scale[half] * col_scale[2 * j] + col_bias[2 * j],
+                            acc[h][i + 1] * row_scale[half] * col_scale[2 * j + 1] + col_bias[2 * j + 1]);
           }
-        }
-      } else {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int m = m0 + g * 64 + 16 * warp + lane / 4 + 8 * half;
-          if (m >= M) continue;
-          T* row = c + m * stride_cm;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const int n = n0 + h * 128 + 8 * (j0 + j) + 2 * (lane % 4);
-            if (n >= N) continue;   // N is even: both columns or neither
-            const int i = 4 * (j0 + j) + 2 * half;
-            store2(row + n, acc[h][i] * row_scale[half] * col_scale[2 * j] + col_bias[2 * j],
-                   acc[h][i + 1] * row_scale[half] * col_scale[2 * j + 1] + col_bias[2 * j + 1]);
-          }
+          const uint4 v = quad_transpose(w[0], w[1], w[2], w[3], lane % 4);
+          const int n = n0 + h * 128 + 8 * (j0 + 4 * t + lane % 4);
+          if (m < M && n < N) *reinterpret_cast<uint4*>(row + n) = v;   // N: a multiple of 8
         }
       }
     }
@@ -279,7 +259,7 @@ __device__ __forceinline__ void fp8_gemm_sm90(
 
 }  // namespace
 
-// One kernel per output dtype; the arguments after the descriptors are fp8_gemm's C
+// One kernel per 16-bit output dtype; the arguments after the descriptors are fp8_gemm's C
 // parameters (aot/specs/fp8_gemm.py's _PARAMS), those this kernel does not read included.
 #define FP8_GEMM_SM90(NAME, T)                                                                          \
   extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                            \
@@ -293,4 +273,3 @@ __device__ __forceinline__ void fp8_gemm_sm90(
 
 FP8_GEMM_SM90(fp8_gemm_sm90_bf16, bf16_t)
 FP8_GEMM_SM90(fp8_gemm_sm90_fp16, half_t)
-FP8_GEMM_SM90(fp8_gemm_sm90_fp32, float)
