@@ -243,6 +243,31 @@ def test_forward_strided(layout, per_head, dtype):
     check(x, w, cos, sin, d, per_head, pos)
 
 
+# 4098 tokens x 33 heads: 16-bit x per head at head_dim 128 (more than 131072 head rows) and 256
+# (more than 8192) runs the CUDA C++ kernel (aot/specs/rms_norm_rope.py, RMS_NORM_ROPE_CUDA); 33
+# heads leave each token's
+# last chunk of heads one head, partial rotary passes columns through, and the layouts reach its
+# strides, positions, half tables and per-batch tables.
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("d,r", [(128, 128), (128, 64), (256, 256)], ids=str)
+@pytest.mark.parametrize("layout", ["plain", "fused-qkv", "positions-half-tables", "per-batch-tables"])
+def test_forward_many_rows(layout, d, r, dtype):
+    b, s, h = 2, 2049, 33
+    x, w = inputs(b, s, h, d, dtype, "cuda", True)
+    if layout == "fused-qkv":
+        x = make_tensor((b, s, (h + 4) * d), dtype, "cuda")[..., :h * d]
+    pos = None
+    if layout in ("fused-qkv", "positions-half-tables"):
+        pos = torch.stack([torch.randperm(4096, device="cuda")[:s] for _ in range(b)])
+    cos, sin = rope_tables(4096, r, dtype, "cuda", "random" if layout == "plain" else "rope",
+                           layout == "positions-half-tables", batch=b if layout == "per-batch-tables" else 0)
+    if layout == "per-batch-tables":
+        cos, sin = cos[:, :s], sin[:, :s]
+    half = layout == "positions-half-tables"   # half tables name their rotary_dim, as in apply_rope
+    check(x, w, cos, sin, d, True, pos, False, r if r < d or half else None)
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("eps", (1e-6, 1e-2))
 def test_eps_reaches_the_kernel(eps):

@@ -51,7 +51,8 @@ def _calls(op, dtypes):
     # integer switches some ops' conditions read (AdaLN's fp32-parameter flag and rows per scale
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
     # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
-    # M, fp8_gemm's TMA kernel by has_bias, its scales' strides and M, N, K): values on each side of every boundary, where the op has them; rms_norm_rope's
+    # M, fp8_gemm's TMA kernel by has_bias, its scales' strides and M, N, K, rms_norm_rope's
+    # CUDA C++ forward by tokens x heads): values on each side of every boundary, where the op has them; rms_norm_rope's
     # backward also tells full rotary (2 * pairs == N) from partial
     conditions = " ".join(_condition(op, v) for v in op.variants)
     rotary = (2, 4) if re.search(r"\bpairs\b", conditions) else (None,)
@@ -59,7 +60,7 @@ def _calls(op, dtypes):
                                                     ("stride_sa", (0, 1)), ("stride_sb", (0, 1)),
                                                     ("per_head", (0, 1)),
                                                     ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65)),
-                                                    ("M", (1, 8, 9, 64, 65, 128, 129, 256, 257, 512, 513, 1024, 1025)),
+                                                    ("M", (1, 8, 9, 64, 65, 128, 129, 256, 257, 512, 513, 1024, 1025, 4096, 4097)),
                                                     ("W", (1, 1024, 1025)))
                 if re.search(rf"\b{name}\b", conditions)]
     for dtype, n, per_pair, misalign, stride_pad, null_w, *picked in itertools.product(

@@ -106,6 +106,19 @@ RMS_NORM_ROPE_FEW = {
             ("row", (64, 128), (32, 64), (128, 64, 8, 2)),
             ("row", (128, 256), (16, 32), (256, 32, 8, 2))),
 }
+# Per head, 16-bit, half-split layout, head_dim 128 or 256, aligned, with enough head rows
+# (tokens x heads): the CUDA C++ kernel kernels/cuda/rms_norm_rope.cu, one warp a block holding a
+# token's chunk of heads (4 passes of 16 lanes a head at 128, 32 at 256).  Against the Triton
+# tile on an H100 (bf16, docs/benchmarks.md, "rms_norm_rope per head in CUDA C++"): 16384 tokens
+# x 32 heads x 128 92.4% of copy against 83.2%, x 64 heads 94.2% against 84.5%, x 32 heads x 256
+# 96.9% against 72.7%.  At 128 level at 131072 rows (4096 x 32, 16384 x 8) and slower below
+# (2048 x 32: 18.2 against 17.0 us); at 256 faster from 16384 rows (512 x 32: 11.5 against 11.8
+# us; 2048 x 32 28.9 against 37.1) and slower at 4096 (128 x 32: 7.0 against 6.6).  At head_dim
+# 64 it was level at 16384 x 32 and slower at 4096 x 32, so 64 keeps the Triton tile.
+# {head_dim: (heads a block, the kernel takes calls of more rows than this)}
+RMS_NORM_ROPE_CUDA = {128: (8, 131072), 256: (4, 8192)}
+_CUDA_HEAD = ("per_head != 0 && H > 0 && ("   # M > rows / H: M * H > rows without overflow
+              + " || ".join(f"(N == {d} && M > {rows} / H)" for d, (_, rows) in RMS_NORM_ROPE_CUDA.items()) + ")")
 # dweight's reduction of the (G*C, W) partial rows: (largest W, columns per program, partial
 # rows per step, warps).  Per head the rows are D wide and thousands tall, so narrow programs
 # give the reduction more SMs; timed in CUDA graphs (docs/results/rms_norm_rope_dw_h100.jsonl):
@@ -236,12 +249,31 @@ def _configs(direction: str, dtype: str):
     return configs
 
 
+def _cuda_variants(dtype: str) -> list[Variant]:
+    """The forward per head in CUDA C++ (RMS_NORM_ROPE_CUDA): one variant per head_dim."""
+    return [Variant(
+        name=f"rms_norm_rope_fwd_{dtype}_head_cuda_d{d}_a16",
+        dtype=dtype,
+        kernel=f"rms_norm_rope_fwd_head_{dtype}_d{d}",
+        when=f"dtype == {DTYPES[dtype]} && per_head != 0 && N == {d} && H > 0 && M > {rows} / H",
+        grid=(f"(int64_t)M * fa_cdiv(H, {heads})", "1", "1"),
+        block=("32", "1", "1"),
+        aligned=_ALIGNED["fwd"],
+        source="kernels/cuda/rms_norm_rope.cu",
+    ) for d, (heads, rows) in RMS_NORM_ROPE_CUDA.items()]
+
+
 def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
+        cuda = direction == "fwd" and not interleaved and dtype != "fp32"
+        if cuda:
+            out += _cuda_variants(dtype)
         for mode, width, (block_d, heads, warps, last), one_pass in _configs(direction, dtype):
             aligned = mode != "any"
+            if cuda and aligned and mode.startswith("head"):   # what the CUDA C++ variants leave
+                width += f" && !({_CUDA_HEAD})"
             maxnreg, stages = (None, last) if direction == "bwd" else (last, None)
             bwd = {"STAGES": stages, "ONE_PASS": one_pass} if direction == "bwd" else {}
             out.append(Variant(
