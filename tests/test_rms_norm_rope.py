@@ -245,9 +245,8 @@ def test_forward_strided(layout, per_head, dtype):
 
 # 4098 tokens x 33 heads: 16-bit x per head at head_dim 128 (more than 131072 head rows) and 256
 # (more than 8192) runs the CUDA C++ kernel (aot/specs/rms_norm_rope.py, RMS_NORM_ROPE_CUDA); 33
-# heads leave each token's
-# last chunk of heads one head, partial rotary passes columns through, and the layouts reach its
-# strides, positions, half tables and per-batch tables.
+# heads leave each token's last chunk of heads one head, partial rotary passes columns through,
+# and the layouts reach its strides, positions, half tables and per-batch tables.
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
 @pytest.mark.parametrize("d,r", [(128, 128), (128, 64), (256, 256)], ids=str)
