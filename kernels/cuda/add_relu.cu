@@ -49,7 +49,7 @@ struct AddReluBwd {
     Vec<T, VEC> out;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) out.v[i] = from_acc<T>(to_acc(f.y.v[i]) <= 0 ? 0 : to_acc(f.dy.v[i]));
-    store_out<T, VEC>(p.da + f.out, out);
+    store_vec<T, VEC>(p.da + f.out, out);
   }
 };
 
@@ -74,7 +74,7 @@ struct AddReluBwdCols {
       out.v[i] = from_acc<T>(g);  // exact: g is dy or 0
       acc[i] += g;
     }
-    store_out<T, VEC>(p.da + row * p.N + col, out);
+    store_vec<T, VEC>(p.da + row * p.N + col, out);
   }
 };
 

@@ -31,24 +31,6 @@ template <> __device__ __forceinline__ double from_acc<double>(double v) { retur
 __device__ __forceinline__ float m_tanh(float v) { return tanhf(v); }
 __device__ __forceinline__ double m_tanh(double v) { return tanh(v); }
 
-// Stores one vector.  A 16-byte vector goes out as one st.global.v4: left to itself the compiler
-// sometimes splits it into four 4-byte stores when the packed registers are not a quad.
-template <typename T, int VEC>
-__device__ __forceinline__ void store_out(T* p, const Vec<T, VEC>& v) {
-  if (sizeof(Vec<T, VEC>) == 16) {
-    union {
-      Vec<T, VEC> v;
-      unsigned u[4];
-    } w;
-    w.v = v;
-    // no outputs, so implicitly volatile; no "memory" clobber: no kernel reads what it stores
-    asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.u[0]), "r"(w.u[1]), "r"(w.u[2]),
-        "r"(w.u[3]));
-  } else {
-    store_vec<T, VEC>(p, v);
-  }
-}
-
 // A position (o, r, c) in a (D0, D1, D2) space.
 struct Pos {
   i64 o, r, c;
@@ -240,6 +222,6 @@ struct BinaryFwd {
     Vec<T, VEC> out;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) out.v[i] = from_acc<T>(F::apply(to_acc(f.a.v[i]), to_acc(f.b.v[i])));
-    store_out<T, VEC>(p.y + f.out, out);
+    store_vec<T, VEC>(p.y + f.out, out);
   }
 };

@@ -37,12 +37,48 @@ struct __align__(sizeof(T) * VEC) Vec {
   T v[VEC];
 };
 
+// Loads from global memory go through ld.global.  For a const pointer the compiler may pick the
+// read-only path instead (ld.global.nc, LDG.CONSTANT in the SASS), which streamed rows slower on
+// an H100: a CUDA C++ RMSNorm at 4096 x 16384 bf16 ran at 79.6% of copy bandwidth with it and
+// 93.7% with ld.global; AdaLN and the reductions ran the same either way (docs/benchmarks.md).
+// volatile keeps the loads where the code puts them; they still issue back to back.
 template <typename T, int VEC>
 __device__ __forceinline__ Vec<T, VEC> load_vec(const T* p) {
-  return *reinterpret_cast<const Vec<T, VEC>*>(p);
+  constexpr int BYTES = (int)sizeof(T) * VEC;
+  Vec<T, VEC> v;
+  unsigned* u = reinterpret_cast<unsigned*>(&v);
+  if constexpr (BYTES == 16) {
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(u[0]), "=r"(u[1]), "=r"(u[2]), "=r"(u[3]) : "l"(p));
+  } else if constexpr (BYTES == 8) {
+    asm volatile("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(u[0]), "=r"(u[1]) : "l"(p));
+  } else if constexpr (BYTES == 4) {
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(u[0]) : "l"(p));
+  } else {
+    v = *reinterpret_cast<const Vec<T, VEC>*>(p);
+  }
+  return v;
 }
 
+// Stores likewise, one instruction of the vector's width: left to itself the compiler sometimes
+// splits a 16-byte vector into 4- or 2-byte stores when its registers are not a quad or its
+// 16-bit values were built one by one.
 template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* p, const Vec<T, VEC>& v) {
-  *reinterpret_cast<Vec<T, VEC>*>(p) = v;
+  constexpr int BYTES = (int)sizeof(T) * VEC;
+  union {
+    Vec<T, VEC> v;
+    unsigned u[BYTES >= 4 ? BYTES / 4 : 1];
+  } w;
+  w.v = v;
+  if constexpr (BYTES == 16) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.u[0]), "r"(w.u[1]), "r"(w.u[2]),
+                 "r"(w.u[3]) : "memory");
+  } else if constexpr (BYTES == 8) {
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(w.u[0]), "r"(w.u[1]) : "memory");
+  } else if constexpr (BYTES == 4) {
+    asm volatile("st.global.b32 [%0], %1;" ::"l"(p), "r"(w.u[0]) : "memory");
+  } else {
+    *reinterpret_cast<Vec<T, VEC>*>(p) = v;
+  }
 }

@@ -161,7 +161,7 @@ struct Chunk {
       Vec<T, W> w;
 #pragma unroll
       for (int j = 0; j < W; ++j) w.v[j] = v[i + j];
-      store_out<T, W>(p + i, w);
+      store_vec<T, W>(p + i, w);
     }
   }
 };

@@ -60,8 +60,8 @@ struct MulTanhBwd {
       da.v[i] = from_acc<T>(g * b);
       db.v[i] = from_acc<T>(g * a);
     }
-    store_out<T, VEC>(p.da + f.out, da);
-    store_out<T, VEC>(p.db + f.out, db);
+    store_vec<T, VEC>(p.da + f.out, da);
+    store_vec<T, VEC>(p.db + f.out, db);
   }
 };
 
@@ -91,7 +91,7 @@ struct MulTanhBwdCols {
       da.v[i] = from_acc<T>(g * bb);
       acc[i] += g * a;
     }
-    store_out<T, VEC>(p.da + row * p.N + col, da);
+    store_vec<T, VEC>(p.da + row * p.N + col, da);
   }
 };
 

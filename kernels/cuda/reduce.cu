@@ -192,7 +192,7 @@ struct ReduceBwd {
       const A v = to_acc(f.x.v[i]), g = to_acc(f.g.v[i]) * p.scale;
       out.v[i] = from_acc<T>(p.kind == 0 ? v * g : (v > 0 ? g : v < 0 ? -g : A(0)));
     }
-    store_out<T, VEC>(p.dx + f.out, out);
+    store_vec<T, VEC>(p.dx + f.out, out);
   }
 };
 

@@ -38,34 +38,6 @@ __device__ __forceinline__ Raw<T, VEC> shuffle_raw(const Raw<T, VEC>& v, int src
   return out;
 }
 
-// 16 bytes from global memory through ld.global (not the read-only path, LDG.CONSTANT, that the
-// compiler picks for const pointers).
-template <typename T, int VEC>
-__device__ __forceinline__ void load16(Raw<T, VEC>& r, const T* p) {
-  unsigned* u = reinterpret_cast<unsigned*>(&r);
-  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(u[0]), "=r"(u[1]), "=r"(u[2]), "=r"(u[3]) : "l"(p));
-}
-
-// Two floats rounded into one word of two 16-bit values (lo at the lower address).
-__device__ __forceinline__ unsigned pack2(bf16_t*, float lo, float hi) {
-  unsigned r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-__device__ __forceinline__ unsigned pack2(half_t*, float lo, float hi) {
-  unsigned r;
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-
-// 8 floats rounded and stored as one 16-byte vector.
-template <typename T>
-__device__ __forceinline__ void store16(T* p, const float (&v)[8]) {
-  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(pack2(p, v[0], v[1])),
-               "r"(pack2(p, v[2], v[3])), "r"(pack2(p, v[4], v[5])), "r"(pack2(p, v[6], v[7]))
-               : "memory");
-}
-
 template <typename T, int D>
 __device__ __forceinline__ void rms_norm_rope_head_fwd(
     const T* x, const T* w, const T* cos, const T* sin, const i64* pos, T* y,
@@ -100,12 +72,12 @@ __device__ __forceinline__ void rms_norm_rope_head_fwd(
   Raw<T, VEC> xv[ROPE_PASSES], wv, wp, cv, sv;
 #pragma unroll
   for (int p = 0; p < ROPE_PASSES; ++p)
-    if (h0 + p * HPP < H) load16(xv[p], xt + (i64)(h0 + p * HPP) * D + col);
-  load16(wv, w + col);
-  load16(wp, w + pcol);
+    if (h0 + p * HPP < H) xv[p].load(xt + (i64)(h0 + p * HPP) * D + col);
+  wv.load(w + col);
+  wp.load(w + pcol);
   if (rotated) {
-    load16(cv, cos + b * stride_cb + r * stride_cs + tcol);
-    load16(sv, sin + b * stride_cb + r * stride_cs + tcol);
+    cv.load(cos + b * stride_cb + r * stride_cs + tcol);
+    sv.load(sin + b * stride_cb + r * stride_cs + tcol);
   }
   // y = z * c + zp * sn, with zp the partner's normalised value: c and sn are the table's cos and
   // (signed) sin where this lane rotates, 1 and 0 where it passes its values through
@@ -134,7 +106,7 @@ __device__ __forceinline__ void rms_norm_rope_head_fwd(
       out[i] = xv[p][i] * rstd * wv[i] * c[i] + xp[i] * rstd * wp[i] * sn[i];
     }
     const int h = h0 + p * HPP;
-    if (h < H) store16(yt + (i64)h * D + col, out);
+    if (h < H) store_f32<T, VEC>(yt + (i64)h * D + col, out);
   }
 }
 
