@@ -117,8 +117,15 @@ RMS_NORM_ROPE_FEW = {
 # 64 it was level at 16384 x 32 and slower at 4096 x 32, so 64 keeps the Triton tile.
 # {head_dim: (heads a block, the kernel takes calls of more rows than this)}
 RMS_NORM_ROPE_CUDA = {128: (8, 131072), 256: (4, 8192)}
-_CUDA_HEAD = ("per_head != 0 && H > 0 && ("   # M > rows / H: M * H > rows without overflow
-              + " || ".join(f"(N == {d} && M > {rows} / H)" for d, (_, rows) in RMS_NORM_ROPE_CUDA.items()) + ")")
+
+
+def _cuda_takes(d: int, rows: int) -> str:
+    """The calls the CUDA C++ variant of head_dim d takes (M > rows / H: M * H > rows without overflow)."""
+    return f"per_head != 0 && N == {d} && H > 0 && M > {rows} / H"
+
+
+_CUDA_HEAD = " || ".join(f"({_cuda_takes(d, rows)})" for d, (_, rows) in RMS_NORM_ROPE_CUDA.items())
+
 # dweight's reduction of the (G*C, W) partial rows: (largest W, columns per program, partial
 # rows per step, warps).  Per head the rows are D wide and thousands tall, so narrow programs
 # give the reduction more SMs; timed in CUDA graphs (docs/results/rms_norm_rope_dw_h100.jsonl):
@@ -255,7 +262,7 @@ def _cuda_variants(dtype: str) -> list[Variant]:
         name=f"rms_norm_rope_fwd_{dtype}_head_cuda_d{d}_a16",
         dtype=dtype,
         kernel=f"rms_norm_rope_fwd_head_{dtype}_d{d}",
-        when=f"dtype == {DTYPES[dtype]} && per_head != 0 && N == {d} && H > 0 && M > {rows} / H",
+        when=f"dtype == {DTYPES[dtype]} && {_cuda_takes(d, rows)}",
         grid=(f"(int64_t)M * fa_cdiv(H, {heads})", "1", "1"),
         block=("32", "1", "1"),
         aligned=_ALIGNED["fwd"],
