@@ -52,8 +52,8 @@ def _calls(op, dtypes):
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
     # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
     # M, fp8_gemm's TMA kernel by has_bias, its scales' strides and M, N, K, rms_norm_rope's
-    # CUDA C++ forward by tokens x heads): values on each side of every boundary, where the op has them; rms_norm_rope's
-    # backward also tells full rotary (2 * pairs == N) from partial
+    # CUDA C++ forward by tokens x heads): values on each side of every boundary, where the op
+    # has them; rms_norm_rope's backward also tells full rotary (2 * pairs == N) from partial
     conditions = " ".join(_condition(op, v) for v in op.variants)
     rotary = (2, 4) if re.search(r"\bpairs\b", conditions) else (None,)
     switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)), ("has_bias", (0, 1)),

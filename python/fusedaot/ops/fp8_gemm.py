@@ -136,8 +136,8 @@ def fp8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: Optional[torch.Tensor] =
     error of a few 1e-3 against the promoted result at large K (~3e-3 measured).  Faster at
     few rows; with many rows the promoted kernel is nearly as fast (measured on an H100 at
     4096^3, 8192^3 and 16384x8192x7168 with per-tensor scales: 99-1344 us against 102-1420),
-    and with per-row scales or a bias such calls take it (the result is then the promoted one).  No effect on sm89 (its tensor cores accumulate in fp32) or in the CPU
-    emulation.
+    and with per-row scales or a bias such calls take it (the result is then the promoted
+    one).  No effect on sm89 (its tensor cores accumulate in fp32) or in the CPU emulation.
     """
     check_fast_accum(OP, use_fast_accum)
     fast = (type(a) in _TENSORS and type(b) in _TENSORS and a.is_cuda and a.dim() == 2 and b.dim() == 2
