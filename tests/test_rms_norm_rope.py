@@ -243,17 +243,26 @@ def test_forward_strided(layout, per_head, dtype):
     check(x, w, cos, sin, d, per_head, pos)
 
 
-# 4098 tokens x 33 heads: 16-bit x per head at head_dim 128 (more than 131072 head rows) and 256
-# (more than 8192) runs the CUDA C++ kernel (aot/specs/rms_norm_rope.py, RMS_NORM_ROPE_CUDA); 33
-# heads leave each token's last chunk of heads one head, partial rotary passes columns through,
-# and the layouts reach its strides, positions, half tables and per-batch tables.
+# 4098 tokens of 16-bit x run the CUDA C++ kernel (aot/specs/rms_norm_rope.py): per head at
+# head_dim 128 (more than 131072 head rows) and 256 (more than 8192), RMS_NORM_ROPE_CUDA, where 33
+# heads leave each token's last chunk of heads one head; over the row at head_dim 64, 128 and 256
+# (more than 128 tokens), RMS_NORM_ROPE_CUDA_ROW, where the head counts reach both forms (4 head
+# groups a warp up to 64, 32 and 16 heads, 8 above) with a last warp part empty.  Partial rotary
+# passes columns through, and the layouts reach the strides, positions, half tables and
+# per-batch tables.  (per_head, head_dim, rotary_dim, heads):
+MANY_ROWS_CASES = [(True, 128, 128, 33), (True, 128, 64, 33), (True, 256, 256, 33),
+                   (False, 64, 32, 33), (False, 64, 64, 65), (False, 128, 128, 31), (False, 128, 64, 33),
+                   (False, 256, 256, 15), (False, 256, 128, 17)]
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
-@pytest.mark.parametrize("d,r", [(128, 128), (128, 64), (256, 256)], ids=str)
+@pytest.mark.parametrize("per_head,d,r,h", MANY_ROWS_CASES,
+                         ids=[f"{'head' if p else 'row'}-d{d}-r{r}-h{h}" for p, d, r, h in MANY_ROWS_CASES])
 @pytest.mark.parametrize("layout", ["plain", "fused-qkv", "positions-half-tables", "per-batch-tables"])
-def test_forward_many_rows(layout, d, r, dtype):
-    b, s, h = 2, 2049, 33
-    x, w = inputs(b, s, h, d, dtype, "cuda", True)
+def test_forward_many_rows(layout, per_head, d, r, h, dtype):
+    b, s = 2, 2049
+    x, w = inputs(b, s, h, d, dtype, "cuda", per_head)
     if layout == "fused-qkv":
         x = make_tensor((b, s, (h + 4) * d), dtype, "cuda")[..., :h * d]
     pos = None
@@ -264,7 +273,7 @@ def test_forward_many_rows(layout, d, r, dtype):
     if layout == "per-batch-tables":
         cos, sin = cos[:, :s], sin[:, :s]
     half = layout == "positions-half-tables"   # half tables name their rotary_dim, as in apply_rope
-    check(x, w, cos, sin, d, True, pos, False, r if r < d or half else None)
+    check(x, w, cos, sin, d, per_head, pos, False, r if r < d or half else None)
 
 
 @pytest.mark.requires_cuda

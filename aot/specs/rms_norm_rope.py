@@ -117,6 +117,17 @@ RMS_NORM_ROPE_FEW = {
 # 64 it was level at 16384 x 32 and slower at 4096 x 32, so 64 keeps the Triton tile.
 # {head_dim: (heads a block, the kernel takes calls of more rows than this)}
 RMS_NORM_ROPE_CUDA = {128: (8, 131072), 256: (4, 8192)}
+# Over the row, 16-bit, half-split, aligned, head_dim 64, 128 or 256, more than
+# RMS_NORM_ROPE_FEW_TOKENS tokens: the same kernel with one block a token (row_p4: 4 head groups
+# a warp, at most 4 warps; row_p8: 8 groups, at most 8 warps; wider rows keep Triton).  Against
+# the Triton tiles on an H100 (bf16, docs/benchmarks.md, "rms_norm_rope over the row in CUDA
+# C++"), % of copy: 16384 tokens x 32 heads x 128 90.3% against 72.3%, x 64 heads 94.5% against
+# 80.0%, x 8 heads 68.3% against 32.5%, 16384 x 32 x 256 92.7% against 76.5%, 16384 x 32 x 64
+# 82.4% against 69.8%; level (within 1%) at 1024 x 32 x 128 and 2048 x 32 x 64, slower at 128
+# tokens (7.3 against 6.9 us: the few-token tiles stay).
+# (passes, warps a block at most): a call takes the first form whose warps hold its heads.
+RMS_NORM_ROPE_CUDA_ROW = ((4, 4), (8, 8))
+RMS_NORM_ROPE_CUDA_ROW_DIMS = (64, 128, 256)
 
 
 def _cuda_takes(d: int, rows: int) -> str:
@@ -124,7 +135,19 @@ def _cuda_takes(d: int, rows: int) -> str:
     return f"per_head != 0 && N == {d} && H > 0 && M > {rows} / H"
 
 
+def _cuda_row_forms(d: int) -> list[tuple[int, int, int, str]]:
+    """[(passes, heads a warp, warps at most, condition)] of the over-the-row CUDA C++ forms at head_dim d."""
+    out, h_lo = [], 0
+    for passes, warps in RMS_NORM_ROPE_CUDA_ROW:
+        hpw = 256 // d * passes   # 32 / (d / 8) heads a pass
+        out.append((passes, hpw, warps, f"per_head == 0 && N == {d} && M > {RMS_NORM_ROPE_FEW_TOKENS} && "
+                                        f"H > {h_lo} && H <= {hpw * warps}"))
+        h_lo = hpw * warps
+    return out
+
+
 _CUDA_HEAD = " || ".join(f"({_cuda_takes(d, rows)})" for d, (_, rows) in RMS_NORM_ROPE_CUDA.items())
+_CUDA_ROW = " || ".join(f"({cond})" for d in RMS_NORM_ROPE_CUDA_ROW_DIMS for *_, cond in _cuda_row_forms(d))
 
 # dweight's reduction of the (G*C, W) partial rows: (largest W, columns per program, partial
 # rows per step, warps).  Per head the rows are D wide and thousands tall, so narrow programs
@@ -257,17 +280,25 @@ def _configs(direction: str, dtype: str):
 
 
 def _cuda_variants(dtype: str) -> list[Variant]:
-    """The forward per head in CUDA C++ (RMS_NORM_ROPE_CUDA): one variant per head_dim."""
-    return [Variant(
+    """The forward in CUDA C++: per head (RMS_NORM_ROPE_CUDA), over the row (RMS_NORM_ROPE_CUDA_ROW)."""
+    common = dict(dtype=dtype, aligned=_ALIGNED["fwd"], source="kernels/cuda/rms_norm_rope.cu")
+    head = [Variant(
         name=f"rms_norm_rope_fwd_{dtype}_head_cuda_d{d}_a16",
-        dtype=dtype,
         kernel=f"rms_norm_rope_fwd_head_{dtype}_d{d}",
         when=f"dtype == {DTYPES[dtype]} && {_cuda_takes(d, rows)}",
         grid=(f"(int64_t)M * fa_cdiv(H, {heads})", "1", "1"),
         block=("32", "1", "1"),
-        aligned=_ALIGNED["fwd"],
-        source="kernels/cuda/rms_norm_rope.cu",
+        **common,
     ) for d, (heads, rows) in RMS_NORM_ROPE_CUDA.items()]
+    row = [Variant(
+        name=f"rms_norm_rope_fwd_{dtype}_row_cuda_p{passes}_d{d}_a16",
+        kernel=f"rms_norm_rope_fwd_row_p{passes}_{dtype}_d{d}",
+        when=f"dtype == {DTYPES[dtype]} && {cond}",
+        grid=("M", "1", "1"),
+        block=(f"32 * fa_cdiv(H, {hpw})", "1", "1"),
+        **common,
+    ) for d in RMS_NORM_ROPE_CUDA_ROW_DIMS for passes, hpw, _, cond in _cuda_row_forms(d)]
+    return head + row
 
 
 def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
@@ -281,6 +312,8 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
             aligned = mode != "any"
             if cuda and aligned and mode.startswith("head"):   # what the CUDA C++ variants leave
                 width += f" && !({_CUDA_HEAD})"
+            elif cuda and aligned and mode.startswith("row"):
+                width += f" && !({_CUDA_ROW})"
             maxnreg, stages = (None, last) if direction == "bwd" else (last, None)
             bwd = {"STAGES": stages, "ONE_PASS": one_pass} if direction == "bwd" else {}
             out.append(Variant(

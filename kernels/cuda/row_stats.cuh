@@ -128,26 +128,34 @@ __device__ __forceinline__ Stats block_stats(Stats s, float* shm) {
   return r;
 }
 
-// Two sums over the block, in every thread (a warp tree, then the warps in order).
-__device__ __forceinline__ void block_sum2(float& a, float& b, float* shm) {
+// K sums over the block, in every thread (a warp tree, then the warps in order).
+template <int K>
+__device__ __forceinline__ void block_sums(float (&v)[K], float* shm) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_down_sync(0xffffffffu, a, o);
-    b += __shfl_down_sync(0xffffffffu, b, o);
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] += __shfl_down_sync(0xffffffffu, v[k], o);
   }
   const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   if ((threadIdx.x & 31) == 0) {
-    shm[warp] = a;
-    shm[MAX_WARPS + warp] = b;
+#pragma unroll
+    for (int k = 0; k < K; ++k) shm[k * MAX_WARPS + warp] = v[k];
   }
   __syncthreads();
-  a = shm[0];
-  b = shm[MAX_WARPS];
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = shm[k * MAX_WARPS];
   for (int w = 1; w < warps; ++w) {
-    a += shm[w];
-    b += shm[MAX_WARPS + w];
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] += shm[k * MAX_WARPS + w];
   }
-  __syncthreads();
+  __syncthreads();  // shm is reused by the next reduction
+}
+
+__device__ __forceinline__ void block_sum2(float& a, float& b, float* shm) {
+  float v[2] = {a, b};
+  block_sums<2>(v, shm);
+  a = v[0];
+  b = v[1];
 }
 
 // mean and rstd of a row from its merged Stats.
