@@ -243,14 +243,13 @@ def test_forward_strided(layout, per_head, dtype):
     check(x, w, cos, sin, d, per_head, pos)
 
 
-# 4098 tokens of 16-bit x run the CUDA C++ kernel (aot/specs/rms_norm_rope.py): per head at
-# head_dim 128 (more than 131072 head rows) and 256 (more than 8192), RMS_NORM_ROPE_CUDA, where 33
-# heads leave each token's last chunk of heads one head; over the row at head_dim 64, 128 and 256
-# (more than 128 tokens), RMS_NORM_ROPE_CUDA_ROW, where the head counts reach both forms (4 head
-# groups a warp up to 64, 32 and 16 heads, 8 above) with a last warp part empty.  Partial rotary
-# passes columns through, and the layouts reach the strides, positions, half tables and
-# per-batch tables.  (per_head, head_dim, rotary_dim, heads):
-MANY_ROWS_CASES = [(True, 128, 128, 33), (True, 128, 64, 33), (True, 256, 256, 33),
+# 4098 tokens of 16-bit x run the CUDA C++ kernel (aot/specs/rms_norm_rope.py: more than 128
+# tokens at head_dim 64, 128 and 256).  Per head (RMS_NORM_ROPE_CUDA) 33 heads leave each token's
+# last chunk of heads one head; over the row (RMS_NORM_ROPE_CUDA_ROW) the head counts reach both
+# forms (4 head groups a warp up to 64, 32 and 16 heads, 8 above) with a last warp part empty.
+# Partial rotary passes columns through, and the layouts reach the strides, positions, half
+# tables and per-batch tables.  (per_head, head_dim, rotary_dim, heads):
+MANY_ROWS_CASES = [(True, 64, 64, 33), (True, 128, 128, 33), (True, 128, 64, 33), (True, 256, 256, 33),
                    (False, 64, 32, 33), (False, 64, 64, 65), (False, 128, 128, 31), (False, 128, 64, 33),
                    (False, 256, 256, 15), (False, 256, 128, 17)]
 

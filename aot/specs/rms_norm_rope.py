@@ -106,17 +106,18 @@ RMS_NORM_ROPE_FEW = {
             ("row", (64, 128), (32, 64), (128, 64, 8, 2)),
             ("row", (128, 256), (16, 32), (256, 32, 8, 2))),
 }
-# Per head, 16-bit, half-split layout, head_dim 128 or 256, aligned, with enough head rows
-# (tokens x heads): the CUDA C++ kernel kernels/cuda/rms_norm_rope.cu, one warp a block holding a
-# token's chunk of heads (4 passes of 16 lanes a head at 128, 32 at 256).  Against the Triton
-# tile on an H100 (bf16, docs/benchmarks.md, "rms_norm_rope per head in CUDA C++"): 16384 tokens
-# x 32 heads x 128 92.4% of copy against 83.2%, x 64 heads 94.2% against 84.5%, x 32 heads x 256
-# 96.9% against 72.7%.  At 128 level at 131072 rows (4096 x 32, 16384 x 8) and slower below
-# (2048 x 32: 18.2 against 17.0 us); at 256 faster from 16384 rows (512 x 32: 11.5 against 11.8
-# us; 2048 x 32 28.9 against 37.1) and slower at 4096 (128 x 32: 7.0 against 6.6).  At head_dim
-# 64 it was level at 16384 x 32 and slower at 4096 x 32, so 64 keeps the Triton tile.
-# {head_dim: (heads a block, the kernel takes calls of more rows than this)}
-RMS_NORM_ROPE_CUDA = {128: (8, 131072), 256: (4, 8192)}
+# Per head, 16-bit, half-split layout, head_dim 64, 128 or 256, aligned, more than
+# RMS_NORM_ROPE_FEW_TOKENS tokens: the CUDA C++ kernel kernels/cuda/rms_norm_rope.cu, one warp a
+# block holding a token's chunk of heads (4 passes of 8 lanes a head at 64, 16 at 128, 32 at 256).
+# Against the Triton tiles on an H100 (bf16, outputs allocated per call as the op does,
+# docs/benchmarks.md, "rms_norm_rope per head in CUDA C++" and "... over the row in CUDA C++"),
+# % of copy: 16384 tokens x 32 heads x 128 92.4% against 83.2%, x 64 heads 94.2% against 84.5%,
+# x 32 heads x 256 96.9% against 72.7%, x 32 heads x 64 87.7% against 79.9% (x and y); faster
+# or level from 256 tokens down to 1024 x 8 x 256 (7.7 against 10.0 us) and 2048 x 8 x 128 (7.5
+# against 8.3); at 1-128 tokens level within 0.06 us but at head_dim 256 (16 x 32 x 256: 5.41
+# against 5.25 us), so few tokens keep the Triton tiles.
+# {head_dim: heads a block}
+RMS_NORM_ROPE_CUDA = {64: 16, 128: 8, 256: 4}
 # Over the row, 16-bit, half-split, aligned, head_dim 64, 128 or 256, more than
 # RMS_NORM_ROPE_FEW_TOKENS tokens: the same kernel with one block a token (row_p4: 4 head groups
 # a warp, at most 4 warps; row_p8: 8 groups, at most 8 warps; wider rows keep Triton).  Against
@@ -130,9 +131,9 @@ RMS_NORM_ROPE_CUDA_ROW = ((4, 4), (8, 8))
 RMS_NORM_ROPE_CUDA_ROW_DIMS = (64, 128, 256)
 
 
-def _cuda_takes(d: int, rows: int) -> str:
-    """The calls the CUDA C++ variant of head_dim d takes (M > rows / H: M * H > rows without overflow)."""
-    return f"per_head != 0 && N == {d} && H > 0 && M > {rows} / H"
+def _cuda_takes(d: int) -> str:
+    """The calls the per-head CUDA C++ variant of head_dim d takes."""
+    return f"per_head != 0 && N == {d} && H > 0 && M > {RMS_NORM_ROPE_FEW_TOKENS}"
 
 
 def _cuda_row_forms(d: int) -> list[tuple[int, int, int, str]]:
@@ -146,7 +147,7 @@ def _cuda_row_forms(d: int) -> list[tuple[int, int, int, str]]:
     return out
 
 
-_CUDA_HEAD = " || ".join(f"({_cuda_takes(d, rows)})" for d, (_, rows) in RMS_NORM_ROPE_CUDA.items())
+_CUDA_HEAD = " || ".join(f"({_cuda_takes(d)})" for d in RMS_NORM_ROPE_CUDA)
 _CUDA_ROW = " || ".join(f"({cond})" for d in RMS_NORM_ROPE_CUDA_ROW_DIMS for *_, cond in _cuda_row_forms(d))
 
 # dweight's reduction of the (G*C, W) partial rows: (largest W, columns per program, partial
@@ -285,11 +286,11 @@ def _cuda_variants(dtype: str) -> list[Variant]:
     head = [Variant(
         name=f"rms_norm_rope_fwd_{dtype}_head_cuda_d{d}_a16",
         kernel=f"rms_norm_rope_fwd_head_{dtype}_d{d}",
-        when=f"dtype == {DTYPES[dtype]} && {_cuda_takes(d, rows)}",
+        when=f"dtype == {DTYPES[dtype]} && {_cuda_takes(d)}",
         grid=(f"(int64_t)M * fa_cdiv(H, {heads})", "1", "1"),
         block=("32", "1", "1"),
         **common,
-    ) for d, (heads, rows) in RMS_NORM_ROPE_CUDA.items()]
+    ) for d, heads in RMS_NORM_ROPE_CUDA.items()]
     row = [Variant(
         name=f"rms_norm_rope_fwd_{dtype}_row_cuda_p{passes}_d{d}_a16",
         kernel=f"rms_norm_rope_fwd_row_p{passes}_{dtype}_d{d}",

@@ -1,6 +1,7 @@
 // rms_norm_rope's forward (RMSNorm per head or over the row, then RoPE) for 16-bit x, the
-// half-split layout, head_dim 64 (over the row), 128 or 256; kernels/triton/rope.py has the math,
-// the table conventions and every other case (interleaved, fp32, other head sizes, unaligned rows).
+// half-split layout, head_dim 64, 128 or 256; kernels/triton/rope.py has the math, the table
+// conventions and every other case (interleaved, fp32, other head sizes, unaligned rows, few
+// tokens).
 //
 //     z = x * rstd * w,  rstd = 1 / sqrt(mean over the head or the row (x^2) + eps)
 //     pair i = (z[i], z[i + R]), i < R = rotary_dim / 2:
@@ -136,7 +137,8 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
 // rms_norm_rope_fwd_<form>_<dtype>_d<D>: the op's parameters (aot/specs/rms_norm_rope.py: the
 // variants and the calls each takes; M, the tokens, only sizes the grid).
 // - head: per_head is 1 and w is (D,) (stride_wh 0); one warp a block, M * chunks blocks, 4 head
-//   groups a warp.  Timed on an H100 at 16384 tokens x 32 heads x 128: 1 group 55%, 2 73%, 4 85%,
+//   groups a warp.  Timed on an H100 at 16384 tokens x 32 heads x 128 (into preallocated
+//   outputs, which ran these kernels 3-12% slower than the op does): 1 group 55%, 2 73%, 4 85%,
 //   8 83% of copy; blocks of 1, 2 or 4 warps alike.
 // - row_p4, row_p8: per_head is 0, w (H * D,) (stride_wh D); one block a token, 4 or 8 head
 //   groups a warp, at most 4 or 8 warps a block (BOUNDS).  The block's warps wait on each
@@ -161,6 +163,7 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
   ROPE_FWD_DTYPES(D, row_p4, true, 4, (128, 8))    \
   ROPE_FWD_DTYPES(D, row_p8, true, 8, (256, (D) < 256 ? 3 : 1))
 
+ROPE_FWD_DTYPES(64, head, false, 4, (32))
 ROPE_FWD_DTYPES(128, head, false, 4, (32))
 ROPE_FWD_DTYPES(256, head, false, 4, (32))
 ROPE_FWD_ROW(64)
