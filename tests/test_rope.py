@@ -276,6 +276,38 @@ def test_inplace(hq, hk, d, r, dtype):
     assert torch.equal(q, want[0]) and torch.equal(k, want[1])
 
 
+# 2 x 1025 tokens of 16-bit q and k run the CUDA C++ kernel (aot/specs/rope.py: ROPE_CUDA, the
+# op's D of 64, 128 or 256 with many tokens); (Hq, Hk, head_dim, rotary_dim): the last chunk of
+# heads part empty (33 + 7 at 64: 16 heads a block), partial rotary out of place (pass-through
+# columns copied) and in place (D = 2R = 64 of a 128-wide head: the rest never touched), q and k
+# strided as slices of a fused projection; forward, in place and backward (the rotation by
+# -theta reads each lane's partner's sin: random tables tell them apart).
+MANY_TOKENS = [(33, 7, 64, 64), (32, 8, 128, 128), (5, 3, 128, 64), (9, 2, 256, 256)]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("hq,hk,d,r", MANY_TOKENS, ids=[f"{h}x{k}x{d}r{r}" for h, k, d, r in MANY_TOKENS])
+@pytest.mark.parametrize("form", ["forward", "fused-qkv-positions", "inplace", "backward"])
+def test_many_tokens(form, hq, hk, d, r, dtype):
+    b, s = 2, 1025
+    q, k = qk(b, s, hq, hk, d, dtype, "cuda")
+    if form == "fused-qkv-positions":
+        qkv = make_tensor((b, s, hq + 2 * hk, d), dtype, "cuda")
+        q, k = qkv[:, :, :hq], qkv[:, :, hq:hq + hk]
+    cos, sin = rope_tables(2048, r, dtype, "cuda", kind="random")
+    pos = torch.randint(0, 2048, (b, s), device="cuda") if form != "forward" else None
+    rotary = r if r < d else None
+    if form == "backward":
+        check_backward(q, k, cos, sin, pos, False, rotary)
+    elif form == "inplace":
+        want = fusedaot.apply_rope(q, k, cos, sin, position_ids=pos, rotary_dim=rotary)
+        check(q, k, cos, sin, pos, False, rotary, inplace=True)
+        assert torch.equal(q, want[0]) and torch.equal(k, want[1])
+    else:
+        check(q, k, cos, sin, pos, False, rotary)
+
+
 @pytest.mark.requires_cuda
 def test_positions_out_of_range_poison_the_token_on_cuda():
     # the contract without a host sync: a position outside the table makes that token's

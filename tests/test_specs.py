@@ -26,7 +26,8 @@ finally:
 WIDTHS = sorted({1, 3, 7, 8, 127, 1000, 3072, 4097, 65536, 131072, 1 << 20}
                 | {b + d for b, _, _ in specs.rms_norm.RMS_NORM_BLOCKS for d in (-1, 0, 1)}
                 | {row[0] + d for table in specs.rms_norm_rope.RMS_NORM_ROPE_TILES.values()
-                   for rows in table.values() for row in rows if row[0] for d in (-1, 0, 1)})
+                   for rows in table.values() for row in rows if row[0] for d in (-1, 0, 1)}
+                | {hd // 2 + d for hd in specs.rope.ROPE_CUDA for d in (-1, 0, 1)})   # rope's D = 2N
 ALIGNED_PTR, MISALIGNED_PTR = 0x7F0000001000, 0x7F0000001002
 OPTIONAL_POINTERS = {"w", "dres"}  # may be NULL (rms_norm without weight, a backward without dres)
 

@@ -1,4 +1,5 @@
-"""rope (Triton, kernels/triton/rope.py): rotary embedding of q and k in one launch, fwd and bwd."""
+"""rope (Triton, kernels/triton/rope.py; CUDA C++, kernels/cuda/rope.cu): rotary embedding of q and k in
+one launch, fwd and bwd."""
 from __future__ import annotations
 
 from .core import DTYPES, Op, Param, Variant
@@ -72,13 +73,43 @@ def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, w
     )
 
 
+# 16-bit, half-split, aligned, the op's D (head_dim, or 2R in place) 64, 128 or 256, more than
+# ROPE_CUDA_FEW_TOKENS tokens: the CUDA C++ kernel kernels/cuda/rope.cu, one warp a block holding
+# a token's chunk of heads (4 passes of D / 8 lanes a head), all loads in flight before the first
+# rotation.  Against the Triton tiles (H100, bf16, bench_rope.py, docs/benchmarks.md, "RoPE in
+# CUDA C++"): forward at 16384 tokens x 32/8 heads 90.8% of copy against 84.8% at head_dim 64,
+# 95.8% against 92.6% at 128, 98.0% against 94.5% at 256; 1.02-1.10x at 128 and 2048 tokens;
+# 0.94-0.99x at one token (5.31 against 5.18 us at 128), which keeps the Triton tiles.
+# {D: heads a block}
+ROPE_CUDA = {64: 16, 128: 8, 256: 4}
+ROPE_CUDA_FEW_TOKENS = 1
+_CUDA = " || ".join(f"(D == {d} && M > {ROPE_CUDA_FEW_TOKENS})" for d in ROPE_CUDA)
+
+
+def _cuda_variants(dtype: str) -> list[Variant]:
+    return [Variant(
+        name=f"rope_{dtype}_cuda_d{d}_a16",
+        dtype=dtype,
+        kernel=f"rope_{dtype}_d{d}",
+        when=f"dtype == {DTYPES[dtype]} && D == {d} && M > {ROPE_CUDA_FEW_TOKENS}",
+        grid=(f"(int64_t)M * fa_cdiv(Hq + Hk, {heads})", "1", "1"),
+        block=("32", "1", "1"),
+        aligned=_ALIGNED,
+        source="kernels/cuda/rope.cu",
+    ) for d, heads in ROPE_CUDA.items()]
+
+
 def _rope_variants(op: str, interleaved: bool) -> tuple[Variant, ...]:
-    """Disjoint conditions: aligned calls by ranges of N, every unaligned call to one fallback."""
+    """Disjoint conditions: aligned calls by ranges of N, every unaligned call to one fallback;
+    the half-split layout's 16-bit calls that the CUDA C++ variants take left out of the rest."""
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
+        cuda = not interleaved and dtype != "fp32"
+        if cuda:
+            out += _cuda_variants(dtype)
         lower = 0
         for upper, block_n, heads, warps, maxnreg in ROPE_BLOCKS:
-            width = f"N > {lower}" + (f" && N <= {upper}" if upper else "")
+            width = f"N > {lower}" + (f" && N <= {upper}" if upper else "") + (f" && !({_CUDA})" if cuda else "")
             out.append(_variant(op, dtype, interleaved, block_n, heads, warps, maxnreg, width, True))
             lower = upper
         out.append(_variant(op, dtype, interleaved, *ROPE_UNALIGNED, None, "N > 0", False))

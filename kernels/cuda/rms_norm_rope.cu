@@ -21,19 +21,7 @@
 // multiples of 8 elements), so a lane's 16 bytes are all rotated or all passed through.  A
 // position outside [0, P) reads table row 0 and makes the token's rotated values NaN, as the
 // Triton kernel does.
-#include "row_stats.cuh"
-
-// Lane `src`'s 16 bytes, for every lane of the warp.
-template <typename T, int VEC>
-__device__ __forceinline__ Raw<T, VEC> shuffle_raw(const Raw<T, VEC>& v, int src) {
-  static_assert(sizeof(Raw<T, VEC>) == 16, "a lane's values are one 16-byte vector");
-  Raw<T, VEC> out;
-  const unsigned* in = reinterpret_cast<const unsigned*>(&v);
-  unsigned* o = reinterpret_cast<unsigned*>(&out);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) o[k] = __shfl_sync(0xffffffffu, in[k], src);
-  return out;
-}
+#include "rope.cuh"
 
 // ROW: the norm is over the token's whole row (weight (H * D,), stride_wh = D) and a block of
 // H / HPW warps (rounded up) holds the token's heads; otherwise over each head (weight (D,)).
@@ -45,7 +33,7 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
   constexpr int VEC = 16 / sizeof(T);
   constexpr int LPH = D / VEC;                // lanes a head
   constexpr int HPP = 32 / LPH;               // heads a warp holds in one pass
-  constexpr int HPW = HPP * PASSES;      // heads of a warp's item
+  constexpr int HPW = HPP * PASSES;           // heads of a warp's item
   static_assert(VEC == 8, "16-bit values only");
   static_assert(LPH >= 1 && LPH <= 32 && (LPH & (LPH - 1)) == 0, "a head spans a power of two of lanes");
 
@@ -57,15 +45,9 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
   const T* xt = x + b * stride_xb + s * stride_xs;
   T* yt = y + b * stride_yb + s * stride_ys;
 
-  // the token's table row: its position (or s), row 0 and NaN where out of range
-  i64 r = (flags & 1) ? pos[b * stride_pb + s] : s;
-  const bool in_range = r >= 0 && r < P;
-  if (!in_range) r = 0;
-  const bool rotated = col < 2 * pairs;
-  const bool first = col < pairs;             // the first element of its pairs
-  const int partner = rotated ? (first ? lane + pairs / VEC : lane - pairs / VEC) : lane;
-  const int pcol = rotated ? (first ? col + pairs : col - pairs) : col;
-  const int tcol = (flags & 2) && !first ? col - pairs : col;   // half tables: one value a pair
+  bool in_range;
+  const i64 r = rope_table_row(pos, b, s, stride_pb, P, flags, in_range);
+  const RopeLane l(lane, col, pairs, flags);
 
   // phase 1: every load in flight (over the row, the weight's rows come in phase 2: holding a
   // row of them for every head group would halve the warps an SM holds)
@@ -75,22 +57,14 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
     if (h0 + p * HPP < H) xv[p].load(xt + (i64)(h0 + p * HPP) * D + col);
   if constexpr (!ROW) {
     wv.load(w + col);
-    wp.load(w + pcol);
+    wp.load(w + l.pcol);
   }
-  if (rotated) {
-    cv.load(cos + b * stride_cb + r * stride_cs + tcol);
-    sv.load(sin + b * stride_cb + r * stride_cs + tcol);
+  if (l.rotated) {
+    cv.load(cos + b * stride_cb + r * stride_cs + l.ccol);
+    sv.load(sin + b * stride_cb + r * stride_cs + l.scol);
   }
-  // y = z * c + zp * sn, with zp the partner's normalised value: c and sn are the table's cos and
-  // (signed) sin where this lane rotates, 1 and 0 where it passes its values through
-  const float poison = in_range ? 0.0f : __int_as_float(0x7fc00000);
-  const float sign = first ? -1.0f : 1.0f;
   float c[VEC], sn[VEC];
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) {
-    c[i] = rotated ? cv[i] + poison : 1.0f;
-    sn[i] = rotated ? sign * (sv[i] + poison) : 0.0f;
-  }
+  rope_coeffs(cv, sv, l, in_range, flags, c, sn);
 
   // over the row: the row's sum of squares over the block, before any head is finished
   float row_rstd = 0.0f;
@@ -121,9 +95,9 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
     const int h = h0 + p * HPP;
     if (ROW && h < H) {
       wv.load(w + h * stride_wh + col);
-      wp.load(w + h * stride_wh + pcol);
+      wp.load(w + h * stride_wh + l.pcol);
     }
-    const Raw<T, VEC> xp = shuffle_raw(xv[p], partner);   // every lane shuffles; unrotated ones read themselves
+    const Raw<T, VEC> xp = shuffle_raw(xv[p], l.partner);   // every lane shuffles; unrotated ones read themselves
     float out[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
