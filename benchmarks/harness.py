@@ -73,7 +73,7 @@ def aot_specs():
 def holds(cond: str, **values) -> bool:
     """A dispatch condition of aot/specs (C's && and ||) for these parameter values: which
     shape class or kernel the build's dispatch picks, for a JIT baseline of the same kernel."""
-    return eval(cond.replace("&&", " and ").replace("||", " or "), {}, values)
+    return eval(aot_specs().python_condition(cond), {}, values)
 
 
 def import_fusedaot():

@@ -32,18 +32,11 @@ ALIGNED_PTR, MISALIGNED_PTR = 0x7F0000001000, 0x7F0000001002
 OPTIONAL_POINTERS = {"w", "dres"}  # may be NULL (rms_norm without weight, a backward without dres)
 
 
-def _python_condition(expr: str) -> str:
-    """The C condition as a Python expression over the same names."""
-    expr = re.sub(r"FA_ALIGNED16\((\w+)\)", r"(\1 % 16 == 0)", expr)
-    expr = expr.replace("&&", " and ").replace("||", " or ")
-    return re.sub(r"!(?!=)", " not ", expr)
-
-
 def _condition(op, v) -> str:
     cond = v.when
     if v.aligned:
         cond = f"({cond}) and ({specs.alignment_condition(op, v)})"
-    return _python_condition(cond)
+    return specs.python_condition(cond)
 
 
 def _calls(op, dtypes):

@@ -8,6 +8,7 @@ over the op's parameters) holds.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -117,6 +118,15 @@ def alignment_condition(op: Op, v: Variant) -> str:
             terms.append(f"({name} % {align_elements(p, v)} == 0)")
     test = " && ".join(terms) or "1"
     return f"!({test})" if v.unaligned else test
+
+
+def python_condition(cond: str) -> str:
+    """A dispatch condition (C's &&, ||, ! and FA_ALIGNED16) as a Python expression over the same
+    names: the tests' check that one variant takes each call, the benchmarks' choice of the
+    kernel a call runs.  (Conditions divide only where both sides are positive integers.)"""
+    cond = re.sub(r"FA_ALIGNED16\((\w+)\)", r"(\1 % 16 == 0)", cond)
+    cond = cond.replace("&&", " and ").replace("||", " or ")
+    return re.sub(r"!(?!=)", " not ", cond)
 
 
 def cdiv(a: int, b: int) -> int:
