@@ -46,15 +46,16 @@ def _calls(op, dtypes):
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
     # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
     # M, fp8_gemm's TMA kernel by has_bias, its scales' strides and M, N, K, rms_norm_rope's
-    # CUDA C++ forwards by tokens and heads): values on each side of every boundary, where the op
-    # has them; rms_norm_rope's backward also tells full rotary (2 * pairs == N) from partial
+    # and rope's CUDA C++ kernels by tokens and heads): values on each side of every boundary,
+    # where the op has them; rms_norm_rope's backward also tells full rotary (2 * pairs == N)
+    # from partial
     conditions = " ".join(_condition(op, v) for v in op.variants)
     rotary = (2, 4) if re.search(r"\bpairs\b", conditions) else (None,)
     switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)), ("has_bias", (0, 1)),
                                                     ("stride_sa", (0, 1)), ("stride_sb", (0, 1)),
                                                     ("per_head", (0, 1)),
                                                     ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257)),
-                                                    ("M", (1, 8, 9, 64, 65, 128, 129, 256, 257, 512, 513, 1024, 1025, 4096, 4097)),
+                                                    ("M", (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513, 1024, 1025, 4096, 4097)),
                                                     ("W", (1, 1024, 1025)))
                 if re.search(rf"\b{name}\b", conditions)]
     for dtype, n, per_pair, misalign, stride_pad, null_w, *picked in itertools.product(

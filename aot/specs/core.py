@@ -123,7 +123,7 @@ def alignment_condition(op: Op, v: Variant) -> str:
 def python_condition(cond: str) -> str:
     """A dispatch condition (C's &&, ||, ! and FA_ALIGNED16) as a Python expression over the same
     names: the tests' check that one variant takes each call, the benchmarks' choice of the
-    kernel a call runs.  (Conditions divide only where both sides are positive integers.)"""
+    kernel a call runs."""
     cond = re.sub(r"FA_ALIGNED16\((\w+)\)", r"(\1 % 16 == 0)", cond)
     cond = cond.replace("&&", " and ").replace("||", " or ")
     return re.sub(r"!(?!=)", " not ", cond)

@@ -73,17 +73,17 @@ def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, w
     )
 
 
-# 16-bit, half-split, aligned, the op's D (head_dim, or 2R in place) 64, 128 or 256, more than
-# ROPE_CUDA_FEW_TOKENS tokens: the CUDA C++ kernel kernels/cuda/rope.cu, one warp a block holding
-# a token's chunk of heads (4 passes of D / 8 lanes a head), all loads in flight before the first
-# rotation.  Against the Triton tiles (H100, bf16, bench_rope.py, docs/benchmarks.md, "RoPE in
-# CUDA C++"): forward at 16384 tokens x 32/8 heads 90.8% of copy against 84.8% at head_dim 64,
-# 95.8% against 92.6% at 128, 98.0% against 94.5% at 256; 1.02-1.10x at 128 and 2048 tokens;
-# 0.94-0.99x at one token (5.31 against 5.18 us at 128), which keeps the Triton tiles.
-# {D: heads a block}
-ROPE_CUDA = {64: 16, 128: 8, 256: 4}
-ROPE_CUDA_FEW_TOKENS = 1
-_CUDA = " || ".join(f"(D == {d} && M > {ROPE_CUDA_FEW_TOKENS})" for d in ROPE_CUDA)
+# 16-bit, half-split, aligned, the op's D (head_dim, or 2R in place) 64, 128 or 256, with enough
+# tokens: the CUDA C++ kernel kernels/cuda/rope.cu, one warp a block holding a token's chunk of
+# heads (4 passes of D / 8 lanes a head), all loads in flight before the first rotation.  Against
+# the Triton tiles (H100, bf16, 32/8 heads, docs/benchmarks.md, "RoPE in CUDA C++"): forward at
+# 16384 tokens 90.8% of copy against 84.8% at head_dim 64, 95.8% against 92.6% at 128, 98.0%
+# against 94.5% at 256; 1.02-1.10x at 128 and 2048 tokens.  At few tokens (1-128, us) the Triton
+# tiles lead by 0.1-0.4 us up to 64 tokens at 64, 32 at 128 and 16 at 256 (e.g. 5.50 against
+# 5.22 at 32 x 128), the CUDA kernel from twice those (5.76 against 6.02 at 64 x 128).
+# {D: (heads a block, the kernel takes calls of more tokens than this)}
+ROPE_CUDA = {64: (16, 64), 128: (8, 32), 256: (4, 16)}
+_CUDA = " || ".join(f"(D == {d} && M > {tokens})" for d, (_, tokens) in ROPE_CUDA.items())
 
 
 def _cuda_variants(dtype: str) -> list[Variant]:
@@ -91,12 +91,12 @@ def _cuda_variants(dtype: str) -> list[Variant]:
         name=f"rope_{dtype}_cuda_d{d}_a16",
         dtype=dtype,
         kernel=f"rope_{dtype}_d{d}",
-        when=f"dtype == {DTYPES[dtype]} && D == {d} && M > {ROPE_CUDA_FEW_TOKENS}",
+        when=f"dtype == {DTYPES[dtype]} && D == {d} && M > {tokens}",
         grid=(f"(int64_t)M * fa_cdiv(Hq + Hk, {heads})", "1", "1"),
         block=("32", "1", "1"),
         aligned=_ALIGNED,
         source="kernels/cuda/rope.cu",
-    ) for d, heads in ROPE_CUDA.items()]
+    ) for d, (heads, tokens) in ROPE_CUDA.items()]
 
 
 def _rope_variants(op: str, interleaved: bool) -> tuple[Variant, ...]:
