@@ -150,7 +150,7 @@ def test_sm90_has_promoted_and_fast_variants():
     tuning table's fp8_gemm_fast tile, or for those rows _fp8_gemm_tma's FAST tile with one
     scale per operand and no bias, else the CUDA C++ kernel again.  sm89 and the unaligned
     fallbacks select the same variant either way."""
-    from test_specs import _condition, _python_condition, specs
+    from test_specs import _condition, specs
     fam = specs.fp8_gemm
     op = next(op for op in specs.OPS if op.name == "fp8_gemm")
     assert op.param("fast_accum").ctype == "i32"
@@ -173,7 +173,7 @@ def test_sm90_has_promoted_and_fast_variants():
             assert picked[1] is picked[7], (arch, dtype, cls)
             promoted, fast = picked[0], picked[1]
             if arch == "sm90" and k == 8192:
-                rows = eval(_python_condition(fam.TMA_ROWS), {}, dict(M=m, N=n, K=k))
+                rows = eval(specs.python_condition(fam.TMA_ROWS), {}, dict(M=m, N=n, K=k))
                 tma = rows and cls in fam.FP8_GEMM_SM90_CUDA and dtype in fam.TMA_DTYPES
                 one_scale = bias == scale_stride == 0
                 assert "fast_accum == 0" in promoted.when and "fast_accum != 0" in fast.when

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import struct
 import subprocess
 import textwrap
@@ -51,8 +52,9 @@ def _op(name):
 
 
 def _c_expr(expr: str, args: dict) -> int:
+    """A grid or block expression's value (Python's integers do not overflow: casts drop out)."""
     env = dict(args, fa_cdiv=lambda a, b: -(-a // b), fa_min=min, fa_max=max)
-    return int(eval(expr.replace("dev->sms", str(SMS)), {}, env))
+    return int(eval(re.sub(r"\(u?int(32|64)_t\)", "", expr.replace("dev->sms", str(SMS))), {}, env))
 
 
 def expected_launch(arch: str, op_name: str, args: dict) -> dict:
