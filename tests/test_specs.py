@@ -209,6 +209,23 @@ def test_ada_layer_norm_loop_constants_agree_with_the_kernel():
     assert "sum_loop_c" + cols.group(1) in source
 
 
+def test_rope_cuda_forms_agree_with_the_kernels():
+    """The spec's CUDA C++ forms of rope and rms_norm_rope (head_dims, head groups a warp, warps a
+    block at most) are the kernels' entry points: a grid sized for other heads a block would skip
+    or repeat heads, and a block wider than the kernel's __launch_bounds__ fails to launch."""
+    source = (REPO / "kernels/cuda/rms_norm_rope.cu").read_text()
+    fam = specs.rms_norm_rope
+    head = {int(d): int(p) for d, p in re.findall(r"^ROPE_FWD_DTYPES\((\d+), head, false, (\d+), \(32\)\)$",
+                                                  source, re.M)}
+    assert head == {d: fam.RMS_NORM_ROPE_CUDA_PASSES for d in fam.RMS_NORM_ROPE_CUDA}
+    assert sorted(int(d) for d in re.findall(r"^ROPE_FWD_ROW\((\d+)\)$", source, re.M)) == list(fam.RMS_NORM_ROPE_CUDA)
+    rows = re.findall(r"ROPE_FWD_DTYPES\(D, row_p(\d+), true, (\d+), \((\d+),", source)
+    assert [(int(p), int(threads) // 32) for name, p, threads in rows if name == p] == list(fam.RMS_NORM_ROPE_CUDA_ROW)
+    source = (REPO / "kernels/cuda/rope.cu").read_text()
+    assert re.search(r"^constexpr int ROPE_PASSES = (\d+);$", source, re.M).group(1) == str(specs.rope.ROPE_CUDA_PASSES)
+    assert sorted(int(d) for d in re.findall(r"^ROPE_DTYPES\((\d+)\)$", source, re.M)) == sorted(specs.rope.ROPE_CUDA)
+
+
 def test_colsum_constants_agree_with_the_kernel():
     """colsum_loop's block is COLSUM_LANES(VEC) threads across by EW_THREADS / COLSUM_LANES down,
     EW_UNROLL rows a thread a trip: the spec's grid (colsum_cols columns a block) and the Python

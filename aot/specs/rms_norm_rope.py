@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .core import DTYPES, Op, Param, Variant
+from .rope import cuda_heads_a_warp
 
 # ---------------------------------------------------------------------------------
 # A program's tile is HEADS heads x BLOCK_D columns (BLOCK_D a power of two, held as two
@@ -116,8 +117,8 @@ RMS_NORM_ROPE_FEW = {
 # or level from 256 tokens down to 1024 x 8 x 256 (7.7 against 10.0 us) and 2048 x 8 x 128 (7.5
 # against 8.3); at 1-128 tokens level within 0.06 us but at head_dim 256 (16 x 32 x 256: 5.41
 # against 5.25 us), so few tokens keep the Triton tiles.
-# {head_dim: heads a block}
-RMS_NORM_ROPE_CUDA = {64: 16, 128: 8, 256: 4}
+RMS_NORM_ROPE_CUDA = (64, 128, 256)   # head_dims, per head and over the row
+RMS_NORM_ROPE_CUDA_PASSES = 4          # head groups a warp per head (a block's heads: rope.cuda_heads_a_warp)
 # Over the row, 16-bit, half-split, aligned, head_dim 64, 128 or 256, more than
 # RMS_NORM_ROPE_FEW_TOKENS tokens: the same kernel with one block a token (row_p4: 4 head groups
 # a warp, at most 4 warps; row_p8: 8 groups, at most 8 warps; wider rows keep Triton).  Against
@@ -128,7 +129,6 @@ RMS_NORM_ROPE_CUDA = {64: 16, 128: 8, 256: 4}
 # tokens (7.3 against 6.9 us: the few-token tiles stay).
 # (passes, warps a block at most): a call takes the first form whose warps hold its heads.
 RMS_NORM_ROPE_CUDA_ROW = ((4, 4), (8, 8))
-RMS_NORM_ROPE_CUDA_ROW_DIMS = (64, 128, 256)
 
 
 def _cuda_takes(d: int) -> str:
@@ -140,7 +140,7 @@ def _cuda_row_forms(d: int) -> list[tuple[int, int, int, str]]:
     """[(passes, heads a warp, warps at most, condition)] of the over-the-row CUDA C++ forms at head_dim d."""
     out, h_lo = [], 0
     for passes, warps in RMS_NORM_ROPE_CUDA_ROW:
-        hpw = 256 // d * passes   # 32 / (d / 8) heads a pass
+        hpw = cuda_heads_a_warp(d, passes)
         out.append((passes, hpw, warps, f"per_head == 0 && N == {d} && M > {RMS_NORM_ROPE_FEW_TOKENS} && "
                                         f"H > {h_lo} && H <= {hpw * warps}"))
         h_lo = hpw * warps
@@ -148,7 +148,7 @@ def _cuda_row_forms(d: int) -> list[tuple[int, int, int, str]]:
 
 
 _CUDA_HEAD = " || ".join(f"({_cuda_takes(d)})" for d in RMS_NORM_ROPE_CUDA)
-_CUDA_ROW = " || ".join(f"({cond})" for d in RMS_NORM_ROPE_CUDA_ROW_DIMS for *_, cond in _cuda_row_forms(d))
+_CUDA_ROW = " || ".join(f"({cond})" for d in RMS_NORM_ROPE_CUDA for *_, cond in _cuda_row_forms(d))
 
 # dweight's reduction of the (G*C, W) partial rows: (largest W, columns per program, partial
 # rows per step, warps).  Per head the rows are D wide and thousands tall, so narrow programs
@@ -287,10 +287,10 @@ def _cuda_variants(dtype: str) -> list[Variant]:
         name=f"rms_norm_rope_fwd_{dtype}_head_cuda_d{d}_a16",
         kernel=f"rms_norm_rope_fwd_head_{dtype}_d{d}",
         when=f"dtype == {DTYPES[dtype]} && {_cuda_takes(d)}",
-        grid=(f"(int64_t)M * fa_cdiv(H, {heads})", "1", "1"),
+        grid=(f"(int64_t)M * fa_cdiv(H, {cuda_heads_a_warp(d, RMS_NORM_ROPE_CUDA_PASSES)})", "1", "1"),
         block=("32", "1", "1"),
         **common,
-    ) for d, heads in RMS_NORM_ROPE_CUDA.items()]
+    ) for d in RMS_NORM_ROPE_CUDA]
     row = [Variant(
         name=f"rms_norm_rope_fwd_{dtype}_row_cuda_p{passes}_d{d}_a16",
         kernel=f"rms_norm_rope_fwd_row_p{passes}_{dtype}_d{d}",
@@ -298,7 +298,7 @@ def _cuda_variants(dtype: str) -> list[Variant]:
         grid=("M", "1", "1"),
         block=(f"32 * fa_cdiv(H, {hpw})", "1", "1"),
         **common,
-    ) for d in RMS_NORM_ROPE_CUDA_ROW_DIMS for passes, hpw, _, cond in _cuda_row_forms(d)]
+    ) for d in RMS_NORM_ROPE_CUDA for passes, hpw, _, cond in _cuda_row_forms(d)]
     return head + row
 
 

@@ -81,9 +81,23 @@ def _variant(op: str, dtype: str, interleaved: bool, block_n: int, heads: int, w
 # against 94.5% at 256; 1.02-1.10x at 128 and 2048 tokens.  At few tokens (1-128, us) the Triton
 # tiles lead by 0.1-0.4 us up to 64 tokens at 64, 32 at 128 and 16 at 256 (e.g. 5.50 against
 # 5.22 at 32 x 128), the CUDA kernel from twice those (5.76 against 6.02 at 64 x 128).
-# {D: (heads a block, the kernel takes calls of more tokens than this)}
-ROPE_CUDA = {64: (16, 64), 128: (8, 32), 256: (4, 16)}
-_CUDA = " || ".join(f"(D == {d} && M > {tokens})" for d, (_, tokens) in ROPE_CUDA.items())
+# {D: the kernel takes calls of more tokens than this}
+ROPE_CUDA = {64: 64, 128: 32, 256: 16}
+ROPE_CUDA_PASSES = 4   # head groups a warp (kernels/cuda/rope.cu: ROPE_PASSES)
+
+
+def cuda_heads_a_warp(head_dim: int, passes: int) -> int:
+    """Heads a warp of the CUDA C++ kernels (kernels/cuda/rope.cuh's layout) holds: a head's
+    head_dim 16-bit values across head_dim / 8 lanes, 32 / (head_dim / 8) heads a pass."""
+    return 32 * 8 // head_dim * passes
+
+
+def _cuda_takes(d: int) -> str:
+    """The calls the CUDA C++ variant of D = d takes."""
+    return f"D == {d} && M > {ROPE_CUDA[d]}"
+
+
+_CUDA = " || ".join(f"({_cuda_takes(d)})" for d in ROPE_CUDA)
 
 
 def _cuda_variants(dtype: str) -> list[Variant]:
@@ -91,12 +105,12 @@ def _cuda_variants(dtype: str) -> list[Variant]:
         name=f"rope_{dtype}_cuda_d{d}_a16",
         dtype=dtype,
         kernel=f"rope_{dtype}_d{d}",
-        when=f"dtype == {DTYPES[dtype]} && D == {d} && M > {tokens}",
-        grid=(f"(int64_t)M * fa_cdiv(Hq + Hk, {heads})", "1", "1"),
+        when=f"dtype == {DTYPES[dtype]} && {_cuda_takes(d)}",
+        grid=(f"(int64_t)M * fa_cdiv(Hq + Hk, {cuda_heads_a_warp(d, ROPE_CUDA_PASSES)})", "1", "1"),
         block=("32", "1", "1"),
         aligned=_ALIGNED,
         source="kernels/cuda/rope.cu",
-    ) for d, (heads, tokens) in ROPE_CUDA.items()]
+    ) for d in ROPE_CUDA]
 
 
 def _rope_variants(op: str, interleaved: bool) -> tuple[Variant, ...]:
