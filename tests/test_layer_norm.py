@@ -210,7 +210,9 @@ def test_unsupported_device_type():
 # --- GPU forward --------------------------------------------------------------------------
 
 MS = (0, 1, 16, 128, 1024, 4096)
-NS = (1, 3, 127, 1000, 1024, 3072, 4096, 4097, 8192, 16384, 65536, 131072)
+# 16392, 32768 and 40008: the CUDA C++ forms of wide 16-bit rows (one in registers, one half in
+# shared memory), at their edges and with a partly used last vector group
+NS = (1, 3, 127, 1000, 1024, 3072, 4096, 4097, 8192, 16384, 16392, 32768, 40008, 65536, 131072)
 # Every N for small M; large M only while M * N <= 2^24 (the float64 reference stays small).
 GRID = [(m, n) for m in MS for n in NS if m * n <= 1 << 24]
 
@@ -224,9 +226,37 @@ def test_forward_grid(m, n, dtype, params):
     check_forward(*inputs((m, n), dtype, "cuda", params), relu=params == "wb32")
 
 
+# The CUDA C++ forms of wide 16-bit rows take calls of at least 2048 rows (aot/specs/layer_norm.py,
+# LAYER_NORM_CUDA_ROWS), past the grid's M * N bound: every row is checked for being written and
+# a sample of rows (the first, the last and every 97th; rows are independent) against float64.
+MANY_ROWS = [(2051, n) for n in (16392, 32768, 40008, 65536)]
+
+
+def check_forward_rows(x, w, b, eps=EPS, relu=False):
+    poison(nbytes_of(x))
+    y = fusedaot.layer_norm(x, w, b, eps, "relu" if relu else None)
+    assert_written(y)
+    rows = torch.cat([torch.arange(0, x.shape[0], 97), torch.tensor([x.shape[0] - 1])]).to(x.device)
+    xs = x[rows]
+    assert_close(y[rows], ref64(oracle, xs, w, b, eps=eps, relu=relu), TOLERANCES[x.dtype], mags(xs, w, b, eps))
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("m,n", MANY_ROWS, ids=[f"{m}x{n}" for m, n in MANY_ROWS])
+def test_forward_many_wide_rows(m, n, dtype, params):
+    x, w, b = inputs((m, n), dtype, "cuda", params)
+    check_forward_rows(x, w, b, relu=params in ("w", "wb32"))
+    # strided rows (16-byte aligned: the same kernels) and rows of mean 1000
+    big = make_tensor((m, n + 8), dtype, "cuda")
+    check_forward_rows(big[:, 8:], w, b)
+    check_forward_rows(make_tensor((m, n), dtype, "cuda", offset=1000.0), w, b)
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n", (1000, 4096, 65536))
+@pytest.mark.parametrize("n", (1000, 4096, 40008, 65536))
 def test_forward_large_mean(n, dtype):
     # rows of mean 1000 and std 1: the variance must not cancel (two-pass in a block, shifted
     # sums in the looped form); mags() counts mean(|x|) in the magnitude of x - mean
@@ -235,7 +265,7 @@ def test_forward_large_mean(n, dtype):
 
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n", (127, 1000, 4096, 4097, 65536))
+@pytest.mark.parametrize("n", (127, 1000, 4096, 4097, 32768, 65536))
 @pytest.mark.parametrize("pad,offset", [(3, 0), (64, 0), (64, 1), (8, 8)], ids=["odd", "wide", "misaligned", "offset8"])
 def test_forward_strided_rows(n, dtype, pad, offset):
     big = make_tensor((37, n + pad), dtype, "cuda")
@@ -249,7 +279,7 @@ def test_forward_strided_rows(n, dtype, pad, offset):
 
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n", (3, 1000, 4097, 65536))
+@pytest.mark.parametrize("n", (3, 1000, 4097, 40008, 65536))
 def test_forward_layouts(n, dtype):
     _, w, b = inputs((n,), dtype, "cuda")
     check_forward(make_tensor((2, 33, n), dtype, "cuda"), w, b)                  # 3-D
@@ -274,7 +304,7 @@ def test_strided_parameters(n, dtype, device):
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("eps", (1e-6, 1e-4, 0.5))
-@pytest.mark.parametrize("n", (64, 4096, 65536))
+@pytest.mark.parametrize("n", (64, 4096, 32768, 65536))
 def test_forward_eps_reaches_the_kernel(n, eps, dtype):
     # var ~ 1e-4, so each eps changes the result far beyond the tolerance
     check_forward(make_tensor((8, n), dtype, "cuda", scale=1e-2), None, None, eps)

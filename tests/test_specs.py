@@ -27,7 +27,8 @@ WIDTHS = sorted({1, 3, 7, 8, 127, 1000, 3072, 4097, 65536, 131072, 1 << 20}
                 | {b + d for b, _, _ in specs.rms_norm.RMS_NORM_BLOCKS for d in (-1, 0, 1)}
                 | {row[0] + d for table in specs.rms_norm_rope.RMS_NORM_ROPE_TILES.values()
                    for rows in table.values() for row in rows if row[0] for d in (-1, 0, 1)}
-                | {hd // 2 + d for hd in specs.rope.ROPE_CUDA for d in (-1, 0, 1)})   # rope's D = 2N
+                | {hd // 2 + d for hd in specs.rope.ROPE_CUDA for d in (-1, 0, 1)}   # rope's D = 2N
+                | {w + d for _, w, _ in specs.layer_norm.LAYER_NORM_CUDA for d in (-1, 0, 1)})
 ALIGNED_PTR, MISALIGNED_PTR = 0x7F0000001000, 0x7F0000001002
 OPTIONAL_POINTERS = {"w", "dres"}  # may be NULL (rms_norm without weight, a backward without dres)
 
@@ -42,7 +43,8 @@ def _condition(op, v) -> str:
 def _calls(op, dtypes):
     """Argument dicts covering the cases the conditions distinguish."""
     pointers = [p.name for p in op.params if p.ctype == "ptr"]
-    # integer switches some ops' conditions read (AdaLN's fp32-parameter flag and rows per scale
+    # integer switches some ops' conditions read (AdaLN's and LayerNorm's fp32-parameter flags (1
+    # and 4) and AdaLN's rows per scale
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
     # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
     # M, fp8_gemm's TMA kernel by has_bias, its scales' strides and M, N, K, rms_norm_rope's
@@ -51,11 +53,11 @@ def _calls(op, dtypes):
     # from partial
     conditions = " ".join(_condition(op, v) for v in op.variants)
     rotary = (2, 4) if re.search(r"\bpairs\b", conditions) else (None,)
-    switches = [(name, values) for name, values in (("flags", (0, 1)), ("R", (1, 64)), ("fast_accum", (0, 1)), ("has_bias", (0, 1)),
+    switches = [(name, values) for name, values in (("flags", (0, 1, 4)), ("R", (1, 64)), ("fast_accum", (0, 1)), ("has_bias", (0, 1)),
                                                     ("stride_sa", (0, 1)), ("stride_sb", (0, 1)),
                                                     ("per_head", (0, 1)),
                                                     ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257)),
-                                                    ("M", (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513, 1024, 1025, 4096, 4097)),
+                                                    ("M", (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513, 1024, 1025, 2047, 2048, 4096, 4097)),
                                                     ("W", (1, 1024, 1025)))
                 if re.search(rf"\b{name}\b", conditions)]
     for dtype, n, per_pair, misalign, stride_pad, null_w, *picked in itertools.product(
@@ -224,6 +226,22 @@ def test_rope_cuda_forms_agree_with_the_kernels():
     source = (REPO / "kernels/cuda/rope.cu").read_text()
     assert re.search(r"^constexpr int ROPE_PASSES = (\d+);$", source, re.M).group(1) == str(specs.rope.ROPE_CUDA_PASSES)
     assert sorted(int(d) for d in re.findall(r"^ROPE_DTYPES\((\d+)\)$", source, re.M)) == sorted(specs.rope.ROPE_CUDA)
+
+
+def test_layer_norm_cuda_forms_agree_with_the_kernel():
+    """Each CUDA C++ LayerNorm form holds (vectors in registers + in shared memory) x threads x 8
+    columns: the widest row its spec entry gives it, and its shared bytes are the slots the kernel
+    indexes (a narrower kernel would leave columns unwritten, less shared memory overflow)."""
+    source = (REPO / "kernels/cuda/layer_norm.cu").read_text()
+    fam = specs.layer_norm
+    assert re.search(r"^#define LAYER_NORM_THREADS (\d+)$", source, re.M).group(1) == str(fam.LAYER_NORM_CUDA_THREADS)
+    forms = {name: (int(npt), int(snpt)) for name, npt, snpt in
+             re.findall(r"^  LN_FWD\(T, P, NAME, (\w+), (\d+), (\d+)\)", source, re.M)}
+    assert {name: ((npt + snpt) * fam.LAYER_NORM_CUDA_THREADS * 8, snpt) for name, (npt, snpt) in forms.items()} == \
+        {name: (widest, held) for name, widest, held in fam.LAYER_NORM_CUDA}
+    shared = {v.kernel.rsplit("_", 1)[1]: v.shared for op in specs.OPS if op.name == "layer_norm_fwd"
+              for v in op.variants if v.source}
+    assert shared == {name: held * fam.LAYER_NORM_CUDA_THREADS * 16 for name, _, held in fam.LAYER_NORM_CUDA}
 
 
 def test_colsum_constants_agree_with_the_kernel():

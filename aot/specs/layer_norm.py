@@ -1,5 +1,5 @@
-"""layer_norm (Triton): forward (+ ReLU), fused backward, the wide-row backward pair, and the
-dweight/dbias reduction."""
+"""layer_norm (Triton; wide 16-bit rows' forward in CUDA C++): forward (+ ReLU), fused backward,
+the wide-row backward pair, and the dweight/dbias reduction."""
 from __future__ import annotations
 
 import itertools
@@ -46,6 +46,20 @@ LAYER_NORM_STATS = ((512, 8192, 16), (None, 2048, 8))
 LAYER_NORM_STATS_U16 = ((None, 1024, 8),)
 LAYER_NORM_DX = (512, 2, 8)
 LAYER_NORM_DW = (32, 64, 4)         # dw: columns per program, partial rows per step, warps
+# The forward of 16-bit rows wider than LAYER_NORM_CUDA_ABOVE, 16-byte aligned, from
+# LAYER_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/layer_norm.cu): one block of 512 threads
+# a row, held on chip (registers and shared memory), so x is read once.  (form, widest N,
+# vectors a thread in shared memory).  Against the Triton forms through ctypes on an H100 (bf16,
+# % of copy, docs/benchmarks.md, "LayerNorm's wide rows in CUDA C++"): 4096 x 32768 88.3% against
+# 86.4%, 16384 x 32768 92.7% against 89.6%, 16384 x 20000 85.1% against 78.4%, 4096 x 65536 85.8%
+# against 79.1%, 16384 x 65536 91.2% against 80.3%, 4096 x 40008 83.3% against 67.7%; level at
+# 2048 rows, slower at 1024 (71-72% against 75-76%: one block a row fills fewer waves).  Narrower
+# or wider rows, fewer rows and fp32 x keep Triton.
+LAYER_NORM_CUDA_ABOVE = 16384
+LAYER_NORM_CUDA_ROWS = 2048
+LAYER_NORM_CUDA = (("n32768", 32768, 4), ("n65536", 65536, 8))
+LAYER_NORM_CUDA_THREADS = 512   # kernels/cuda/layer_norm.cu's LAYER_NORM_THREADS
+_CUDA_FWD = f"M >= {LAYER_NORM_CUDA_ROWS} && N > {LAYER_NORM_CUDA_ABOVE} && N <= {LAYER_NORM_CUDA[-1][1]}"
 
 
 def layer_norm_configs(arch: str, direction: str, dtype: str, aligned: bool = True):
@@ -149,6 +163,9 @@ def _row_variants(direction: str) -> tuple[Variant, ...]:
                    else f"b{block}") + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "") + \
                 (f"_u{unroll}" if unroll else "")
             lower = upper
+            if direction == "fwd" and aligned and dtype != "fp32":   # what the CUDA C++ forms leave
+                if upper is None or upper > LAYER_NORM_CUDA_ABOVE:
+                    width += f" && !({_CUDA_FWD})"
             out.append(_variant(
                 f"layer_norm_{direction}", dtype, tag, [width], params, aligned,
                 kernel=f"_layer_norm_{direction}",
@@ -157,6 +174,25 @@ def _row_variants(direction: str) -> tuple[Variant, ...]:
                                 **(dict(UNROLL=unroll) if direction == "fwd" else {})),
                 num_warps=warps, num_stages=stages, arches=(arch,)))
     return merge_arches(out)
+
+
+def _cuda_variants() -> tuple[Variant, ...]:
+    """The forward of wide aligned 16-bit rows (LAYER_NORM_CUDA), weight and bias of x's dtype or
+    fp32 (flags & 4), on every arch (sm80 and sm89, not measured, fit the same blocks: at most 64
+    KiB of shared memory a block, one such block an SM where an SM has less than 128 KiB)."""
+    out = []
+    for dtype, p32 in itertools.product(("bf16", "fp16"), (False, True)):
+        lower = LAYER_NORM_CUDA_ABOVE
+        for form, upper, held in LAYER_NORM_CUDA:
+            kernel = f"layer_norm_fwd_{dtype}{'_pf32' if p32 else ''}_{form}"
+            out.append(_variant(
+                "layer_norm_fwd", dtype, f"{'pf32_' if p32 else ''}{form}_cuda",
+                [f"(flags & 4) {'!=' if p32 else '=='} 0", f"M >= {LAYER_NORM_CUDA_ROWS}",
+                 f"N > {lower} && N <= {upper}"], _FWD_PARAMS, True,
+                kernel=kernel, grid=("M", "1", "1"), block=(str(LAYER_NORM_CUDA_THREADS), "1", "1"),
+                shared=held * LAYER_NORM_CUDA_THREADS * 16, source="kernels/cuda/layer_norm.cu"))
+            lower = upper
+    return tuple(out)
 
 
 def _split_variants() -> tuple[tuple[Variant, ...], tuple[Variant, ...]]:
@@ -196,7 +232,7 @@ _STATS_VARIANTS, _DX_VARIANTS = _split_variants()
 _SRC = "kernels/triton/layer_norm.py"
 
 OPS = (
-    Op("layer_norm_fwd", "triton", _SRC, _FWD_PARAMS, _row_variants("fwd"),
+    Op("layer_norm_fwd", "triton", _SRC, _FWD_PARAMS, _row_variants("fwd") + _cuda_variants(),
        doc="y = act((x - mean) * rstd [* w] [+ b]); flags: 1 weight, 2 bias, 4 fp32 weight/bias, 8 ReLU"),
     Op("layer_norm_bwd", "triton", _SRC, _BWD_PARAMS, _row_variants("bwd"),
        doc="dx, and dw/db: per-program partial sums (G, 2N) fp32, or dw/db themselves when G == 1"),
