@@ -176,10 +176,12 @@ def test_unsupported_device_type():
 
 # --- GPU forward --------------------------------------------------------------------------
 
-# (B, S, N): resident widths (1..16384 forward, ..8192 backward), looped ones beyond, odd
+# (B, S, N): resident widths (1..16384 forward, ..8192 backward), looped ones beyond (with a
+# shared scale and 16-bit x, rows held on chip up to 65536: 16392, 32768, 40008, 65536), odd
 # widths that take the unaligned (VEC = 1) variants; the benchmark widths 3072 and 6144.
 SHAPES = [(2, 3, 1), (2, 5, 3), (3, 4, 127), (2, 7, 1000), (2, 64, 3072), (2, 33, 4097), (2, 16, 6144),
-          (1, 9, 8200), (2, 4, 16384), (2, 3, 16392), (1, 3, 65536), (1, 2, 131072)]
+          (1, 9, 8200), (2, 4, 16384), (2, 3, 16392), (2, 5, 32768), (1, 4, 40008), (1, 3, 65536),
+          (1, 2, 131072)]
 
 
 @pytest.mark.requires_cuda

@@ -228,20 +228,27 @@ def test_rope_cuda_forms_agree_with_the_kernels():
     assert sorted(int(d) for d in re.findall(r"^ROPE_DTYPES\((\d+)\)$", source, re.M)) == sorted(specs.rope.ROPE_CUDA)
 
 
-def test_layer_norm_cuda_forms_agree_with_the_kernel():
-    """Each CUDA C++ LayerNorm form holds (vectors in registers + in shared memory) x threads x 8
-    columns: the widest row its spec entry gives it, and its shared bytes are the slots the kernel
-    indexes (a narrower kernel would leave columns unwritten, less shared memory overflow)."""
-    source = (REPO / "kernels/cuda/layer_norm.cu").read_text()
-    fam = specs.layer_norm
-    assert re.search(r"^#define LAYER_NORM_THREADS (\d+)$", source, re.M).group(1) == str(fam.LAYER_NORM_CUDA_THREADS)
-    forms = {name: (int(npt), int(snpt)) for name, npt, snpt in
-             re.findall(r"^  LN_FWD\(T, P, NAME, (\w+), (\d+), (\d+)\)", source, re.M)}
-    assert {name: ((npt + snpt) * fam.LAYER_NORM_CUDA_THREADS * 8, snpt) for name, (npt, snpt) in forms.items()} == \
-        {name: (widest, held) for name, widest, held in fam.LAYER_NORM_CUDA}
-    shared = {v.kernel.rsplit("_", 1)[1]: v.shared for op in specs.OPS if op.name == "layer_norm_fwd"
-              for v in op.variants if v.source}
-    assert shared == {name: held * fam.LAYER_NORM_CUDA_THREADS * 16 for name, _, held in fam.LAYER_NORM_CUDA}
+def test_held_row_forms_agree_with_the_kernels():
+    """Each held-row form of LayerNorm and AdaLN holds (vectors in registers + in shared memory) x
+    threads x 8 columns: the widest row its spec entry gives it, and its shared bytes are the
+    slots the kernel indexes (a narrower kernel would leave columns unwritten, less shared memory
+    overflow)."""
+    for src, threads, macro, forms, op_name, threads_define in (
+            ("layer_norm.cu", specs.layer_norm.LAYER_NORM_CUDA_THREADS, "LN_FWD",
+             list(specs.layer_norm.LAYER_NORM_CUDA),
+             "layer_norm_fwd", "LAYER_NORM_THREADS"),
+            ("ada_layer_norm.cu", specs.ada_layer_norm.ADA_HELD_THREADS, "ADA_HELD",
+             list(specs.ada_layer_norm.ADA_HELD),
+             "ada_layer_norm_fwd", "ADA_HELD_THREADS")):
+        source = (REPO / "kernels/cuda" / src).read_text()
+        assert re.search(rf"^#define {threads_define} (\d+)$", source, re.M).group(1) == str(threads)
+        kernel = {name: (int(npt), int(snpt)) for name, npt, snpt in
+                  re.findall(rf"^  {macro}\(T, P, NAME, (\w+), (\d+), (\d+)\)", source, re.M)}
+        assert {name: ((npt + snpt) * threads * 8, snpt) for name, (npt, snpt) in kernel.items()} == \
+            {name: (widest, held) for name, widest, held in forms}, src
+        shared = {v.kernel.rsplit("_", 1)[1]: v.shared for op in specs.OPS if op.name == op_name
+                  for v in op.variants if v.kernel.rsplit("_", 1)[1] in kernel}
+        assert shared == {name: held * threads * 16 for name, _, held in forms}, src
 
 
 def test_colsum_constants_agree_with_the_kernel():

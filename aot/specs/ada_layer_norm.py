@@ -22,6 +22,13 @@ ADA_FWD_RESIDENT = ((8, 128), (16, 512), (32, 512))
 # registers hold only x: more elements a thread and fewer threads a row keep more rows in flight.
 ADA_FWD_SHARED_RESIDENT = ((16, 128), (32, 256), (64, 256))
 ADA_LOOP_THREADS = 512
+# Shared scale and shift, 16-bit x, aligned, rows wider than the shared resident forms and at most
+# 65536: a block of ADA_HELD_THREADS a row holds it on chip (kernels/cuda/held_row.cuh, as
+# LayerNorm's wide forward), so x is read once where the loop read it twice.  (tag, widest N,
+# vectors a thread in shared memory); a block a row, so the grid is M.
+ADA_HELD = (("h32768", 32768, 4), ("h65536", 65536, 8))
+ADA_HELD_THREADS = 512
+_HELD_TAGS = {tag for tag, *_ in ADA_HELD}
 ADA_UNALIGNED_FWD_RESIDENT = ((8, 512),)
 # Backward: E = 16 resident up to 512 threads (x, dy and scale in registers, as stored; 16 a
 # thread rather than 8 halves the per-thread overhead in registers, and registers decide how many
@@ -72,13 +79,32 @@ def _resident_forms(resident, prefix: str = "e", loop: bool = True) -> list[tupl
     return forms
 
 
+_SHARED = "stride_ss == 0 && stride_hs == 0"
+
+
+def _widest(resident) -> int:
+    return resident[-1][0] * resident[-1][1]
+
+
 def _fwd_forms(vec: int) -> list[tuple[str, str, str, int]]:
-    """Shared-scale forms first (aligned only), then the general resident forms and the loop."""
+    """Shared-scale forms first (aligned only; for 16-bit x the held rows beyond them), then the
+    general resident forms and the loop."""
     if vec == 1:
         return _resident_forms(ADA_UNALIGNED_FWD_RESIDENT)
-    shared = [(tag, f"stride_ss == 0 && stride_hs == 0 && {width}", block, smem)
+    shared = [(tag, f"{_SHARED} && {width}", block, smem)
               for tag, width, block, smem in _resident_forms(ADA_FWD_SHARED_RESIDENT, "s", loop=False)]
-    return shared + _resident_forms(ADA_FWD_RESIDENT)
+    general = _resident_forms(ADA_FWD_RESIDENT)
+    if vec != 8:
+        return shared + general
+    held, lower = [], _widest(ADA_FWD_SHARED_RESIDENT)
+    for tag, upper, in_shared in ADA_HELD:
+        held.append((tag, f"{_SHARED} && N > {lower} && N <= {upper}", str(ADA_HELD_THREADS),
+                     in_shared * ADA_HELD_THREADS * 16))
+        lower = upper
+    taken = f"{_SHARED} && N > {_widest(ADA_FWD_SHARED_RESIDENT)} && N <= {lower}"
+    general = [(tag, f"{width} && !({taken})" if tag == "loop" else width, block, smem)
+               for tag, width, block, smem in general]
+    return shared + held + general
 
 
 def _bwd_forms() -> list[tuple[str, str, str, int]]:
@@ -116,7 +142,7 @@ def _variants(direction: str) -> tuple[Variant, ...]:
                 out.append(Variant(
                     name=kernel, dtype=dtype, kernel=kernel,
                     when=f"dtype == {DTYPES[dtype]} && {params_test} && {width}",
-                    grid=grid,
+                    grid=("M", "1", "1") if tag in _HELD_TAGS else grid,
                     block=(block, "1", "1"),
                     shared=shared,
                     aligned=aligned,

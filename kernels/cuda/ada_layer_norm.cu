@@ -22,7 +22,7 @@
 //
 // scale and shift are stored either like x or in fp32 (flags & 1): separate entry points, so that
 // each holds only the registers its own types need.
-#include "row_stats.cuh"
+#include "held_row.cuh"
 
 // ------------------------------------------------------------------ forward
 // Resident rows: x, scale and shift are all requested before the block waits on the row's
@@ -380,6 +380,25 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
 #define ADA_SUM_ATTR_true ADA_AHEAD_REGS
 #define ADA_SUM_ATTR_false ADA_BOUNDS
 
+// Rows sharing their scale and shift (per tensor or per sample), 16-bit, aligned, 16384 < N <=
+// 65536: one block of ADA_HELD_THREADS a row holding it on chip (kernels/cuda/held_row.cuh:
+// NPT vectors a thread in registers, SNPT in shared memory), so x is read once; the looped form
+// above read it twice and ran at 47-70% of copy at 32768-65536 wide on an H100.  The scale and
+// shift rows come from L2 after the statistics, which the per-token form cannot afford (its rows
+// come from DRAM): per token these widths keep the loop.  M only sizes the grid (a block a row).
+#define ADA_HELD_THREADS 512
+#define ADA_HELD(T, P, NAME, TAG, NPT, SNPT)                                                              \
+  extern "C" __global__ void __launch_bounds__(ADA_HELD_THREADS, 2) ada_layer_norm_fwd_##NAME##_v8_##TAG( \
+      const T* x, const P* scale, const P* shift, T* y, i64 stride_x, i64 stride_sb, i64 stride_ss,      \
+      i64 stride_hb, i64 stride_hs, i64 M, i64 N, i64 S, float eps, int flags) {                         \
+    const i64 row = blockIdx.x, sample = row / S;                                                          \
+    int both = 3; /* scale and shift; opaque, or the compiler's schedule of the fixed flags spills */    \
+    asm("" : "+r"(both));                                                                                  \
+    held_row_fwd<T, P, ADA_HELD_THREADS, NPT, SNPT, true>(x + row * stride_x, y + row * N,               \
+                                                          scale + sample * stride_sb,                     \
+                                                          shift + sample * stride_hb, (int)N, eps, both); \
+  }
+
 #define ADA_FORMS(T, P, NAME, V, AH)                 \
   ADA_FWD(T, P, NAME, V, 8 / V, false, false, e8)    \
   ADA_FWD(T, P, NAME, V, 16 / V, false, false, e16)  \
@@ -393,8 +412,16 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
   ADA_BWD_FORMS(T, P, NAME, V, 16, 16, AH)           \
   ADA_BWD_FORMS(T, P, NAME, 1, 16, 4, false)
 
+#define ADA_HELD_FORMS(T, P, NAME)      \
+  ADA_HELD(T, P, NAME, h32768, 4, 4) \
+  ADA_HELD(T, P, NAME, h65536, 8, 8)
+
 ADA_FORMS(bf16_t, bf16_t, bf16, 8, true)
 ADA_FORMS(bf16_t, float, bf16_pf32, 8, true)
 ADA_FORMS(half_t, half_t, fp16, 8, true)
 ADA_FORMS(half_t, float, fp16_pf32, 8, true)
 ADA_FORMS(float, float, fp32, 4, false)
+ADA_HELD_FORMS(bf16_t, bf16_t, bf16)
+ADA_HELD_FORMS(bf16_t, float, bf16_pf32)
+ADA_HELD_FORMS(half_t, half_t, fp16)
+ADA_HELD_FORMS(half_t, float, fp16_pf32)

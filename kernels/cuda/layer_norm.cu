@@ -1,99 +1,17 @@
-// LayerNorm's forward for wide rows of 16-bit x (16384 < N <= 65536, 16-byte aligned);
-// kernels/triton/layer_norm.py has the math and every other case.
+// LayerNorm's forward for wide rows of 16-bit x (16384 < N <= 65536, 16-byte aligned, from 2048
+// rows); kernels/triton/layer_norm.py has the math and every other case.
 //
 //     y = act((x - mean) * rstd * w + b),   rstd = 1 / sqrt(var + eps),   act = identity or relu
 //
-// One block a row, which it holds on chip from the first load to the last store, so x is read
-// from DRAM once (the Triton forms read a row this wide twice, the second time mostly from L2,
-// and ran at 79-80% of copy at 65536 wide on an H100).  Thread t owns the row's 16-byte vectors
-// t + k * THREADS: the first NPT in registers, the next SNPT in its own slots of dynamic shared
-// memory, filled by cp.async, so a 65536-wide row fits two blocks an SM (64 KiB of registers
-// and 64 KiB of shared memory each), one loading while the other reduces and stores.  Few rows
-// (M < 2048) keep the Triton forms: one block a row fills fewer waves (1024 x 32768: 71-72% of
-// copy against 75.8%).  Every
-// load of the row is in flight before the first wait.  mean and var are Chan's merge of the
-// threads' exact two-pass statistics (kernels/cuda/row_stats.cuh): no cancellation for rows
-// with a large mean, and a fixed order, so results are deterministic.  The weight and bias come
-// after the statistics, a vector at a time, from L2 (every row reads them).
+// One block a row, which it holds on chip (kernels/cuda/held_row.cuh), so x is read from DRAM
+// once: the Triton forms read a row this wide twice, the second time mostly from L2, and ran at
+// 79-82% of copy at 65536 wide on an H100.  With 8 vectors a thread in registers and 8 in shared
+// memory a 65536-wide row fits two blocks an SM (64 KiB of registers and 64 KiB of shared memory
+// each), one loading while the other reduces and stores.  Few rows (M < 2048) keep the Triton
+// forms: one block a row fills fewer waves (1024 x 32768: 71-72% of copy against 75.8%).
 //
 // flags: 1 weight, 2 bias, 4 weight and bias stored in fp32 (a separate entry point: P), 8 ReLU.
-// The output keeps NaN through the ReLU, as the Triton kernel's where(y < 0, 0, y) does.
-#include "row_stats.cuh"
-
-template <typename T, typename P, int THREADS, int NPT, int SNPT>
-__device__ __forceinline__ void layer_norm_fwd_row(const T* __restrict__ x, T* __restrict__ y,
-                                                   const P* __restrict__ w, const P* __restrict__ b,
-                                                   i64 stride_x, i64 stride_y, int M, int N, float eps, int flags) {
-  constexpr int VEC = 16 / sizeof(T);
-  static_assert(VEC == 8, "16-bit x only");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ float shm[3 * MAX_WARPS];
-  Raw<T, VEC>* held = reinterpret_cast<Raw<T, VEC>*>(smem_raw) + threadIdx.x;   // slot k at held[k * THREADS]
-  const int tid = threadIdx.x;
-  // column of this thread's vector k; vectors past N hold nothing and are skipped
-  auto col = [&](int k) { return (tid + k * THREADS) * VEC; };
-
-  {
-    const i64 row = blockIdx.x;
-    const T* xr = x + row * stride_x;
-    // phase 1: every load of the row in flight
-    Raw<T, VEC> v[NPT];
-#pragma unroll
-    for (int k = 0; k < NPT; ++k)
-      if (col(k) < N) v[k].load(xr + col(k));
-#pragma unroll
-    for (int k = 0; k < SNPT; ++k)
-      if (col(NPT + k) < N) cp_async16(&held[k * THREADS], xr + col(NPT + k));
-    cp_async_wait_all();   // only this thread reads its slots: no block barrier
-
-    // phase 2: this thread's exact two-pass statistics, merged over the block
-    float sum = 0.0f, n = 0.0f;
-#pragma unroll
-    for (int k = 0; k < NPT + SNPT; ++k)
-      if (col(k) < N) {
-        const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) sum += u[i];
-        n += VEC;
-      }
-    Stats st = {0.0f, 0.0f, 0.0f};
-    if (n > 0.0f) {
-      const float m = __fdividef(sum, n);
-      float m2 = 0.0f;
-#pragma unroll
-      for (int k = 0; k < NPT + SNPT; ++k)
-        if (col(k) < N) {
-          const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) m2 += (u[i] - m) * (u[i] - m);
-        }
-      st = {n, m, m2};
-    }
-    float mean, rstd;
-    finish_stats(block_stats(st, shm), N, eps, mean, rstd);
-
-    // phase 3: normalise, scale, shift, store
-    T* yr = y + row * stride_y;
-#pragma unroll
-    for (int k = 0; k < NPT + SNPT; ++k) {
-      const int c = col(k);
-      if (c >= N) continue;
-      Raw<P, VEC> wv, bv;
-      if (flags & 1) wv.load(w + c);
-      if (flags & 2) bv.load(b + c);
-      const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
-      float out[VEC];
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        float o = (u[i] - mean) * rstd;
-        if (flags & 1) o *= wv[i];
-        if (flags & 2) o += bv[i];
-        out[i] = (flags & 8) && o < 0.0f ? 0.0f : o;
-      }
-      store_f32<T, VEC>(yr + c, out);
-    }
-  }
-}
+#include "held_row.cuh"
 
 // ------------------------------------------------------------------ entry points
 // layer_norm_fwd_<dtype>[_pf32]_<form>: the op's parameters (aot/specs/layer_norm.py: the
@@ -112,7 +30,8 @@ __device__ __forceinline__ void layer_norm_fwd_row(const T* __restrict__ x, T* _
   extern "C" __global__ void __launch_bounds__(LAYER_NORM_THREADS, 2) layer_norm_fwd_##NAME##_##FORM( \
       const T* x, T* y, const P* w, const P* b, i64 stride_x, i64 stride_y, int M, int N, float eps,     \
       int flags) {                                                                                       \
-    layer_norm_fwd_row<T, P, LAYER_NORM_THREADS, NPT, SNPT>(x, y, w, b, stride_x, stride_y, M, N, eps, flags); \
+    held_row_fwd<T, P, LAYER_NORM_THREADS, NPT, SNPT, false>(x + (i64)blockIdx.x * stride_x,           \
+                                                             y + (i64)blockIdx.x * stride_y, w, b, N, eps, flags); \
   }
 #define LN_FWD_FORMS(T, P, NAME) \
   LN_FWD(T, P, NAME, n32768, 4, 4)  \
