@@ -9,7 +9,8 @@ from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
 #
 # A block normalises one row at a time; each thread owns E = VEC * NPT elements of a tile.
 # Resident variants hold the row in registers, blockDim.x = N / E rounded up to a warp (so E
-# picks the block size); rows wider than the widest resident form are walked tile by tile.
+# picks the block size); rows wider than the widest resident form are walked tile by tile, or,
+# where they share scale and shift (16-bit x, aligned, up to 65536 wide), held whole (ADA_HELD).
 # VEC is 16 bytes' worth of elements where pointers, strides and N allow, else 1.
 # ---------------------------------------------------------------------------------
 

@@ -15,9 +15,10 @@
 // pieces.  Resident variants hold the whole row in registers (one tile; blockDim.x is sized from
 // N by the dispatch) and request every input of the row at once, before the first reduction
 // waits, so one memory latency is paid per row; looped variants walk the row tile by tile and
-// read it again per phase (the re-reads mostly hit L2).  Mean and variance are Chan's merge of
-// per-thread exact two-pass statistics (kernels/cuda/row_stats.cuh), so rows with a large mean
-// lose nothing to cancellation.  Every sum is reduced in a fixed order: results are
+// read it again per phase (the re-reads mostly hit L2).  16-bit rows that share scale and shift
+// are held on chip whole up to 65536 wide instead (ADA_HELD below).  Mean and variance are
+// Chan's merge of per-thread exact two-pass statistics (kernels/cuda/row_stats.cuh), so rows
+// with a large mean lose nothing to cancellation.  Every sum is reduced in a fixed order: results are
 // deterministic.
 //
 // scale and shift are stored either like x or in fp32 (flags & 1): separate entry points, so that
