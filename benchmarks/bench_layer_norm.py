@@ -89,13 +89,6 @@ def triton_jit_layer_norm():
     return launch, None
 
 
-def parse_shapes(text: str):
-    try:
-        return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s]
-    except ValueError:
-        raise SystemExit(f"bench_layer_norm: --shapes wants M1xN1,M2xN2,..., got {text!r}")
-
-
 def bench_case(report, fused, triton_fn, mode: str, M: int, N: int, dtype, l2: int, relu=False):
     """One shape: every impl (a callable, or a string saying why it is n/a) on the same inputs."""
     es = torch.finfo(dtype).bits // 8
@@ -153,13 +146,13 @@ def main():
                    help="comma list of bf16, fp16, fp32 for the fwd/bwd grids")
     p.add_argument("--modes", type=H.csv_of("fwd", "bwd", "relu", "host"), default="fwd,bwd,relu,host",
                    help="comma list of fwd, bwd (forward + backward), relu (the (2048, 2048) fp32 table), host")
-    p.add_argument("--shapes", default="", help="M1xN1,M2xN2,...: these shapes instead of the grid")
+    p.add_argument("--shapes", type=H.shape_list, help="M1xN1,M2xN2,...: these shapes instead of the grid")
     p.add_argument("--budget-s", type=float, default=0.0, help="start no new shape after this many seconds")
     args = p.parse_args()
     dtypes, modes = [H.DTYPES[d] for d in args.dtype], args.modes
     if not torch.cuda.is_available():
         sys.exit("bench_layer_norm: no CUDA device is visible; run it on a machine with a GPU")
-    shapes = parse_shapes(args.shapes) if args.shapes else (
+    shapes = args.shapes or (
         list(QUICK) if args.quick else [(m, n) for m in M_ALL for n in N_ALL])
     fa, about_fa = H.import_fusedaot()
     triton_fn, why_tr = triton_jit_layer_norm()

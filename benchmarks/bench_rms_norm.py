@@ -1,6 +1,6 @@
 """RMSNorm: fusedaot.rms_norm against F.rms_norm, torch.compile(F.rms_norm) and Triton's JIT.
 
-    python benchmarks/bench_rms_norm.py [--quick] [--dtype bf16,fp16,fp32]
+    python benchmarks/bench_rms_norm.py [--quick | --shapes M1xN1,M2xN2,...] [--dtype bf16,fp16,fp32]
                                         [--modes fwd,bwd,host] [--out results.jsonl]
 
 fwd: every impl, bf16 and fp16 over M x N (fp32: a few spot shapes). bwd: forward + backward,
@@ -143,6 +143,7 @@ def main():
                    help="comma list of bf16, fp16, fp32 (fp32 runs spot shapes only)")
     p.add_argument("--modes", type=H.csv_of("fwd", "bwd", "host"), default="fwd,bwd,host",
                    help="comma list of fwd, bwd (forward + backward), host")
+    p.add_argument("--shapes", type=H.shape_list, help="M1xN1,M2xN2,...: these shapes instead of the grid")
     args = p.parse_args()
     dtypes, modes = [H.DTYPES[d] for d in args.dtype], args.modes
     if not torch.cuda.is_available():
@@ -162,7 +163,7 @@ def main():
         for dtype in dtypes:
             report.section(f"rms_norm {titles[mode]}, {H.DTYPE_NAMES[dtype]}", models[mode],
                            ["eager", "compile"] + (["triton_jit"] if mode == "fwd" else []))
-            for M, N in shapes(dtype, args.quick):
+            for M, N in args.shapes or shapes(dtype, args.quick):
                 bench_case(report, fused, triton_fn, mode, M, N, dtype, l2)
             report.end_section()
     if "host" in modes:

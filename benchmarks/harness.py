@@ -36,6 +36,17 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """argparse type: M1xN1,M2xN2,... as [(M1, N1), (M2, N2), ...]."""
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s.strip()]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 for s in shapes):
+        raise argparse.ArgumentTypeError(f"want M1xN1,M2xN2,..., got {text!r}")
+    return shapes
+
+
 def csv_of(*choices: str):
     """argparse type: a comma list, each item one of `choices`."""
     def parse(text: str) -> list[str]:

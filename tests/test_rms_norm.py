@@ -163,6 +163,32 @@ def test_forward_grid(m, n, dtype, weight):
     check_forward(*inputs((m, n), dtype, "cuda", weight))
 
 
+# The CUDA C++ form of wide 16-bit rows with a weight takes calls of at least 1024 rows
+# (aot/specs/rms_norm.py, RMS_NORM_CUDA_ROWS), past the grid's M * N bound: every row is checked
+# for being written and a sample of rows (the first, the last and every 97th; rows are
+# independent) against float64.
+MANY_ROWS = [(1025, n) for n in (32776, 40000, 49152, 65536)]
+
+
+def check_forward_rows(x, w, eps=EPS):
+    poison(nbytes_of(x))
+    y = fusedaot.rms_norm(x, w, eps)
+    assert_written(y)
+    rows = torch.cat([torch.arange(0, x.shape[0], 97), torch.tensor([x.shape[0] - 1])]).to(x.device)
+    assert_close(y[rows], ref64(oracle, x[rows], w, eps=eps), TOLERANCES[x.dtype])
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("weight", [True, False], ids=["w", "nw"])
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("m,n", MANY_ROWS, ids=[f"{m}x{n}" for m, n in MANY_ROWS])
+def test_forward_many_wide_rows(m, n, dtype, weight):
+    x, w = inputs((m, n), dtype, "cuda", weight)
+    check_forward_rows(x, w)
+    check_forward_rows(make_tensor((m, n + 8), dtype, "cuda")[:, 8:], w)   # strided, still aligned
+    check_forward_rows(make_tensor((m, n), dtype, "cuda", scale=1e-2), w, eps=0.5)   # eps reaches it
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", (127, 1000, 4096, 4097, 65536))

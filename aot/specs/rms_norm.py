@@ -1,4 +1,4 @@
-"""rms_norm (Triton): forward, backward and the dweight reduction."""
+"""rms_norm (Triton; wide 16-bit rows' forward in CUDA C++): forward, backward and the dweight reduction."""
 from __future__ import annotations
 
 import itertools
@@ -29,6 +29,19 @@ RMS_NORM_BLOCKS = (
     (32768, 1, 16),
 )
 RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
+# The forward of 16-bit rows wider than RMS_NORM_CUDA_ABOVE and at most RMS_NORM_CUDA_WIDEST,
+# 16-byte aligned, with a weight, from RMS_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/rms_norm.cu):
+# one block of 512 threads a row held on chip (4 vectors a thread in registers, 12 in shared
+# memory: RMS_NORM_CUDA_HELD), so x is read once where the Triton loop reads it twice.  Through
+# ctypes on an H100 (bf16, % of copy, docs/benchmarks.md, "RMSNorm's wide rows in CUDA C++"):
+# 1024 x 65536 89.5% against 86.2%, 4096 x 65536 97.7% against 95.3%, 16384 x 65536 99.9%
+# against 98.5%, 4096 x 49152 96.8% against 93.1%; level at 256 rows.  Without a weight, 4 + 12
+# vectors spill at two blocks an SM (the weight's load becomes conditional), so those calls keep
+# Triton.
+RMS_NORM_CUDA_ABOVE, RMS_NORM_CUDA_WIDEST, RMS_NORM_CUDA_ROWS = 32768, 65536, 1024
+RMS_NORM_CUDA_THREADS, RMS_NORM_CUDA_HELD = 512, 12   # kernels/cuda/rms_norm.cu's RMS_NORM_THREADS, SNPT
+_CUDA_FWD = (f"w != 0 && M >= {RMS_NORM_CUDA_ROWS} && N > {RMS_NORM_CUDA_ABOVE} && "
+             f"N <= {RMS_NORM_CUDA_WIDEST}")
 
 def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False, aligned: bool = True):
     """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None, unroll)] for one arch:
@@ -166,6 +179,9 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
                 cond = [f"dtype == {DTYPES[dtype]}", width]
                 if not fused:
                     cond.insert(1, "w != 0" if has_w else "w == 0")
+                if (direction == "fwd" and not fused and has_w and aligned and dtype != "fp32"
+                        and (upper is None or upper > RMS_NORM_CUDA_ABOVE)):   # what the CUDA C++ form leaves
+                    cond.append(f"!({_CUDA_FWD})")
                 out.append(Variant(
                     name=f"{op}_{dtype}_{tag}{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
                     dtype=dtype,
@@ -184,9 +200,25 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
     return merge_arches(out)
 
 
+def _cuda_variants() -> tuple[Variant, ...]:
+    """The forward of wide aligned 16-bit rows with a weight, on every arch (sm80 and sm89, not
+    measured, fit the same blocks: 96 KiB of shared memory a block, one an SM where it is short)."""
+    return tuple(Variant(
+        name=f"rms_norm_fwd_{dtype}_n{RMS_NORM_CUDA_WIDEST}_cuda_a16",
+        dtype=dtype,
+        kernel=f"rms_norm_fwd_{dtype}_n{RMS_NORM_CUDA_WIDEST}",
+        when=f"dtype == {DTYPES[dtype]} && {_CUDA_FWD}",
+        grid=("M", "1", "1"),
+        block=(str(RMS_NORM_CUDA_THREADS), "1", "1"),
+        shared=RMS_NORM_CUDA_HELD * RMS_NORM_CUDA_THREADS * 16,
+        aligned=("x", "y", "w", "stride_x", "stride_y", "N"),
+        source="kernels/cuda/rms_norm.cu",
+    ) for dtype in ("bf16", "fp16"))
+
+
 OPS = (
     Op("rms_norm_fwd", "triton", "kernels/triton/rms_norm.py", _RMS_FWD_PARAMS,
-       _rms_norm_variants("fwd"), doc="y = x * rsqrt(mean(x^2) + eps) [* w]"),
+       _rms_norm_variants("fwd") + _cuda_variants(), doc="y = x * rsqrt(mean(x^2) + eps) [* w]"),
     Op("rms_norm_bwd", "triton", "kernels/triton/rms_norm.py", _RMS_BWD_PARAMS,
        _rms_norm_variants("bwd"), doc="dx, and dw: per-program partial sums (G, N) fp32, or dw itself when G == 1"),
     Op("fused_add_rms_norm_fwd", "triton", "kernels/triton/rms_norm.py", _ADD_FWD_PARAMS,

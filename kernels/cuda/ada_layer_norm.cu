@@ -395,7 +395,7 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
     const i64 row = blockIdx.x, sample = row / S;                                                          \
     int both = 3; /* scale and shift; opaque, or the compiler's schedule of the fixed flags spills */    \
     asm("" : "+r"(both));                                                                                  \
-    held_row_fwd<T, P, ADA_HELD_THREADS, NPT, SNPT, true>(x + row * stride_x, y + row * N,               \
+    held_row_fwd<T, P, ADA_HELD_THREADS, NPT, SNPT, Norm::ADA>(x + row * stride_x, y + row * N,               \
                                                           scale + sample * stride_sb,                     \
                                                           shift + sample * stride_hb, (int)N, eps, both); \
   }

@@ -1,22 +1,26 @@
 // One row held on chip from its first load to its last store, for the forwards of LayerNorm
-// (kernels/cuda/layer_norm.cu) and AdaLN with a shared scale (kernels/cuda/ada_layer_norm.cu) at
-// wide 16-bit rows: a block of THREADS threads a row; thread t owns the row's 16-byte vectors
+// (kernels/cuda/layer_norm.cu), AdaLN with a shared scale (kernels/cuda/ada_layer_norm.cu) and
+// RMSNorm with a weight (kernels/cuda/rms_norm.cu) at wide 16-bit rows: a block of THREADS threads a row; thread t owns the row's 16-byte vectors
 // t + k * THREADS, the first NPT in registers, the next SNPT in its own slots of dynamic shared
 // memory (`held`, slot k at held[k * THREADS]), filled by cp.async.  Every load of the row is in
 // flight before the first wait, and the row is read from DRAM once.  mean and var are Chan's
 // merge of the threads' exact two-pass statistics: no cancellation for rows with a large mean,
-// and a fixed order, so results are deterministic.  The row's parameters a and b come after the
-// statistics, a vector at a time, from L2, where every row sharing them finds them:
+// and a fixed order, so results are deterministic (RMS: the sum of squares, mean 0).  The row's
+// parameters a and b come after the statistics, G vectors' worth at a time, from L2, where every
+// row sharing them finds them:
 //
-//     y = act((x - mean) * rstd * A + b),   A = a (LayerNorm) or 1 + a (ADA),   act = identity or relu
+//     y = act((x - mean) * rstd * A + b),   A = a (LN, RMS) or 1 + a (ADA),   act = identity or relu
 //
-// flags: 1 a, 2 b (absent: A = 1, b = 0), 8 ReLU (NaN kept, as where(y < 0, 0, y) does).
+// flags: 1 a, 2 b (absent: A = 1, b = 0), 8 ReLU (NaN kept, as where(y < 0, 0, y) does); RMS reads
+// none of them: its a (the weight) is always there, and it has no b or ReLU.
 // Register spills cost these kernels more than shared memory does (docs/benchmarks.md,
 // "LayerNorm's wide rows in CUDA C++"): check ptxas's report when changing them.
 #pragma once
 #include "row_stats.cuh"
 
-template <typename T, typename P, int THREADS, int NPT, int SNPT, bool ADA>
+enum class Norm { LN, ADA, RMS };
+
+template <typename T, typename P, int THREADS, int NPT, int SNPT, Norm MODE, int G = 1>
 __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __restrict__ yr, const P* __restrict__ a,
                                              const P* __restrict__ b, int N, float eps, int flags) {
   constexpr int VEC = 16 / sizeof(T);
@@ -38,49 +42,83 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
     if (col(NPT + k) < N) cp_async16(&held[k * THREADS], xr + col(NPT + k));
   cp_async_wait_all();   // only this thread reads its slots: no block barrier
 
-  // phase 2: this thread's exact two-pass statistics, merged over the block
-  float sum = 0.0f, n = 0.0f;
-#pragma unroll
-  for (int k = 0; k < NPT + SNPT; ++k)
-    if (col(k) < N) {
-      const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) sum += u[i];
-      n += VEC;
-    }
-  Stats st = {0.0f, 0.0f, 0.0f};
-  if (n > 0.0f) {
-    const float m = __fdividef(sum, n);
-    float m2 = 0.0f;
+  // phase 2: this thread's statistics (exact two-pass; RMS: the sum of squares), merged over the block
+  float mean, rstd;
+  if constexpr (MODE == Norm::RMS) {
+    float ss[1] = {0.0f};
 #pragma unroll
     for (int k = 0; k < NPT + SNPT; ++k)
       if (col(k) < N) {
         const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) m2 += (u[i] - m) * (u[i] - m);
+        for (int i = 0; i < VEC; ++i) ss[0] += u[i] * u[i];
       }
-    st = {n, m, m2};
-  }
-  float mean, rstd;
-  finish_stats(block_stats(st, shm), N, eps, mean, rstd);
-
-  // phase 3: normalise, scale, shift, store
+    block_sums<1>(ss, shm);
+    mean = 0.0f;
+    rstd = rsqrtf(ss[0] / (float)N + eps);
+  } else {
+    float sum = 0.0f, n = 0.0f;
 #pragma unroll
-  for (int k = 0; k < NPT + SNPT; ++k) {
-    const int c = col(k);
-    if (c >= N) continue;
-    Raw<P, VEC> av, bv;
-    if (flags & 1) av.load(a + c);
-    if (flags & 2) bv.load(b + c);
+    for (int k = 0; k < NPT + SNPT; ++k)
+      if (col(k) < N) {
+        const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) sum += u[i];
+        n += VEC;
+      }
+    Stats st = {0.0f, 0.0f, 0.0f};
+    if (n > 0.0f) {
+      const float m = __fdividef(sum, n);
+      float m2 = 0.0f;
+#pragma unroll
+      for (int k = 0; k < NPT + SNPT; ++k)
+        if (col(k) < N) {
+          const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) m2 += (u[i] - m) * (u[i] - m);
+        }
+      st = {n, m, m2};
+    }
+    finish_stats(block_stats(st, shm), N, eps, mean, rstd);
+  }
+
+  // phase 3: normalise, scale, shift, store (vector k, its parameters av and bv)
+  constexpr bool HAS_B = MODE != Norm::RMS;
+  auto emit = [&](int k, const Raw<P, VEC>& av, const Raw<P, VEC>& bv) {
     const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
     float out[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      float o = (u[i] - mean) * rstd;
-      if (flags & 1) o *= ADA ? 1.0f + av[i] : av[i];
-      if (flags & 2) o += bv[i];
-      out[i] = (flags & 8) && o < 0.0f ? 0.0f : o;
+      float o = (MODE == Norm::RMS ? u[i] : u[i] - mean) * rstd;
+      if (MODE == Norm::RMS || (flags & 1)) o *= MODE == Norm::ADA ? 1.0f + av[i] : av[i];
+      if (HAS_B && (flags & 2)) o += bv[i];
+      out[i] = HAS_B && (flags & 8) && o < 0.0f ? 0.0f : o;
     }
-    store_f32<T, VEC>(yr + c, out);
+    store_f32<T, VEC>(yr + col(k), out);
+  };
+  if constexpr (G == 1) {
+#pragma unroll
+    for (int k = 0; k < NPT + SNPT; ++k) {
+      const int c = col(k);
+      if (c >= N) continue;
+      Raw<P, VEC> av, bv;
+      if (MODE == Norm::RMS || (flags & 1)) av.load(a + c);
+      if (HAS_B && (flags & 2)) bv.load(b + c);
+      emit(k, av, bv);
+    }
+  } else {   // G vectors' parameters in flight at once (loads and stores keep their order: asm volatile)
+#pragma unroll
+    for (int g = 0; g < NPT + SNPT; g += G) {
+      Raw<P, VEC> av[G], bv[G];
+#pragma unroll
+      for (int j = 0; j < G; ++j)
+        if (g + j < NPT + SNPT && col(g + j) < N) {
+          if (MODE == Norm::RMS || (flags & 1)) av[j].load(a + col(g + j));
+          if (HAS_B && (flags & 2)) bv[j].load(b + col(g + j));
+        }
+#pragma unroll
+      for (int j = 0; j < G; ++j)
+        if (g + j < NPT + SNPT && col(g + j) < N) emit(g + j, av[j], bv[j]);
+    }
   }
 }

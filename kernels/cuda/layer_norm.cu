@@ -30,7 +30,7 @@
   extern "C" __global__ void __launch_bounds__(LAYER_NORM_THREADS, 2) layer_norm_fwd_##NAME##_##FORM( \
       const T* x, T* y, const P* w, const P* b, i64 stride_x, i64 stride_y, int M, int N, float eps,     \
       int flags) {                                                                                       \
-    held_row_fwd<T, P, LAYER_NORM_THREADS, NPT, SNPT, false>(x + (i64)blockIdx.x * stride_x,           \
+    held_row_fwd<T, P, LAYER_NORM_THREADS, NPT, SNPT, Norm::LN>(x + (i64)blockIdx.x * stride_x,           \
                                                              y + (i64)blockIdx.x * stride_y, w, b, N, eps, flags); \
   }
 #define LN_FWD_FORMS(T, P, NAME) \

@@ -1,0 +1,22 @@
+// RMSNorm's forward for wide rows of 16-bit x with a weight (32768 < N <= 65536, 16-byte
+// aligned, from 1024 rows); kernels/triton/rms_norm.py has the math and every other case.
+//
+//     y = x * rstd * w,   rstd = 1 / sqrt(mean(x^2) + eps)
+//
+// One block a row, which it holds on chip (kernels/cuda/held_row.cuh), so x is read from DRAM
+// once; the Triton form reads a row this wide twice (the second time mostly from L2).
+#include "held_row.cuh"
+
+// rms_norm_fwd_<dtype>_<form>: the op's parameters (aot/specs/rms_norm.py); M sizes the grid,
+// one block a row; w is not null (calls without a weight keep the Triton forms).
+#define RMS_NORM_THREADS 512
+#define RMS_FWD(T, NAME, FORM, NPT, SNPT, G)                                                                 \
+  extern "C" __global__ void __launch_bounds__(RMS_NORM_THREADS, 2) rms_norm_fwd_##NAME##_##FORM(           \
+      const T* x, T* y, const T* w, i64 stride_x, i64 stride_y, int M, int N, float eps) {                  \
+    held_row_fwd<T, T, RMS_NORM_THREADS, NPT, SNPT, Norm::RMS, G>(x + (i64)blockIdx.x * stride_x,            \
+                                                                 y + (i64)blockIdx.x * stride_y, w, nullptr, \
+                                                                 N, eps, 0);                                 \
+  }
+
+RMS_FWD(bf16_t, bf16, n65536, 4, 12, 2)
+RMS_FWD(half_t, fp16, n65536, 4, 12, 2)
