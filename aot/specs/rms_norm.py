@@ -33,7 +33,7 @@ RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
 # 16-byte aligned, with a weight, from RMS_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/rms_norm.cu):
 # one block of 512 threads a row held on chip (4 vectors a thread in registers, 12 in shared
 # memory: RMS_NORM_CUDA_HELD), so x is read once where the Triton loop reads it twice.  Through
-# ctypes on an H100 (bf16, % of copy, docs/benchmarks.md, "RMSNorm's wide rows in CUDA C++"):
+# ctypes on an H100 (bf16, % of copy, docs/benchmarks.md, "LayerNorm's wide rows in CUDA C++"):
 # 1024 x 65536 89.5% against 86.2%, 4096 x 65536 97.7% against 95.3%, 16384 x 65536 99.9%
 # against 98.5%, 4096 x 49152 96.8% against 93.1%; level at 256 rows.  Without a weight, 4 + 12
 # vectors spill at two blocks an SM (the weight's load becomes conditional), so those calls keep
