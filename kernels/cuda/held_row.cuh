@@ -1,7 +1,7 @@
 // One row held on chip from its first load to its last store, for the forwards of LayerNorm
 // (kernels/cuda/layer_norm.cu), AdaLN with a shared scale (kernels/cuda/ada_layer_norm.cu) and
-// RMSNorm with a weight (kernels/cuda/rms_norm.cu) at wide 16-bit rows: a block of THREADS threads a row; thread t owns the row's 16-byte vectors
-// t + k * THREADS, the first NPT in registers, the next SNPT in its own slots of dynamic shared
+// RMSNorm with a weight (kernels/cuda/rms_norm.cu) at wide 16-bit rows: a block of THREADS
+// threads a row; thread t owns the row's 16-byte vectors t + k * THREADS, the first NPT in registers, the next SNPT in its own slots of dynamic shared
 // memory (`held`, slot k at held[k * THREADS]), filled by cp.async.  Every load of the row is in
 // flight before the first wait, and the row is read from DRAM once.  mean and var are Chan's
 // merge of the threads' exact two-pass statistics: no cancellation for rows with a large mean,

@@ -8,7 +8,11 @@
 #include "held_row.cuh"
 
 // rms_norm_fwd_<dtype>_<form>: the op's parameters (aot/specs/rms_norm.py); M sizes the grid,
-// one block a row; w is not null (calls without a weight keep the Triton forms).
+// one block a row; w is not null (calls without a weight keep the Triton forms).  4 vectors a
+// thread in registers and 12 in shared memory (96 KiB a block, two blocks an SM), the weight
+// two vectors at a time: 60-64 registers and no spill; 8 + 8 with the weight a vector at a time
+// only tied with the Triton form, and a weight optional at run time spilled 68-80 bytes a thread
+// (docs/benchmarks.md, "LayerNorm's wide rows in CUDA C++", its RMSNorm part).
 #define RMS_NORM_THREADS 512
 #define RMS_FWD(T, NAME, FORM, NPT, SNPT, G)                                                                 \
   extern "C" __global__ void __launch_bounds__(RMS_NORM_THREADS, 2) rms_norm_fwd_##NAME##_##FORM(           \
