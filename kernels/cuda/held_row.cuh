@@ -1,13 +1,13 @@
 // One row held on chip from its first load to its last store, for the forwards of LayerNorm
 // (kernels/cuda/layer_norm.cu), AdaLN with a shared scale (kernels/cuda/ada_layer_norm.cu) and
 // RMSNorm with a weight (kernels/cuda/rms_norm.cu) at wide 16-bit rows: a block of THREADS
-// threads a row; thread t owns the row's 16-byte vectors t + k * THREADS, the first NPT in registers, the next SNPT in its own slots of dynamic shared
-// memory (`held`, slot k at held[k * THREADS]), filled by cp.async.  Every load of the row is in
-// flight before the first wait, and the row is read from DRAM once.  mean and var are Chan's
-// merge of the threads' exact two-pass statistics: no cancellation for rows with a large mean,
-// and a fixed order, so results are deterministic (RMS: the sum of squares, mean 0).  The row's
-// parameters a and b come after the statistics, G vectors' worth at a time, from L2, where every
-// row sharing them finds them:
+// threads a row; thread t owns the row's 16-byte vectors t + k * THREADS, the first NPT in
+// registers, the next SNPT in its own slots of dynamic shared memory (`held`, slot k at
+// held[k * THREADS]), filled by cp.async.  Every load of the row is in flight before the first
+// wait, and the row is read from DRAM once.  mean and var are Chan's merge of the threads' exact
+// two-pass statistics: no cancellation for rows with a large mean, and a fixed order, so results
+// are deterministic (RMS: the sum of squares, mean 0).  The row's parameters a and b come after
+// the statistics, G vectors' worth at a time, from L2, where every row sharing them finds them:
 //
 //     y = act((x - mean) * rstd * A + b),   A = a (LN, RMS) or 1 + a (ADA),   act = identity or relu
 //
