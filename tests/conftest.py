@@ -174,6 +174,12 @@ def assert_close(actual, expected, tol, mag=None, what="output"):
         )
 
 
+def sample_rows(m: int, device) -> torch.Tensor:
+    """Indices of some of m independent rows (the first, every 97th, the last): the rows a test of
+    many rows compares with a float64 reference, after checking that every row was written."""
+    return torch.cat([torch.arange(0, m, 97), torch.tensor([m - 1])]).to(device)
+
+
 def make_tensor(shape, dtype, device, scale=1.0, offset=0.0):
     """randn * scale + offset, drawn in float32 and rounded once into `dtype`."""
     return (torch.randn(shape, device=device) * scale + offset).to(dtype)

@@ -29,19 +29,20 @@ RMS_NORM_BLOCKS = (
     (32768, 1, 16),
 )
 RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
-# The forward of 16-bit rows wider than RMS_NORM_CUDA_ABOVE and at most RMS_NORM_CUDA_WIDEST,
-# 16-byte aligned, with a weight, from RMS_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/rms_norm.cu):
-# one block of 512 threads a row held on chip (4 vectors a thread in registers, 12 in shared
-# memory: RMS_NORM_CUDA_HELD), so x is read once where the Triton loop reads it twice.  Through
-# ctypes on an H100 (bf16, % of copy, docs/benchmarks.md, "LayerNorm's wide rows in CUDA C++"):
-# 1024 x 65536 89.5% against 86.2%, 4096 x 65536 97.7% against 95.3%, 16384 x 65536 99.9%
-# against 98.5%, 4096 x 49152 96.8% against 93.1%; level at 256 rows.  Without a weight, 4 + 12
-# vectors spill at two blocks an SM (the weight's load becomes conditional), so those calls keep
-# Triton.
-RMS_NORM_CUDA_ABOVE, RMS_NORM_CUDA_WIDEST, RMS_NORM_CUDA_ROWS = 32768, 65536, 1024
-RMS_NORM_CUDA_THREADS, RMS_NORM_CUDA_HELD = 512, 12   # kernels/cuda/rms_norm.cu's RMS_NORM_THREADS, SNPT
+# The forward of 16-bit rows wider than RMS_NORM_CUDA_ABOVE, 16-byte aligned, with a weight,
+# from RMS_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/rms_norm.cu): one block of 512 threads
+# a row held on chip (4 vectors a thread in registers, 12 in shared memory), so x is read once
+# where the Triton loop reads it twice.  RMS_NORM_CUDA: (form, widest N, vectors a thread in
+# shared memory), as LAYER_NORM_CUDA.  Through ctypes on an H100 (bf16, % of copy,
+# docs/benchmarks.md, "LayerNorm's wide rows in CUDA C++"): 1024 x 65536 89.5% against 86.2%,
+# 4096 x 65536 97.7% against 95.3%, 16384 x 65536 99.9% against 98.5%, 4096 x 49152 96.8%
+# against 93.1%; level at 256 rows.  Without a weight, 4 + 12 vectors spill at two blocks an SM
+# (the weight's load becomes conditional), so those calls keep Triton.
+RMS_NORM_CUDA_ABOVE, RMS_NORM_CUDA_ROWS = 32768, 1024
+RMS_NORM_CUDA = (("n65536", 65536, 12),)
+RMS_NORM_CUDA_THREADS = 512   # kernels/cuda/rms_norm.cu's RMS_NORM_THREADS
 _CUDA_FWD = (f"w != 0 && M >= {RMS_NORM_CUDA_ROWS} && N > {RMS_NORM_CUDA_ABOVE} && "
-             f"N <= {RMS_NORM_CUDA_WIDEST}")
+             f"N <= {RMS_NORM_CUDA[-1][1]}")
 
 def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False, aligned: bool = True):
     """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None, unroll)] for one arch:
@@ -201,20 +202,27 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
 
 
 def _cuda_variants() -> tuple[Variant, ...]:
-    """The forward of wide aligned 16-bit rows with a weight, on every arch (sm80 and sm89, not
-    measured, fit the same blocks: 96 KiB of shared memory a block, one an SM where it is short)."""
-    return tuple(Variant(
-        name=f"rms_norm_fwd_{dtype}_n{RMS_NORM_CUDA_WIDEST}_cuda_a16",
-        dtype=dtype,
-        kernel=f"rms_norm_fwd_{dtype}_n{RMS_NORM_CUDA_WIDEST}",
-        when=f"dtype == {DTYPES[dtype]} && {_CUDA_FWD}",
-        grid=("M", "1", "1"),
-        block=(str(RMS_NORM_CUDA_THREADS), "1", "1"),
-        shared=RMS_NORM_CUDA_HELD * RMS_NORM_CUDA_THREADS * 16,
-        aligned=("x", "y", "w", "stride_x", "stride_y", "N"),
-        source="kernels/cuda/rms_norm.cu",
-    ) for dtype in ("bf16", "fp16"))
-
+    """The forward of wide aligned 16-bit rows with a weight (RMS_NORM_CUDA), on every arch (sm80
+    and sm89, not measured, fit the same blocks: 96 KiB of shared memory a block, one an SM where
+    it is short)."""
+    out = []
+    for dtype in ("bf16", "fp16"):
+        lower = RMS_NORM_CUDA_ABOVE
+        for form, upper, held in RMS_NORM_CUDA:
+            out.append(Variant(
+                name=f"rms_norm_fwd_{dtype}_{form}_cuda_a16",
+                dtype=dtype,
+                kernel=f"rms_norm_fwd_{dtype}_{form}",
+                when=(f"dtype == {DTYPES[dtype]} && w != 0 && M >= {RMS_NORM_CUDA_ROWS} && "
+                      f"N > {lower} && N <= {upper}"),
+                grid=("M", "1", "1"),
+                block=(str(RMS_NORM_CUDA_THREADS), "1", "1"),
+                shared=held * RMS_NORM_CUDA_THREADS * 16,
+                aligned=("x", "y", "w", "stride_x", "stride_y", "N"),
+                source="kernels/cuda/rms_norm.cu",
+            ))
+            lower = upper
+    return tuple(out)
 
 OPS = (
     Op("rms_norm_fwd", "triton", "kernels/triton/rms_norm.py", _RMS_FWD_PARAMS,

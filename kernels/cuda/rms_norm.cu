@@ -22,5 +22,8 @@
                                                                  N, eps, 0);                                 \
   }
 
-RMS_FWD(bf16_t, bf16, n65536, 4, 12, 2)
-RMS_FWD(half_t, fp16, n65536, 4, 12, 2)
+#define RMS_FWD_FORMS(T, NAME) \
+  RMS_FWD(T, NAME, n65536, 4, 12, 2)
+
+RMS_FWD_FORMS(bf16_t, bf16)
+RMS_FWD_FORMS(half_t, fp16)
