@@ -211,8 +211,10 @@ def test_unsupported_device_type():
 # --- GPU forward --------------------------------------------------------------------------
 
 MS = (0, 1, 16, 128, 1024, 4096)
-# 16392, 32768 and 40008: the CUDA C++ forms of wide 16-bit rows (one in registers, one half in
-# shared memory), at their edges and with a partly used last vector group
+# 3072 and 4096 at 4096 rows: the CUDA C++ row form (16-bit rows 2049-16384 wide from 2048 rows);
+# 16392, 32768 and 40008: the held forms' widths (one in registers, one half in shared memory),
+# at their edges and with a partly used last vector group, here through Triton (fewer than 2048
+# rows) and in test_forward_many_wide_rows through the CUDA C++ forms
 NS = (1, 3, 127, 1000, 1024, 3072, 4096, 4097, 8192, 16384, 16392, 32768, 40008, 65536, 131072)
 # Every N for small M; large M only while M * N <= 2^24 (the float64 reference stays small).
 GRID = [(m, n) for m in MS for n in NS if m * n <= 1 << 24]
@@ -227,10 +229,12 @@ def test_forward_grid(m, n, dtype, params):
     check_forward(*inputs((m, n), dtype, "cuda", params), relu=params == "wb32")
 
 
-# The CUDA C++ forms of wide 16-bit rows take calls of at least 2048 rows (aot/specs/layer_norm.py,
-# LAYER_NORM_CUDA_ROWS), past the grid's M * N bound: every row is checked for being written and
-# a sample of rows (the first, the last and every 97th; rows are independent) against float64.
-MANY_ROWS = [(2051, n) for n in (16392, 32768, 40008, 65536)]
+# The CUDA C++ forms of 16-bit rows wider than 2048 take calls of at least 2048 rows
+# (aot/specs/layer_norm.py, LAYER_NORM_CUDA_ROWS), past the grid's M * N bound: every row is
+# checked for being written and a sample of rows (the first, the last and every 97th; rows are
+# independent) against float64.  Widths: the row form's first (2056: 257 vectors, one thread of
+# the ninth warp), 3072, 6144, 12296 and its widest (16384), then the held forms'.
+MANY_ROWS = [(2051, n) for n in (2056, 3072, 6144, 12296, 16384, 16392, 32768, 40008, 65536)]
 
 
 def check_forward_rows(x, w, b, eps=EPS, relu=False):
@@ -249,6 +253,11 @@ def check_forward_rows(x, w, b, eps=EPS, relu=False):
 def test_forward_many_wide_rows(m, n, dtype, params):
     x, w, b = inputs((m, n), dtype, "cuda", params)
     check_forward_rows(x, w, b, relu=params in ("w", "wb32"))
+    if params == "wb":   # the flags the row form's fixed entry point does not take: bias only, ReLU
+        check_forward_rows(x, None, b)
+        check_forward_rows(x, w, b, relu=True)
+        # var ~ 1e-4: eps changes the result far beyond the tolerance
+        check_forward_rows(make_tensor((m, n), dtype, "cuda", scale=1e-2), w, b, eps=1e-4)
     # strided rows (16-byte aligned: the same kernels) and rows of mean 1000
     big = make_tensor((m, n + 8), dtype, "cuda")
     check_forward_rows(big[:, 8:], w, b)

@@ -28,7 +28,9 @@ WIDTHS = sorted({1, 3, 7, 8, 127, 1000, 3072, 4097, 65536, 131072, 1 << 20}
                 | {row[0] + d for table in specs.rms_norm_rope.RMS_NORM_ROPE_TILES.values()
                    for rows in table.values() for row in rows if row[0] for d in (-1, 0, 1)}
                 | {hd // 2 + d for hd in specs.rope.ROPE_CUDA for d in (-1, 0, 1)}   # rope's D = 2N
-                | {w + d for _, w, _ in specs.layer_norm.LAYER_NORM_CUDA for d in (-1, 0, 1)})
+                | {w + d for _, w, _ in specs.layer_norm.LAYER_NORM_CUDA for d in (-1, 0, 1)}
+                | {w + d for w in (specs.layer_norm.LAYER_NORM_CUDA_ABOVE, specs.layer_norm.LAYER_NORM_CUDA_ROW[1])
+                   for d in (-1, 0, 1)})
 ALIGNED_PTR, MISALIGNED_PTR = 0x7F0000001000, 0x7F0000001002
 OPTIONAL_POINTERS = {"w", "dres"}  # may be NULL (rms_norm without weight, a backward without dres)
 
@@ -249,6 +251,25 @@ def test_held_row_forms_agree_with_the_kernels():
         shared = {v.kernel.rsplit("_", 1)[1]: v.shared for op in specs.OPS if op.name == op_name
                   for v in op.variants if v.kernel.rsplit("_", 1)[1] in kernel}
         assert shared == {name: held * threads * 16 for name, _, held in forms}, src
+
+
+def test_layer_norm_row_form_agrees_with_the_kernel():
+    """LayerNorm's rows up to LAYER_NORM_CUDA_ROW's width: the kernel's entry points hold the
+    spec's vectors a thread in registers and none in shared memory, and the spec's block gives
+    every width it takes enough threads (a whole warp, at most the kernel's launch bound)."""
+    form, widest, vectors = specs.layer_norm.LAYER_NORM_CUDA_ROW
+    source = (REPO / "kernels/cuda/layer_norm.cu").read_text()
+    entries = re.findall(r"^  LN_FWD_ROW\(T, P, NAME, (\w+), (\d+), (-?\d+)\)", source, re.M)
+    assert entries == [(form, str(vectors), "-1"), (f"{form}_wb", str(vectors), "3")]
+    variants = [v for op in specs.OPS if op.name == "layer_norm_fwd" for v in op.variants
+                if v.kernel.endswith((f"_{form}", f"_{form}_wb"))]
+    assert len(variants) == 8 and all(v.shared == 0 for v in variants)
+    block = variants[0].block[0]
+    assert all(v.block[0] == block for v in variants)
+    for n in (specs.layer_norm.LAYER_NORM_CUDA_ABOVE + 1, 3072, 4097, 6144, 12289, widest):
+        threads = eval(block.replace("fa_cdiv", "(lambda a, b: -(-a // b))"), {}, {"N": n})
+        assert threads % 32 == 0 and threads <= specs.layer_norm.LAYER_NORM_CUDA_THREADS
+        assert threads * vectors * 8 >= n > (threads - 32) * vectors * 8
 
 
 def test_colsum_constants_agree_with_the_kernel():

@@ -1,5 +1,5 @@
-"""layer_norm (Triton; wide 16-bit rows' forward in CUDA C++): forward (+ ReLU), fused backward,
-the wide-row backward pair, and the dweight/dbias reduction."""
+"""layer_norm (Triton; the forward of aligned 16-bit rows 2049-65536 wide in CUDA C++): forward
+(+ ReLU), fused backward, the wide-row backward pair, and the dweight/dbias reduction."""
 from __future__ import annotations
 
 import itertools
@@ -47,18 +47,24 @@ LAYER_NORM_STATS_U16 = ((None, 1024, 8),)
 LAYER_NORM_DX = (512, 2, 8)
 LAYER_NORM_DW = (32, 64, 4)         # dw: columns per program, partial rows per step, warps
 # The forward of 16-bit rows wider than LAYER_NORM_CUDA_ABOVE, 16-byte aligned, from
-# LAYER_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/layer_norm.cu): one block of 512 threads
-# a row, held on chip (registers and shared memory), so x is read once.  (form, widest N,
-# vectors a thread in shared memory).  Against the Triton forms through ctypes on an H100 (bf16,
-# % of copy, docs/benchmarks.md, "LayerNorm's wide rows in CUDA C++"): 4096 x 32768 88.3% against
-# 86.4%, 16384 x 32768 92.7% against 89.6%, 16384 x 20000 85.1% against 78.4%, 4096 x 65536 85.8%
-# against 79.1%, 16384 x 65536 91.2% against 80.3%, 4096 x 40008 83.3% against 67.7%; level at
-# 2048 rows, slower at 1024 (71-72% against 75-76%: one block a row fills fewer waves).  Narrower
-# or wider rows, fewer rows and fp32 x keep Triton.
-LAYER_NORM_CUDA_ABOVE = 16384
+# LAYER_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/layer_norm.cu): one block a row, held on
+# chip from its first load to its last store, so x is read once and its two statistics take one
+# reduction.  Against the Triton forms through ctypes on an H100 (bf16, % of copy, docs/benchmarks.md,
+# "LayerNorm's rows held in CUDA C++ from 2049 wide" and "LayerNorm's wide rows in CUDA C++"):
+# 16384 x 3072 92.1% against 80.5%, 16384 x 6144 96.2% against 74.7%, 16384 x 16384 98.7% against
+# 91.3%, 4096 x 6144 82.5% against 63.8%, 4096 x 65536 85.8% against 79.1%, 16384 x 65536 91.2%
+# against 80.3%; 2048 wide and narrower rows keep Triton (16384 x 2048: 91.7% against 87.4%), as
+# do fewer rows (1024 x 4096: 54.4% against 51.6%; 1024 x 32768: 75.8% against 71-72%) and fp32 x.
+LAYER_NORM_CUDA_ABOVE = 2048
 LAYER_NORM_CUDA_ROWS = 2048
-LAYER_NORM_CUDA = (("n32768", 32768, 4), ("n65536", 65536, 8))
 LAYER_NORM_CUDA_THREADS = 512   # kernels/cuda/layer_norm.cu's LAYER_NORM_THREADS
+# Rows up to 16384 wide: (form, widest N, vectors a thread in registers), a block of
+# 32 * ceil(N / (8 * 32 * vectors)) threads a row, several rows an SM; the form's "_wb" entry
+# point, for weight and bias without ReLU (flags & 11 == 3), fixes the flags at compile time.
+LAYER_NORM_CUDA_ROW = ("r4", 16384, 4)
+# Wider rows: (form, widest N, vectors a thread in shared memory) on LAYER_NORM_CUDA_THREADS
+# threads, as many vectors a thread in registers.
+LAYER_NORM_CUDA = (("n32768", 32768, 4), ("n65536", 65536, 8))
 _CUDA_FWD = f"M >= {LAYER_NORM_CUDA_ROWS} && N > {LAYER_NORM_CUDA_ABOVE} && N <= {LAYER_NORM_CUDA[-1][1]}"
 
 
@@ -177,21 +183,29 @@ def _row_variants(direction: str) -> tuple[Variant, ...]:
 
 
 def _cuda_variants() -> tuple[Variant, ...]:
-    """The forward of wide aligned 16-bit rows (LAYER_NORM_CUDA), weight and bias of x's dtype or
-    fp32 (flags & 4), on every arch (sm80 and sm89, not measured, fit the same blocks: at most 64
-    KiB of shared memory a block, one such block an SM where an SM has less than 128 KiB)."""
+    """The forward of aligned 16-bit rows of 2049-65536 (LAYER_NORM_CUDA_ROW, LAYER_NORM_CUDA),
+    weight and bias of x's dtype or fp32 (flags & 4), on every arch (sm80 and sm89, not measured,
+    fit the same blocks: at most 64 KiB of shared memory a block, one such block an SM where an SM
+    has less than 128 KiB)."""
     out = []
+    row_form, row_upper, row_vectors = LAYER_NORM_CUDA_ROW
     for dtype, p32 in itertools.product(("bf16", "fp16"), (False, True)):
-        lower = LAYER_NORM_CUDA_ABOVE
+        name = f"layer_norm_fwd_{dtype}{'_pf32' if p32 else ''}"
+        common = [f"(flags & 4) {'!=' if p32 else '=='} 0", f"M >= {LAYER_NORM_CUDA_ROWS}"]
+        forms = [(f"{row_form}_wb", f"(flags & 11) == 3 && N > {LAYER_NORM_CUDA_ABOVE} && N <= {row_upper}",
+                  f"32 * fa_cdiv(N, {8 * 32 * row_vectors})", 0),
+                 (row_form, f"(flags & 11) != 3 && N > {LAYER_NORM_CUDA_ABOVE} && N <= {row_upper}",
+                  f"32 * fa_cdiv(N, {8 * 32 * row_vectors})", 0)]
+        lower = row_upper
         for form, upper, held in LAYER_NORM_CUDA:
-            kernel = f"layer_norm_fwd_{dtype}{'_pf32' if p32 else ''}_{form}"
-            out.append(_variant(
-                "layer_norm_fwd", dtype, f"{'pf32_' if p32 else ''}{form}_cuda",
-                [f"(flags & 4) {'!=' if p32 else '=='} 0", f"M >= {LAYER_NORM_CUDA_ROWS}",
-                 f"N > {lower} && N <= {upper}"], _FWD_PARAMS, True,
-                kernel=kernel, grid=("M", "1", "1"), block=(str(LAYER_NORM_CUDA_THREADS), "1", "1"),
-                shared=held * LAYER_NORM_CUDA_THREADS * 16, source="kernels/cuda/layer_norm.cu"))
+            forms.append((form, f"N > {lower} && N <= {upper}", str(LAYER_NORM_CUDA_THREADS),
+                          held * LAYER_NORM_CUDA_THREADS * 16))
             lower = upper
+        for form, width, block, shared in forms:
+            out.append(_variant(
+                "layer_norm_fwd", dtype, f"{'pf32_' if p32 else ''}{form}_cuda", common + [width], _FWD_PARAMS, True,
+                kernel=f"{name}_{form}", grid=("M", "1", "1"), block=(block, "1", "1"), shared=shared,
+                source="kernels/cuda/layer_norm.cu"))
     return tuple(out)
 
 

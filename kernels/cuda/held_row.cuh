@@ -20,7 +20,7 @@
 
 enum class Norm { LN, ADA, RMS };
 
-template <typename T, typename P, int THREADS, int NPT, int SNPT, Norm MODE, int G = 1>
+template <typename T, typename P, int THREADS, int NPT, int SNPT, Norm MODE, int G = 1, int FLAGS = -1>
 __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __restrict__ yr, const P* __restrict__ a,
                                              const P* __restrict__ b, int N, float eps, int flags) {
   constexpr int VEC = 16 / sizeof(T);
@@ -28,9 +28,10 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float shm[3 * MAX_WARPS];
   Raw<T, VEC>* held = reinterpret_cast<Raw<T, VEC>*>(smem_raw) + threadIdx.x;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, nt = THREADS > 0 ? THREADS : (int)blockDim.x;
+  if (FLAGS >= 0) flags = FLAGS;
   // column of this thread's vector k; vectors past N hold nothing and are skipped
-  auto col = [&](int k) { return (tid + k * THREADS) * VEC; };
+  auto col = [&](int k) { return (tid + k * nt) * VEC; };
 
   // phase 1: every load of the row in flight
   Raw<T, VEC> v[NPT];
@@ -39,8 +40,10 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
     if (col(k) < N) v[k].load(xr + col(k));
 #pragma unroll
   for (int k = 0; k < SNPT; ++k)
-    if (col(NPT + k) < N) cp_async16(&held[k * THREADS], xr + col(NPT + k));
-  cp_async_wait_all();   // only this thread reads its slots: no block barrier
+    if (col(NPT + k) < N) cp_async16(&held[k * nt], xr + col(NPT + k));
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) v[k].hold();
+  if (SNPT > 0) cp_async_wait_all();   // only this thread reads its slots: no block barrier
 
   // phase 2: this thread's statistics (exact two-pass; RMS: the sum of squares), merged over the block
   float mean, rstd;
@@ -49,7 +52,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
 #pragma unroll
     for (int k = 0; k < NPT + SNPT; ++k)
       if (col(k) < N) {
-        const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
+        const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * nt];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) ss[0] += u[i] * u[i];
       }
@@ -61,7 +64,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
 #pragma unroll
     for (int k = 0; k < NPT + SNPT; ++k)
       if (col(k) < N) {
-        const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
+        const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * nt];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) sum += u[i];
         n += VEC;
@@ -73,7 +76,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
 #pragma unroll
       for (int k = 0; k < NPT + SNPT; ++k)
         if (col(k) < N) {
-          const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
+          const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * nt];
 #pragma unroll
           for (int i = 0; i < VEC; ++i) m2 += (u[i] - m) * (u[i] - m);
         }
@@ -85,7 +88,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
   // phase 3: normalise, scale, shift, store (vector k, its parameters av and bv)
   constexpr bool HAS_B = MODE != Norm::RMS;
   auto emit = [&](int k, const Raw<P, VEC>& av, const Raw<P, VEC>& bv) {
-    const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * THREADS];
+    const Raw<T, VEC> u = k < NPT ? v[k < NPT ? k : 0] : held[(k - NPT) * nt];
     float out[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {

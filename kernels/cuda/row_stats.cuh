@@ -67,6 +67,16 @@ struct Raw {
     for (int c = 0; c < VEC / C; ++c) part[c] = load_vec<P, C>(p + c * C);
   }
   __device__ __forceinline__ float operator[](int i) const { return to_float(part[i / C].v[i % C]); }
+  // An empty asm that stands for a change to the registers: what reads them comes after it.
+  // Called on each vector once the last load of a row is issued, it keeps every load in flight
+  // before the first use; left alone, the compiler may convert each vector right after its own
+  // load, and each load's latency is then paid in turn (LayerNorm's 3072-16384-wide rows ran
+  // at 64-83% of copy that way, 91-99% held; docs/benchmarks.md).
+  __device__ __forceinline__ void hold() {
+    unsigned* u = reinterpret_cast<unsigned*>(part);
+#pragma unroll
+    for (int j = 0; j < (int)sizeof(part) / 4; ++j) asm volatile("" : "+r"(u[j]));
+  }
 };
 
 // ------------------------------------------------------------------ reductions
