@@ -60,6 +60,14 @@ __device__ __forceinline__ void ada_fwd(const T* __restrict__ x, const P* __rest
           }
         }
       }
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {  // every load issued before the first use (Raw::hold)
+        v[k].hold();
+        if (!SHARED) {
+          a[k].hold();
+          b[k].hold();
+        }
+      }
       finish_stats(block_stats(tile_stats<VEC, NPT>(v, 0, N), shm), N, eps, mean, rstd);
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
@@ -175,6 +183,14 @@ __device__ __forceinline__ void ada_bwd(const T* __restrict__ dy, const T* __res
           gn[k].load(gr + J * stride_dy + c);
         }
         if (PER_ROW) av[k].load(sc + c);
+      }
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {  // every load issued before the first use (Raw::hold)
+        if (!AHEAD) {
+          xv[k].hold();
+          gv[k].hold();
+        }
+        if (PER_ROW) av[k].hold();
       }
       finish_stats(block_stats(tile_stats<VEC, NPT>(xv, 0, N), shm), N, eps, mean, rstd);
       if (!PER_ROW) {
