@@ -1,18 +1,21 @@
 // One row held on chip from its first load to its last store, for the forwards of LayerNorm
 // (kernels/cuda/layer_norm.cu), AdaLN with a shared scale (kernels/cuda/ada_layer_norm.cu) and
-// RMSNorm with a weight (kernels/cuda/rms_norm.cu) at wide 16-bit rows: a block of THREADS
-// threads a row; thread t owns the row's 16-byte vectors t + k * THREADS, the first NPT in
-// registers, the next SNPT in its own slots of dynamic shared memory (`held`, slot k at
-// held[k * THREADS]), filled by cp.async.  Every load of the row is in flight before the first
-// wait, and the row is read from DRAM once.  mean and var are Chan's merge of the threads' exact
-// two-pass statistics: no cancellation for rows with a large mean, and a fixed order, so results
-// are deterministic (RMS: the sum of squares, mean 0).  The row's parameters a and b come after
-// the statistics, G vectors' worth at a time, from L2, where every row sharing them finds them:
+// RMSNorm with a weight (kernels/cuda/rms_norm.cu) at 16-bit rows: a block of T threads a row
+// (T = THREADS, or blockDim.x where THREADS is 0: a block sized to the row); thread t owns the
+// row's 16-byte vectors t + k * T, the first NPT in registers, the next SNPT in its own slots of
+// dynamic shared memory (`held`, slot k at held[k * T]), filled by cp.async.  Every load of the
+// row is in flight before the first use (Raw::hold), and the row is read from DRAM once.  mean
+// and var are Chan's merge of the threads' exact two-pass statistics: no cancellation for rows
+// with a large mean, and a fixed order, so results are deterministic (RMS: the sum of squares,
+// mean 0).  The row's parameters a and b come after the statistics, G vectors' worth at a time,
+// from L2, where every row sharing them finds them:
 //
 //     y = act((x - mean) * rstd * A + b),   A = a (LN, RMS) or 1 + a (ADA),   act = identity or relu
 //
-// flags: 1 a, 2 b (absent: A = 1, b = 0), 8 ReLU (NaN kept, as where(y < 0, 0, y) does); RMS reads
-// none of them: its a (the weight) is always there, and it has no b or ReLU.
+// flags: 1 a, 2 b (absent: A = 1, b = 0), 8 ReLU (NaN kept, as where(y < 0, 0, y) does); FLAGS >= 0
+// fixes them at compile time (fewer registers where the block holds its row in registers only;
+// the wide forms spilled with it).  RMS reads none of them: its a (the weight) is always there,
+// and it has no b or ReLU.
 // Register spills cost these kernels more than shared memory does (docs/benchmarks.md,
 // "LayerNorm's wide rows in CUDA C++"): check ptxas's report when changing them.
 #pragma once
