@@ -1,5 +1,6 @@
 """layer_norm: y = act((x - mean) / sqrt(var + eps) * weight + bias), act = identity or ReLU
-(Triton kernel, kernels/triton/layer_norm.py).
+(Triton kernels, kernels/triton/layer_norm.py; the forward of aligned 16-bit rows 2049-65536 wide
+from 2048 rows in CUDA C++, kernels/cuda/layer_norm.cu, chosen by the library's dispatch).
 
 x: (..., N) fp16|bf16|fp32, rows may be strided; weight, bias: (N,) of x's dtype, or fp32 with a
 16-bit x (both the same dtype), or None.  The backward gives dx, dweight and dbias; dweight and
@@ -22,7 +23,7 @@ from ._common import (check_eps, check_input, direct, dtype_code, is_compiling, 
 OP = "layer_norm"
 _ACTIVATIONS = {None: False, "relu": True}
 _PARAM_TYPES = (torch.Tensor, torch.nn.Parameter)
-# flags of the kernels (kernels/triton/layer_norm.py)
+# flags of the kernels (kernels/triton/layer_norm.py, kernels/cuda/layer_norm.cu)
 _HAS_W, _HAS_B, _PARAMS_FP32, _RELU = 1, 2, 4, 8
 # Rows wider than this take the two-kernel backward (aot/specs/layer_norm.py: LAYER_NORM_SPLIT_ABOVE),
 # whose second kernel takes LAYER_NORM_DX's 512 columns per program, 2 rows a step.
