@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 import struct
 import subprocess
 import textwrap
@@ -51,12 +50,6 @@ def _op(name):
     return next(op for op in specs.OPS if op.name == name)
 
 
-def _c_expr(expr: str, args: dict) -> int:
-    """A grid or block expression's value (Python's integers do not overflow: casts drop out)."""
-    env = dict(args, fa_cdiv=lambda a, b: -(-a // b), fa_min=min, fa_max=max)
-    return int(eval(re.sub(r"\(u?int(32|64)_t\)", "", expr.replace("dev->sms", str(SMS))), {}, env))
-
-
 def expected_launch(arch: str, op_name: str, args: dict) -> dict:
     op = _op(op_name)
     hits = [v for v in op.variants if arch in v.arches and eval(_condition(op, v), {}, dict(args))]
@@ -68,7 +61,8 @@ def expected_launch(arch: str, op_name: str, args: dict) -> dict:
     params = []  # (struct format, value) in launch order
     for name in k["args"]:
         if name.startswith("tensor_map"):   # the fake driver writes a descriptor's address first
-            params.append(("<Q", _c_expr(v.tensor_maps[int(name.removeprefix("tensor_map"))].ptr, args)))
+            ptr = v.tensor_maps[int(name.removeprefix("tensor_map"))].ptr
+            params.append(("<Q", specs.launch_value(ptr, args, SMS)))
             continue
         fmt = {"ptr": "<Q", "i64": "<q", "i32": "<i", "f32": "<f"}[ctypes_of[name]]
         params.append((fmt, args[name]))
@@ -77,8 +71,8 @@ def expected_launch(arch: str, op_name: str, args: dict) -> dict:
         params += [("<Q", args["scratch"] if k["global_scratch"] else 0), ("<Q", 0)]
         block = [32 * k["num_warps"], 1, 1]
     else:
-        block = [_c_expr(e, args) for e in v.block]
-    return {"variant": v.name, "symbol": k["symbol"], "grid": [_c_expr(e, args) for e in v.grid],
+        block = [specs.launch_value(e, args, SMS) for e in v.block]
+    return {"variant": v.name, "symbol": k["symbol"], "grid": [specs.launch_value(e, args, SMS) for e in v.grid],
             "block": block, "shared": k["shared"], "params": params, "image_sha256": k["image_sha256"]}
 
 

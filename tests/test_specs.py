@@ -267,7 +267,7 @@ def test_layer_norm_row_form_agrees_with_the_kernel():
     block = variants[0].block[0]
     assert all(v.block[0] == block for v in variants)
     for n in (specs.layer_norm.LAYER_NORM_CUDA_ABOVE + 1, 3072, 4097, 6144, 12289, widest):
-        threads = eval(block.replace("fa_cdiv", "(lambda a, b: -(-a // b))"), {}, {"N": n})
+        threads = specs.launch_value(block, {"N": n})
         assert threads % 32 == 0 and threads <= specs.layer_norm.LAYER_NORM_CUDA_THREADS
         assert threads * vectors * 8 >= n > (threads - 32) * vectors * 8
 

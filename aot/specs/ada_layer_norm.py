@@ -1,7 +1,7 @@
 """ada_layer_norm (CUDA C++): forward and backward."""
 from __future__ import annotations
 
-from .core import DTYPES, ELEM_BYTES, Op, Param, Variant
+from .core import DTYPES, ELEM_BYTES, Op, Param, Variant, held_row_forms
 
 # ---------------------------------------------------------------------------------
 # ada_layer_norm (CUDA C++): y = layer_norm(x) * (1 + scale) + shift, scale and shift per tensor,
@@ -97,12 +97,9 @@ def _fwd_forms(vec: int) -> list[tuple[str, str, str, int]]:
     general = _resident_forms(ADA_FWD_RESIDENT)
     if vec != 8:
         return shared + general
-    held, lower = [], _widest(ADA_FWD_SHARED_RESIDENT)
-    for tag, upper, in_shared in ADA_HELD:
-        held.append((tag, f"{_SHARED} && N > {lower} && N <= {upper}", str(ADA_HELD_THREADS),
-                     in_shared * ADA_HELD_THREADS * 16))
-        lower = upper
-    taken = f"{_SHARED} && N > {_widest(ADA_FWD_SHARED_RESIDENT)} && N <= {lower}"
+    held = [(tag, f"{_SHARED} && {width}", block, smem)
+            for tag, width, block, smem in held_row_forms(_widest(ADA_FWD_SHARED_RESIDENT), ADA_HELD, ADA_HELD_THREADS)]
+    taken = f"{_SHARED} && N > {_widest(ADA_FWD_SHARED_RESIDENT)} && N <= {ADA_HELD[-1][1]}"
     general = [(tag, f"{width} && !({taken})" if tag == "loop" else width, block, smem)
                for tag, width, block, smem in general]
     return shared + held + general

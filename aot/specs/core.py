@@ -133,6 +133,25 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def held_row_forms(lower: int, forms, threads: int) -> list[tuple[str, str, str, int]]:
+    """(tag, width test, block, shared bytes) of the forms of kernels/cuda/held_row.cuh on blocks
+    of `threads`: forms are (tag, widest N, vectors a thread in shared memory), narrowest first,
+    each taking the rows wider than the one before it (the first: wider than `lower`)."""
+    out = []
+    for tag, upper, in_shared in forms:
+        out.append((tag, f"N > {lower} && N <= {upper}", str(threads), in_shared * threads * 16))
+        lower = upper
+    return out
+
+
+def launch_value(expr: str, args: dict, sms: int = 1) -> int:
+    """A grid or block expression (the generated C's fa_cdiv, fa_min, fa_max, dev->sms and casts)
+    evaluated for a call's arguments, on a device of `sms` SMs: what the tests expect a launch to
+    be.  Python's integers do not overflow, so the casts drop out."""
+    env = dict(args, fa_cdiv=cdiv, fa_min=min, fa_max=max)
+    return int(eval(re.sub(r"\(u?int(32|64)_t\)", "", expr.replace("dev->sms", str(sms))), {}, env))
+
+
 TUNING_DIR = Path(__file__).resolve().parent.parent / "tuning"
 
 

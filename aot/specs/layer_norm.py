@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from .core import (ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, block_entries, loop_entry, merge_arches,
-                   tuning)
+from .core import (ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, block_entries, held_row_forms, loop_entry,
+                   merge_arches, tuning)
 from .rms_norm import RMS_NORM_BLOCKS
 
 # ---------------------------------------------------------------------------------
@@ -187,20 +187,16 @@ def _cuda_variants() -> tuple[Variant, ...]:
     weight and bias of x's dtype or fp32 (flags & 4), on every arch (sm80 and sm89, not measured,
     fit the same blocks: at most 64 KiB of shared memory a block, one such block an SM where an SM
     has less than 128 KiB)."""
-    out = []
     row_form, row_upper, row_vectors = LAYER_NORM_CUDA_ROW
+    row_width = f"N > {LAYER_NORM_CUDA_ABOVE} && N <= {row_upper}"
+    row_block = f"32 * fa_cdiv(N, {8 * 32 * row_vectors})"
+    forms = [(f"{row_form}_wb", f"(flags & 11) == 3 && {row_width}", row_block, 0),
+             (row_form, f"(flags & 11) != 3 && {row_width}", row_block, 0),
+             *held_row_forms(row_upper, LAYER_NORM_CUDA, LAYER_NORM_CUDA_THREADS)]
+    out = []
     for dtype, p32 in itertools.product(("bf16", "fp16"), (False, True)):
         name = f"layer_norm_fwd_{dtype}{'_pf32' if p32 else ''}"
         common = [f"(flags & 4) {'!=' if p32 else '=='} 0", f"M >= {LAYER_NORM_CUDA_ROWS}"]
-        forms = [(f"{row_form}_wb", f"(flags & 11) == 3 && N > {LAYER_NORM_CUDA_ABOVE} && N <= {row_upper}",
-                  f"32 * fa_cdiv(N, {8 * 32 * row_vectors})", 0),
-                 (row_form, f"(flags & 11) != 3 && N > {LAYER_NORM_CUDA_ABOVE} && N <= {row_upper}",
-                  f"32 * fa_cdiv(N, {8 * 32 * row_vectors})", 0)]
-        lower = row_upper
-        for form, upper, held in LAYER_NORM_CUDA:
-            forms.append((form, f"N > {lower} && N <= {upper}", str(LAYER_NORM_CUDA_THREADS),
-                          held * LAYER_NORM_CUDA_THREADS * 16))
-            lower = upper
         for form, width, block, shared in forms:
             out.append(_variant(
                 "layer_norm_fwd", dtype, f"{'pf32_' if p32 else ''}{form}_cuda", common + [width], _FWD_PARAMS, True,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import itertools
 
-from .core import (ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, block_entries, loop_entry, merge_arches,
-                   tuning)
+from .core import (ARCHES, DTYPES, ELEM_BYTES, Op, Param, Variant, block_entries, held_row_forms, loop_entry,
+                   merge_arches, tuning)
 
 # ---------------------------------------------------------------------------------
 # rms_norm (Triton): y = x * rsqrt(mean(x^2) + eps) * w, rows of x strided.
@@ -207,21 +207,18 @@ def _cuda_variants() -> tuple[Variant, ...]:
     it is short)."""
     out = []
     for dtype in ("bf16", "fp16"):
-        lower = RMS_NORM_CUDA_ABOVE
-        for form, upper, held in RMS_NORM_CUDA:
+        for form, width, block, shared in held_row_forms(RMS_NORM_CUDA_ABOVE, RMS_NORM_CUDA, RMS_NORM_CUDA_THREADS):
             out.append(Variant(
                 name=f"rms_norm_fwd_{dtype}_{form}_cuda_a16",
                 dtype=dtype,
                 kernel=f"rms_norm_fwd_{dtype}_{form}",
-                when=(f"dtype == {DTYPES[dtype]} && w != 0 && M >= {RMS_NORM_CUDA_ROWS} && "
-                      f"N > {lower} && N <= {upper}"),
+                when=f"dtype == {DTYPES[dtype]} && w != 0 && M >= {RMS_NORM_CUDA_ROWS} && {width}",
                 grid=("M", "1", "1"),
-                block=(str(RMS_NORM_CUDA_THREADS), "1", "1"),
-                shared=held * RMS_NORM_CUDA_THREADS * 16,
+                block=(block, "1", "1"),
+                shared=shared,
                 aligned=("x", "y", "w", "stride_x", "stride_y", "N"),
                 source="kernels/cuda/rms_norm.cu",
             ))
-            lower = upper
     return tuple(out)
 
 OPS = (
