@@ -215,6 +215,9 @@ def main():
     p.add_argument("--modes", type=H.csv_of("fwd", "bwd", "host"), default="fwd,bwd,host",
                    help="comma list of fwd, bwd (forward + backward: at 16M, and over rows for a "
                         "broadcast b), host")
+    p.add_argument("--shapes", type=H.shape_list,
+                   help="M1xN1,M2xN2,...: these bf16 shapes instead of the 16M and 256M ones (forward; "
+                        "forward + backward where it would take 16M)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_elementwise: no CUDA device is visible; run it on a machine with a GPU")
@@ -223,12 +226,14 @@ def main():
     report = H.Report(header, args.out)
     table = cases(fa)
     ops = [o for o in names if o in args.ops]
+    grid = [((m, n), torch.bfloat16) for m, n in args.shapes] if args.shapes else \
+        list(SHAPES[:1] if args.quick else SHAPES)
     if "fwd" in args.modes:
         report.section("forward", "fused: inputs read once, outputs written once (see each op)",
                        ["eager", "compile"])
         for name in ops:
-            shapes = ([SEED] if name in ("add_relu", "bias_gelu") else []) + \
-                     ([] if name == "bias_gelu" else list(SHAPES[:1] if args.quick else SHAPES))
+            shapes = ([SEED] if name in ("add_relu", "bias_gelu") and not args.shapes else []) + \
+                     ([] if name == "bias_gelu" else grid)
             for (m, n), dtype in shapes:
                 bench_fwd(report, fa, name, table[name], m, n, dtype, header["l2_bytes"])
         report.end_section()
@@ -241,7 +246,8 @@ def main():
         report.section("forward + backward, bf16 (16M elements; a broadcast b over rows)",
                        "fused forward + backward (see each op)", ["eager", "compile"])
         for name in [o for o in ops if o != "bias_gelu"]:
-            shapes = BROADCAST_BWD if name.endswith("(b: N)") and not args.quick else SHAPES[:1]
+            shapes = (BROADCAST_BWD if name.endswith("(b: N)") and not args.quick and not args.shapes
+                      else grid if args.shapes else SHAPES[:1])
             for (m, n), dtype in shapes:
                 bench_bwd(report, fa, name, table[name], m, n, dtype, header["l2_bytes"])
         report.end_section()

@@ -14,6 +14,7 @@ import torch
 
 import fusedaot
 import fusedaot.reference as R
+from fusedaot.ops import reduce as reduce_ops
 from conftest import (DTYPES, assert_close, assert_written, compile_backends, make_tensor, nbytes_of,
                       on_foreign_device, poison, ref64)
 
@@ -24,18 +25,19 @@ OPS = {"sum_squared": (fusedaot.reduce_sum_squared, lambda x, dim, keepdim: (x *
 # >= 0, so mag = |ref|.
 # out:   the one rounding into the storage dtype: 2^-8 (bf16), 2^-11 (fp16), 2^-24 (fp32), 2^-53.
 # comp:  accumulation in fp32 (fp64 for fp64): relative error <= (longest chain of dependent
-#        additions) * u for nonnegative terms.  A running sum takes at most 64 vectors (the
-#        dimension is split beyond), each vector's terms first (<= 8), then the lanes' or rows'
-#        tree (<= 8 levels) and the chunks' sum (8 running sums, <= S / 8 + 3 with S <= ~1100):
-#        < 256 additions, plus the square's or |x|'s and the mean's roundings.  256 * 2^-24
-#        (fp32 accumulation), 256 * 2^-53 (fp64).
+#        additions) * u for nonnegative terms.  A running sum takes at most 1024 rows
+#        (reduce_cols, ops/reduce._COLS_SERIAL: the dimension is split beyond) or 64 vectors of
+#        <= 8 terms each (reduce_rows), then the lanes' or rows' tree (<= 7 levels) and the
+#        chunks' sum (8 running sums, <= S / 8 + 3 with S <= ~1100): < 2048 additions, plus the
+#        square's or |x|'s and the mean's roundings.  2048 * 2^-24 (fp32 accumulation),
+#        2048 * 2^-53 (fp64).
 # Backward: dx = 2 x dy or sign(x) dy / n: two roundings of one product: comp = 2 u of the
 #        arithmetic, mag = |dx|.
 TOLERANCES = {
-    torch.bfloat16: dict(out=2**-8, comp=256 * 2**-24, floor=0.0),
-    torch.float16: dict(out=2**-11, comp=256 * 2**-24, floor=2**-25),
-    torch.float32: dict(out=2**-24, comp=256 * 2**-24, floor=0.0),
-    torch.float64: dict(out=2**-53, comp=256 * 2**-53, floor=0.0),
+    torch.bfloat16: dict(out=2**-8, comp=2048 * 2**-24, floor=0.0),
+    torch.float16: dict(out=2**-11, comp=2048 * 2**-24, floor=2**-25),
+    torch.float32: dict(out=2**-24, comp=2048 * 2**-24, floor=0.0),
+    torch.float64: dict(out=2**-53, comp=2048 * 2**-53, floor=0.0),
 }
 BWD_TOLERANCES = {
     torch.bfloat16: dict(out=2**-8, comp=2**-23, floor=0.0),
@@ -211,6 +213,46 @@ def test_forward_beyond_2_31_elements():
         assert_close(total, ref, TOLERANCES[torch.bfloat16], ref.abs())
     del x
     torch.cuda.empty_cache()
+
+
+# reduce_cols' tiles and splits, whatever ops/reduce._cols_launch would pick for the card: every
+# width of tile (L 16-byte lanes: vectors, or elements 16 L bytes wide in the one-element
+# variant), split or not, over row counts around a trip of 8 rows and its tail (a thread's rows
+# are rows / (128 / L) of them), for aligned and unaligned widths
+COLS_TILES = [(lanes, s) for lanes in (1, 2, 4, 8, 16) for s in (1, 2, 7)]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES4, ids=str)
+@pytest.mark.parametrize("lanes,s", COLS_TILES, ids=str)
+def test_forward_every_column_tile(monkeypatch, lanes, s, dtype):
+    monkeypatch.setattr(reduce_ops, "_cols_launch", lambda m, r, n, vec, sms: (lanes, s))
+    for shape, dim in (((1000, 264), 0), ((8 * 128 // lanes + 3, 96), 0), ((16 * 128 // lanes, 40), 0),
+                       ((3, 9, 1003), 1), ((2, 129, 7), -2)):
+        for op in OPS:
+            check_forward(op, inputs(op, shape, dim, dtype, "cuda"), dim)
+
+
+def test_cols_launch_bounds_tiles_and_running_sums():
+    """_cols_launch's (L, S): L a power of two no wider than the row's 16-byte pieces, at most 16
+    (the one-element variants' 16 L / sizeof(T) lanes fit a 128-thread block); S within CUDA's
+    grid, at least 1, never more chunks than rows, and a thread's running sum within
+    _COLS_SERIAL rows; no split where a tile already leaves two blocks an SM and few rows a
+    thread."""
+    for sms in (1, 108, 132):
+        for m in (1, 3, 64):
+            for r in (2, 9, 1000, 4096, 65536, 1 << 22):
+                for n in (2, 7, 64, 1000, 4096, 16384):
+                    for vec in (2, 4, 8):
+                        lanes, s = reduce_ops._cols_launch(m, r, n, vec, sms)
+                        pieces = -(-n // vec)
+                        assert lanes in (1, 2, 4, 8, 16) and lanes <= max(1, 1 << (pieces - 1).bit_length())
+                        assert 1 <= s <= r
+                        chunk = -(-r // min(s, 65535))
+                        assert -(-chunk // (128 // lanes)) <= reduce_ops._COLS_SERIAL, (m, r, n, vec, sms)
+    assert reduce_ops._cols_launch(1, 1024, 16384, 8, 132) == (8, 1)    # 256 blocks, 64 rows a thread
+    assert reduce_ops._cols_launch(1, 4096, 4096, 8, 132) == (2, 1)     # 256 blocks, 64 rows a thread
+    assert reduce_ops._cols_launch(1, 16384, 1024, 8, 132) == (16, 33)  # 8 tiles: R in 33 chunks
 
 
 # --- GPU backward -------------------------------------------------------------------------

@@ -160,7 +160,7 @@ CASES = [
     ("gelu_dropout_fwd", dict(dtype=0, x=MISALIGNED, y=ALIGNED, rng=0, n=4097, seed=-5, counter=(1 << 40) + 7,
                               threshold=1 << 31, scale_bits=0x4000000000000000, dropout=1)),
     ("reduce_cols", dict(dtype=3, x=ALIGNED, out=ALIGNED, partial=ALIGNED + 0x100000, stride_o=0, stride_r=4096,
-                         M=1, R=4096, N=4096, S=32, chunk=128, L=32, kind=1)),
+                         M=1, R=4096, N=4096, S=32, chunk=128, L=16, kind=1)),
     ("layer_norm_fwd", dict(dtype=2, x=ALIGNED, y=ALIGNED, w=ALIGNED, b=0, stride_x=4096, stride_y=4096, M=37,
                             N=4096, eps=1e-5, flags=1 | 4 | 8)),
     ("layer_norm_bwd_dx", dict(dtype=1, dy=ALIGNED, x=MISALIGNED, w=ALIGNED, b=ALIGNED, stats=ALIGNED, dx=ALIGNED,

@@ -315,6 +315,22 @@ def test_reduce_finish_columns_agree_with_the_kernel():
     assert int(defined.group(1)) == specs.reduce.FINISH_COLS
 
 
+def test_reduce_cols_block_agrees_with_the_kernel_and_the_python_layer():
+    """reduce_cols' block (aot/specs/reduce.py) is the kernel's RED_COLS_THREADS, which sizes its
+    shared row sums and sets its rows a trip; python/fusedaot/ops/reduce.py picks its tiles for
+    that block and RED_COLS_UNROLL rows a trip."""
+    source = (REPO / "kernels/cuda/reduce.cu").read_text()
+    threads = re.search(r"^#define RED_COLS_THREADS (\d+)$", source, re.M)
+    unroll = re.search(r"^#define RED_COLS_UNROLL (\d+)$", source, re.M)
+    assert threads and unroll, "kernels/cuda/reduce.cu no longer defines RED_COLS_THREADS / RED_COLS_UNROLL"
+    python = (REPO / "python/fusedaot/ops/reduce.py").read_text()
+    assert int(threads.group(1)) == specs.reduce.COLS_THREADS
+    assert re.search(rf"^_COLS_THREADS = {threads.group(1)}\b", python, re.M)
+    assert re.search(rf"^_COLS_UNROLL = {unroll.group(1)}\b", python, re.M)
+    for variant in next(op for op in specs.OPS if op.name == "reduce_cols").variants:
+        assert variant.block == (str(specs.reduce.COLS_THREADS), "1", "1")
+
+
 def test_layer_norm_backward_split_agrees_with_the_python_layer():
     """python/fusedaot/ops/layer_norm.py sends rows wider than its _SPLIT_ABOVE to the two-kernel
     backward and sizes that grid by _DX_COLUMNS and _DX_ROWS; the spec stops the fused backward's

@@ -45,12 +45,12 @@ ANY_WIDTH = ""                                          # the kernel takes row t
 
 
 def vector_scalar_pair(op: str, kernel: str, dtype: str, pointers, strides, grid, width: str,
-                       extra_when: str = "") -> tuple[Variant, Variant]:
+                       extra_when: str = "", threads: int = THREADS) -> tuple[Variant, Variant]:
     """The 16-byte variant of `kernel` for `dtype` and its one-element fallback, with disjoint
     conditions covering every call: the vector variant needs the pointers 16-byte aligned, the
     strides multiples of 16 bytes and N as `width` says (one of the constants above).
     extra_when: a further condition of both (e.g. the G that selects a kernel shape).
-    grid(vec) -> the grid."""
+    grid(vec) -> the grid; threads: the block."""
     vec = vec_of(dtype)
     width = width.format(vec=vec)
     vector_test = " && ".join(t for t in (alignment_test(pointers, strides, vec), width) if t)
@@ -58,7 +58,7 @@ def vector_scalar_pair(op: str, kernel: str, dtype: str, pointers, strides, grid
     suffix = kernel[len(op):]  # e.g. "" or "_cols" after the op's name
     vector = Variant(name=f"{op}_{dtype}{suffix}_v{vec}", dtype=dtype, kernel=f"{kernel}_{dtype}_v{vec}",
                      when=" && ".join(t for t in (base, width) if t), grid=grid(vec),
-                     block=(str(THREADS), "1", "1"), aligned=tuple(pointers) + tuple(strides))
+                     block=(str(threads), "1", "1"), aligned=tuple(pointers) + tuple(strides))
     scalar = Variant(name=f"{op}_{dtype}{suffix}_v1", dtype=dtype, kernel=f"{kernel}_{dtype}_v1",
-                     when=f"{base} && !({vector_test})", grid=grid(1), block=(str(THREADS), "1", "1"))
+                     when=f"{base} && !({vector_test})", grid=grid(1), block=(str(threads), "1", "1"))
     return vector, scalar

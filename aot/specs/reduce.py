@@ -3,19 +3,21 @@ backward."""
 from __future__ import annotations
 
 from .core import DTYPES, Op, Param, Variant
-from .elementwise import ANY_WIDTH, DTYPES_WITH_FP64, THREADS, WHOLE_VECTORS, ew_grid, vector_scalar_pair
+from .elementwise import ANY_WIDTH, DTYPES_WITH_FP64, THREADS, WHOLE_VECTORS, ew_grid, vec_of, vector_scalar_pair
 
 # ---------------------------------------------------------------------------------
 # x is viewed as (M, R, N) = (outer, reduced, inner); kind 0: sum of squares, 1: mean of |x|.
 # The caller picks the launch shape (L, S, chunk) from the sizes and the SM count:
 # - reduce_rows (N = 1): L lanes a row chunk, S chunks a row, M * S * L threads;
-# - reduce_cols (N > 1): blocks of L threads along N by 256 / L along R, one per (outer index,
-#   column tile, chunk of R);
+# - reduce_cols (N > 1): blocks of COLS_THREADS threads, L lanes of 16 bytes along N (L vectors,
+#   or 16 L bytes of elements in the one-element variant) by the rest along R, one per (outer
+#   index, column tile, chunk of R);
 # with S > 1 they write fp32 (fp64 for fp64) partial sums (S, outputs), added by reduce_finish.
 # The backward is a flat elementwise loop over dx.
 # ---------------------------------------------------------------------------------
 
 FINISH_COLS = 32  # FINISH_COLS in reduce.cu (tests/test_specs.py checks): outputs a reduce_finish block adds
+COLS_THREADS = 128  # RED_COLS_THREADS in reduce.cu (tests/test_specs.py checks): a reduce_cols block
 
 _ROWS_PARAMS = (
     Param("x", "ptr"), Param("out", "ptr"), Param("partial", "ptr", "fp32"),
@@ -51,8 +53,11 @@ def _rows():
 def _cols():
     out = []
     for dtype in DTYPES_WITH_FP64:
+        # a block covers L 16-byte pieces of a row in either variant
+        cols = f"L * {vec_of(dtype)}"
         out += vector_scalar_pair("reduce_cols", "reduce_cols", dtype, ("x",), ("stride_o", "stride_r"),
-                                  lambda v: (f"M * fa_cdiv(N, L * {v})", "S", "1"), WHOLE_VECTORS)
+                                  lambda v: (f"M * fa_cdiv(N, {cols})", "S", "1"), WHOLE_VECTORS,
+                                  threads=COLS_THREADS)
     return tuple(out)
 
 

@@ -9,15 +9,22 @@
 // Forward, two shapes of kernel:
 // - reduce_rows (N = 1, the reduced dimension is contiguous): L lanes of a warp (L a power of
 //   two <= 32) reduce one row chunk, VEC elements per load, then combine by shuffles.
-// - reduce_cols (N > 1): a block is L threads along the inner dimension (VEC columns each) by
-//   256 / L threads along the reduced one; each thread sums its column over its rows, then the
-//   block adds its rows' sums in shared memory, a fixed tree.
+// - reduce_cols (N > 1): a block of RED_COLS_THREADS threads is L lanes along the inner
+//   dimension (16 L bytes of each row: L vectors, or 16 L / sizeof(T) elements in the one-element
+//   variants) by RED_COLS_THREADS / lanes along the reduced one; each thread sums its columns
+//   over its rows, RED_COLS_UNROLL rows' loads in flight, then the block adds its rows' sums in
+//   shared memory, a fixed tree.
 // Either splits the reduced dimension into S chunks when that is what fills the GPU or bounds
 // the length of a sequential sum: with S = 1 the kernel writes out itself; otherwise it writes
 // per-chunk partial sums (S, outputs) and reduce_finish adds them in a fixed order.
 #include "elementwise.cuh"
 
-#define RED_UNROLL 4  // loads in flight per thread
+#define RED_UNROLL 4  // loads in flight per thread in reduce_rows
+// reduce_cols: small blocks over narrow column tiles, 8 rows' loads in flight a thread; the
+// tiles and splits the caller picks (ops/reduce._cols_launch) were measured with these
+// (docs/benchmarks.md, "Reductions over a leading dimension: narrow tiles").
+#define RED_COLS_THREADS 128
+#define RED_COLS_UNROLL 8
 
 template <int KIND, typename A>
 __device__ __forceinline__ A term(A v) {
@@ -73,13 +80,13 @@ __device__ __forceinline__ void reduce_rows(const T* __restrict__ x, T* __restri
 template <typename T, int VEC, int KIND>
 __device__ __forceinline__ void reduce_cols(const T* __restrict__ x, T* __restrict__ out,
                                             typename Acc<T>::type* __restrict__ partial,
-                                            typename Acc<T>::type* rows_sum,  // shared, EW_THREADS * VEC
+                                            typename Acc<T>::type* rows_sum,  // shared, RED_COLS_THREADS * VEC
                                             i64 stride_o, i64 stride_r, i64 M, i64 R, i64 N, i64 chunk, int L) {
   typedef typename Acc<T>::type A;
-  const int TY = EW_THREADS / L;
-  const int tx = threadIdx.x % L, ty = threadIdx.x / L;
-  const i64 tiles = (N + (i64)L * VEC - 1) / ((i64)L * VEC);
-  const i64 o = blockIdx.x / tiles, col = ((blockIdx.x % tiles) * L + tx) * VEC;
+  const int lanes = L * (16 / (int)sizeof(T)) / VEC, TY = RED_COLS_THREADS / lanes;
+  const int tx = threadIdx.x % lanes, ty = threadIdx.x / lanes;
+  const i64 tiles = (N + (i64)lanes * VEC - 1) / ((i64)lanes * VEC);
+  const i64 o = blockIdx.x / tiles, col = ((blockIdx.x % tiles) * lanes + tx) * VEC;
   const i64 r0 = blockIdx.y * chunk + ty, r1 = r0 - ty + chunk < R ? r0 - ty + chunk : R;
   A acc[VEC];
 #pragma unroll
@@ -89,20 +96,37 @@ __device__ __forceinline__ void reduce_cols(const T* __restrict__ x, T* __restri
     for (int i = 0; i < VEC; ++i) acc[i] += term<KIND>(to_acc(v.v[i]));
   };
   if (col < N) {  // vector variants have N % VEC == 0: the whole vector is in range
-    // this thread's rows are r0, r0 + TY, ...: whole trips of RED_UNROLL loads, then a tail
+    // this thread's rows are r0, r0 + TY, ...: trips of U = RED_COLS_UNROLL rows, the next
+    // trip's loads issued before the previous trip's rows are added (so U loads are in flight
+    // whatever order the compiler gives the additions), then a tail of fewer than U rows
+    constexpr int U = RED_COLS_UNROLL;
     const T* p = x + o * stride_o + r0 * stride_r + col;
     const i64 step = TY * stride_r;
     i64 left = r1 > r0 ? (r1 - r0 + TY - 1) / TY : 0;
-    for (; left >= RED_UNROLL; left -= RED_UNROLL, p += RED_UNROLL * step) {
-      Vec<T, VEC> in[RED_UNROLL];
+    if (left >= U) {
+      Vec<T, VEC> cur[U];
 #pragma unroll
-      for (int k = 0; k < RED_UNROLL; ++k) in[k] = load_vec<T, VEC>(p + k * step);
+      for (int k = 0; k < U; ++k) cur[k] = load_vec_once<T, VEC>(p + k * step);
+      for (left -= U, p += U * step; left >= U; left -= U, p += U * step) {
+        Vec<T, VEC> next[U];
 #pragma unroll
-      for (int k = 0; k < RED_UNROLL; ++k) add(in[k]);
+        for (int k = 0; k < U; ++k) next[k] = load_vec_once<T, VEC>(p + k * step);
+#pragma unroll
+        for (int k = 0; k < U; ++k) {
+          add(cur[k]);
+          cur[k] = next[k];
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < U; ++k) add(cur[k]);
     }
+    Vec<T, VEC> tail[U - 1];
 #pragma unroll
-    for (int k = 0; k < RED_UNROLL - 1; ++k)
-      if (k < left) add(load_vec<T, VEC>(p + k * step));
+    for (int k = 0; k < U - 1; ++k)
+      if (k < left) tail[k] = load_vec_once<T, VEC>(p + k * step);
+#pragma unroll
+    for (int k = 0; k < U - 1; ++k)
+      if (k < left) add(tail[k]);
   }
   // the block's TY row sums of each column, added by a fixed tree
 #pragma unroll
@@ -111,7 +135,7 @@ __device__ __forceinline__ void reduce_cols(const T* __restrict__ x, T* __restri
   for (int h = TY / 2; h > 0; h >>= 1) {
     if (ty < h) {
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) rows_sum[threadIdx.x * VEC + i] += rows_sum[(threadIdx.x + h * L) * VEC + i];
+      for (int i = 0; i < VEC; ++i) rows_sum[threadIdx.x * VEC + i] += rows_sum[(threadIdx.x + h * lanes) * VEC + i];
     }
     __syncthreads();
   }
@@ -205,10 +229,10 @@ struct ReduceBwd {
     if (kind) reduce_rows<T, VEC, 1>(x, out, partial, stride_x, M, N, S, chunk, L);                           \
     else reduce_rows<T, VEC, 0>(x, out, partial, stride_x, M, N, S, chunk, L);                                \
   }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__(EW_THREADS) reduce_cols_##NAME##_v##VEC(                        \
+  extern "C" __global__ void __launch_bounds__(RED_COLS_THREADS) reduce_cols_##NAME##_v##VEC(                  \
       const T* x, T* out, Acc<T>::type* partial, i64 stride_o, i64 stride_r, i64 M, i64 R, i64 N, i64 S,       \
       i64 chunk, int L, int kind) {                                                                            \
-    __shared__ Acc<T>::type rows_sum[EW_THREADS * VEC];                                                        \
+    __shared__ Acc<T>::type rows_sum[RED_COLS_THREADS * VEC];                                                  \
     if (kind) reduce_cols<T, VEC, 1>(x, out, partial, rows_sum, stride_o, stride_r, M, R, N, chunk, L);       \
     else reduce_cols<T, VEC, 0>(x, out, partial, rows_sum, stride_o, stride_r, M, R, N, chunk, L);            \
   }                                                                                                            \

@@ -21,9 +21,12 @@ from ._common import acc_dtype, autograd_needed, direct, is_compiling, native, r
 KINDS = {"reduce_sum_squared": 0, "reduce_mean_abs": 1}
 _REFERENCE = {0: (reference.reduce_sum_squared, reference.reduce_sum_squared_backward),
               1: (reference.reduce_mean_abs, reference.reduce_mean_abs_backward)}
-_UNROLL = 4         # RED_UNROLL: loads in flight per thread
-_MAX_SERIAL = 64    # additions a running sum may take before the reduced dimension is split
-_THREADS = 256
+_UNROLL = 4         # RED_UNROLL: loads in flight per thread in reduce_rows
+_MAX_SERIAL = 64    # vectors a running sum of reduce_rows may take before a row is split
+_COLS_THREADS = 128     # RED_COLS_THREADS: reduce_cols' block
+_COLS_UNROLL = 8        # RED_COLS_UNROLL: rows in flight per thread in reduce_cols
+_COLS_ONE_PASS = 256    # rows a reduce_cols thread may add in a launch without a split
+_COLS_SERIAL = 1024     # rows a reduce_cols running sum may take at most
 
 
 def _pow2_ceil(v: int) -> int:
@@ -57,6 +60,30 @@ def _out_shape(x: torch.Tensor, d: int, keepdim: bool):
     return shape
 
 
+def _cols_launch(m: int, r: int, n: int, vec: int, sms: int) -> tuple[int, int]:
+    """reduce_cols' shape for x as (m, r, n), n > 1: (L, S) = (16-byte lanes of a block across a
+    row, chunks of the reduced dimension).  A block is L lanes by 128 / L rows.
+
+    Measured on an H100 over tiles of 2-16 lanes and 1-33 chunks (bf16, fp16, fp32; 512-65536
+    rows of 1024-16384; docs/benchmarks.md, "Reductions over a leading dimension: narrow
+    tiles"), the best shapes had about two blocks an SM: without a split (S = 1: no partial
+    sums, no second launch) the widest tile that leaves that many blocks, where a thread adds at
+    most _COLS_ONE_PASS rows (or half as many blocks where it adds at most 64); otherwise the
+    widest tile (16 lanes, 256 bytes of each row) and chunks for two blocks an SM, at least a
+    trip of _COLS_UNROLL rows and at most _COLS_SERIAL rows a thread."""
+    pieces = _cdiv(n, vec)  # 16-byte pieces of a row
+    widest, target = min(16, _pow2_ceil(pieces)), 2 * sms
+    lanes = widest
+    while lanes > 2 and 8 * m * _cdiv(pieces, lanes) < 7 * target:
+        lanes //= 2
+    tiles, rows = m * _cdiv(pieces, lanes), _cdiv(r, _COLS_THREADS // lanes)
+    if rows <= _COLS_ONE_PASS and (8 * tiles >= 7 * target or (2 * tiles >= sms and rows <= 64)):
+        return lanes, 1
+    tiles, per_trip = m * _cdiv(pieces, widest), _COLS_THREADS // widest
+    return widest, max(_cdiv(r, per_trip * _COLS_SERIAL),
+                       min(_cdiv(target, tiles), _cdiv(r, per_trip * _COLS_UNROLL)))
+
+
 def _launch(lib, dev: int, x: torch.Tensor, dim: int, keepdim: bool, kind: int) -> torch.Tensor:
     d = dim % x.dim()
     out = torch.empty(_out_shape(x, d, keepdim), dtype=x.dtype, device=x.device)
@@ -82,15 +109,7 @@ def _launch(lib, dev: int, x: torch.Tensor, dim: int, keepdim: bool, kind: int) 
         rc = lib.reduce_rows(stream, dev, code, x3.data_ptr(), out.data_ptr(),
                              partial.data_ptr() if partial is not None else 0, stride_o, m, r, s, chunk, lanes, kind)
     else:
-        # columns: blocks of L threads along the inner dimension by 256 / L along the reduced
-        # one; R is split in S chunks to fill the GPU (about 2 blocks an SM: on an H100, bf16,
-        # 2-18% faster than 4 or 8 at 4096x4096 to 8192x8192 and 18-48% at 16384x1024, as
-        # every chunk adds a partial row for reduce_finish to read) or bound a sum
-        lanes = min(32, _pow2_ceil(_cdiv(n, vec)))
-        rows_per_trip = _THREADS // lanes
-        blocks = m * _cdiv(n, lanes * vec)
-        s = max(_cdiv(r, rows_per_trip * _MAX_SERIAL),
-                min(_cdiv(sms * 2, blocks), _cdiv(r, rows_per_trip * _UNROLL)))
+        lanes, s = _cols_launch(m, r, n, vec, sms)
         chunk = _cdiv(r, min(s, 65535))
         s = _cdiv(r, chunk)
         partial = torch.empty((s, m * n), dtype=acc_dtype(x.dtype), device=x.device) if s > 1 else None
