@@ -34,9 +34,8 @@ def forms(r: int, n: int, vec: int, sms: int, rule) -> list[tuple[int, int]]:
 
 def sweep_shape(fa, red, r: int, n: int, dtype: torch.dtype, sms: int, l2_bytes: int) -> dict:
     rule = red._cols_launch
-    vec = 16 // torch.empty((), dtype=dtype).element_size()
-    sets = H.input_sets(lambda: (torch.randn(r, n, device="cuda", dtype=dtype),),
-                        r * n * torch.empty((), dtype=dtype).element_size(), 0, l2_bytes)
+    vec = 16 // dtype.itemsize
+    sets = H.input_sets(lambda: (torch.randn(r, n, device="cuda", dtype=dtype),), r * n * dtype.itemsize, 0, l2_bytes)
     ref = sets[0][0].double().square().sum(0)
 
     def forced(lanes: int, s: int):
