@@ -163,7 +163,7 @@ def test_forward_grid(m, n, dtype, weight):
     check_forward(*inputs((m, n), dtype, "cuda", weight))
 
 
-# The CUDA C++ form of wide 16-bit rows with a weight takes calls of at least 1024 rows
+# The CUDA C++ forms of wide 16-bit rows (with a weight and without) take calls of at least 1024 rows
 # (aot/specs/rms_norm.py, RMS_NORM_CUDA_ROWS), past the grid's M * N bound: every row is checked
 # for being written and a sample of rows (the first, the last and every 97th; rows are
 # independent) against float64.

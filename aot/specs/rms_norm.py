@@ -29,20 +29,19 @@ RMS_NORM_BLOCKS = (
     (32768, 1, 16),
 )
 RMS_NORM_LOOP = (8192, 16)   # chunk width and warps of the looped variant
-# The forward of 16-bit rows wider than RMS_NORM_CUDA_ABOVE, 16-byte aligned, with a weight,
-# from RMS_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/rms_norm.cu): one block of 512 threads
-# a row held on chip (4 vectors a thread in registers, 12 in shared memory), so x is read once
-# where the Triton loop reads it twice.  RMS_NORM_CUDA: (form, widest N, vectors a thread in
-# shared memory), as LAYER_NORM_CUDA.  Through ctypes on an H100 (bf16, % of copy,
-# docs/benchmarks.md, "LayerNorm's wide rows in CUDA C++"): 1024 x 65536 89.5% against 86.2%,
-# 4096 x 65536 97.7% against 95.3%, 16384 x 65536 99.9% against 98.5%, 4096 x 49152 96.8%
-# against 93.1%; level at 256 rows.  Without a weight, 4 + 12 vectors spill at two blocks an SM
-# (the weight's load becomes conditional), so those calls keep Triton.
+# The forward of 16-bit rows wider than RMS_NORM_CUDA_ABOVE, 16-byte aligned, from
+# RMS_NORM_CUDA_ROWS rows, in CUDA C++ (kernels/cuda/rms_norm.cu): one block of 512 threads a row
+# held on chip (4 vectors a thread in registers, 12 in shared memory), so x is read once where the
+# Triton loop reads it twice.  RMS_NORM_CUDA: (form, widest N, vectors a thread in shared
+# memory), as LAYER_NORM_CUDA; each form has an entry point with a weight and one without
+# (`_nw`), the weight's presence fixed at compile time (optional at run time, the form spilled).
+# Through ctypes on an H100 (bf16, with a weight, % of copy, docs/benchmarks.md, "LayerNorm's
+# wide rows in CUDA C++"): 1024 x 65536 89.5% against 86.2%, 4096 x 65536 97.7% against 95.3%,
+# 16384 x 65536 99.9% against 98.5%, 4096 x 49152 96.8% against 93.1%; level at 256 rows.
 RMS_NORM_CUDA_ABOVE, RMS_NORM_CUDA_ROWS = 32768, 1024
 RMS_NORM_CUDA = (("n65536", 65536, 12),)
 RMS_NORM_CUDA_THREADS = 512   # kernels/cuda/rms_norm.cu's RMS_NORM_THREADS
-_CUDA_FWD = (f"w != 0 && M >= {RMS_NORM_CUDA_ROWS} && N > {RMS_NORM_CUDA_ABOVE} && "
-             f"N <= {RMS_NORM_CUDA[-1][1]}")
+_CUDA_FWD = f"M >= {RMS_NORM_CUDA_ROWS} && N > {RMS_NORM_CUDA_ABOVE} && N <= {RMS_NORM_CUDA[-1][1]}"
 
 def rms_norm_configs(arch: str, direction: str, dtype: str, fused: bool = False, aligned: bool = True):
     """[(BLOCK_N, ROWS, num_warps, num_stages, looped, widest N or None, unroll)] for one arch:
@@ -180,7 +179,7 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
                 cond = [f"dtype == {DTYPES[dtype]}", width]
                 if not fused:
                     cond.insert(1, "w != 0" if has_w else "w == 0")
-                if (direction == "fwd" and not fused and has_w and aligned and dtype != "fp32"
+                if (direction == "fwd" and not fused and aligned and dtype != "fp32"
                         and (upper is None or upper > RMS_NORM_CUDA_ABOVE)):   # what the CUDA C++ form leaves
                     cond.append(f"!({_CUDA_FWD})")
                 out.append(Variant(
@@ -202,24 +201,27 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
 
 
 def _cuda_variants() -> tuple[Variant, ...]:
-    """The forward of wide aligned 16-bit rows with a weight (RMS_NORM_CUDA), on every arch (sm80
-    and sm89, not measured, fit the same blocks: 96 KiB of shared memory a block, one an SM where
-    it is short)."""
+    """The forward of wide aligned 16-bit rows (RMS_NORM_CUDA), with a weight and without, on
+    every arch (sm80 and sm89, not measured, fit the same blocks: 96 KiB of shared memory a
+    block, one an SM where it is short)."""
     out = []
-    for dtype in ("bf16", "fp16"):
+    for dtype, has_w in itertools.product(("bf16", "fp16"), (True, False)):
         for form, width, block, shared in held_row_forms(RMS_NORM_CUDA_ABOVE, RMS_NORM_CUDA, RMS_NORM_CUDA_THREADS):
+            kernel = f"rms_norm_fwd_{dtype}_{form}" + ("" if has_w else "_nw")
             out.append(Variant(
-                name=f"rms_norm_fwd_{dtype}_{form}_cuda_a16",
+                name=f"{kernel}_cuda_a16",
                 dtype=dtype,
-                kernel=f"rms_norm_fwd_{dtype}_{form}",
-                when=f"dtype == {DTYPES[dtype]} && w != 0 && M >= {RMS_NORM_CUDA_ROWS} && {width}",
+                kernel=kernel,
+                when=(f"dtype == {DTYPES[dtype]} && {'w != 0' if has_w else 'w == 0'} && "
+                      f"M >= {RMS_NORM_CUDA_ROWS} && {width}"),
                 grid=("M", "1", "1"),
                 block=(block, "1", "1"),
                 shared=shared,
-                aligned=("x", "y", "w", "stride_x", "stride_y", "N"),
+                aligned=("x", "y") + (("w",) if has_w else ()) + ("stride_x", "stride_y", "N"),
                 source="kernels/cuda/rms_norm.cu",
             ))
     return tuple(out)
+
 
 OPS = (
     Op("rms_norm_fwd", "triton", "kernels/triton/rms_norm.py", _RMS_FWD_PARAMS,

@@ -1,6 +1,6 @@
 // One row held on chip from its first load to its last store, for the forwards of LayerNorm
 // (kernels/cuda/layer_norm.cu), AdaLN with a shared scale (kernels/cuda/ada_layer_norm.cu) and
-// RMSNorm with a weight (kernels/cuda/rms_norm.cu) at 16-bit rows: a block of T threads a row
+// RMSNorm (kernels/cuda/rms_norm.cu) at 16-bit rows: a block of T threads a row
 // (T = THREADS, or blockDim.x where THREADS is 0: a block sized to the row); thread t owns the
 // row's 16-byte vectors t + k * T, the first NPT in registers, the next SNPT in its own slots of
 // dynamic shared memory (`held`, slot k at held[k * T]), filled by cp.async.  Every load of the
@@ -14,8 +14,8 @@
 //
 // flags: 1 a, 2 b (absent: A = 1, b = 0), 8 ReLU (NaN kept, as where(y < 0, 0, y) does); FLAGS >= 0
 // fixes them at compile time (fewer registers where the block holds its row in registers only;
-// the wide forms spilled with it).  RMS reads none of them: its a (the weight) is always there,
-// and it has no b or ReLU.
+// the LN wide forms spilled with it).  RMS reads flag 1 only (the weight; it has no b or ReLU),
+// fixed at compile time: a weight optional at run time spilled its wide form.
 // Register spills cost these kernels more than shared memory does (docs/benchmarks.md,
 // "LayerNorm's wide rows in CUDA C++"): check ptxas's report when changing them.
 #pragma once
@@ -32,6 +32,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
   __shared__ float shm[3 * MAX_WARPS];
   Raw<T, VEC>* held = reinterpret_cast<Raw<T, VEC>*>(smem_raw) + threadIdx.x;
   const int tid = threadIdx.x, nt = THREADS > 0 ? THREADS : (int)blockDim.x;
+  static_assert(MODE != Norm::RMS || FLAGS >= 0, "RMS: the weight flag is fixed at compile time");
   if (FLAGS >= 0) flags = FLAGS;
   // column of this thread's vector k; vectors past N hold nothing and are skipped
   auto col = [&](int k) { return (tid + k * nt) * VEC; };
@@ -96,7 +97,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       float o = (MODE == Norm::RMS ? u[i] : u[i] - mean) * rstd;
-      if (MODE == Norm::RMS || (flags & 1)) o *= MODE == Norm::ADA ? 1.0f + av[i] : av[i];
+      if (flags & 1) o *= MODE == Norm::ADA ? 1.0f + av[i] : av[i];
       if (HAS_B && (flags & 2)) o += bv[i];
       out[i] = HAS_B && (flags & 8) && o < 0.0f ? 0.0f : o;
     }
@@ -108,7 +109,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
       const int c = col(k);
       if (c >= N) continue;
       Raw<P, VEC> av, bv;
-      if (MODE == Norm::RMS || (flags & 1)) av.load(a + c);
+      if (flags & 1) av.load(a + c);
       if (HAS_B && (flags & 2)) bv.load(b + c);
       emit(k, av, bv);
     }
@@ -119,7 +120,7 @@ __device__ __forceinline__ void held_row_fwd(const T* __restrict__ xr, T* __rest
 #pragma unroll
       for (int j = 0; j < G; ++j)
         if (g + j < NPT + SNPT && col(g + j) < N) {
-          if (MODE == Norm::RMS || (flags & 1)) av[j].load(a + col(g + j));
+          if (flags & 1) av[j].load(a + col(g + j));
           if (HAS_B && (flags & 2)) bv[j].load(b + col(g + j));
         }
 #pragma unroll
