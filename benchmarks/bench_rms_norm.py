@@ -1,11 +1,11 @@
 """RMSNorm: fusedaot.rms_norm against F.rms_norm, torch.compile(F.rms_norm) and Triton's JIT.
 
     python benchmarks/bench_rms_norm.py [--quick | --shapes M1xN1,M2xN2,...] [--dtype bf16,fp16,fp32]
-                                        [--modes fwd,bwd,host] [--out results.jsonl]
+                                        [--modes fwd,bwd,host] [--no-weight] [--out results.jsonl]
 
 fwd: every impl, bf16 and fp16 over M x N (fp32: a few spot shapes). bwd: forward + backward,
 fusedaot vs eager vs torch.compile. host: host time per call at 1 x 4096, with and without a
-CUDA graph. The Triton-JIT baseline launches the same kernel (kernels/triton/rms_norm.py) with
+CUDA graph. --no-weight: weight None in every impl (fwd and bwd). The Triton-JIT baseline launches the same kernel (kernels/triton/rms_norm.py) with
 the variant aot/specs selects, i.e. the same code and config as the AOT build.
 """
 from __future__ import annotations
@@ -89,18 +89,22 @@ def shapes(dtype, quick: bool):
     return QUICK if quick else [(m, n) for m in M_ALL for n in N_ALL]
 
 
-def bench_case(report, fused, triton_fn, mode: str, M: int, N: int, dtype, l2: int):
-    """One shape: every impl (a callable, or a string saying why it is n/a) on the same inputs."""
+def bench_case(report, fused, triton_fn, mode: str, M: int, N: int, dtype, l2: int, weight=True):
+    """One shape: every impl (a callable, or a string saying why it is n/a) on the same inputs;
+    weight=False: each impl gets None for the weight."""
     es = torch.finfo(dtype).bits // 8
-    fwd_bytes = (2 * M * N + N) * es                          # read x, w; write y
-    nbytes = fwd_bytes + ((3 * M * N + N) * es if mode == "bwd" else 0)  # + read x, dy, w; write dx
+    nw = N if weight else 0
+    fwd_bytes = (2 * M * N + nw) * es                          # read x, w; write y
+    nbytes = fwd_bytes + ((3 * M * N + nw) * es if mode == "bwd" else 0)  # + read x, dy, w; write dx
     where = f"{M}x{N} {H.DTYPE_NAMES[dtype]}"
 
     def make():
         x = torch.randn(M, N, dtype=dtype, device="cuda")
-        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(dtype)
+        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(dtype) if weight else None
         if mode == "fwd":
             return x, w
+        if not weight:
+            return x.requires_grad_(), torch.randn_like(x)
         return x.requires_grad_(), w.requires_grad_(), torch.randn_like(x)
 
     per_set = (M * N * (3 if mode == "bwd" else 2) + N) * es  # inputs and the output
@@ -113,10 +117,12 @@ def bench_case(report, fused, triton_fn, mode: str, M: int, N: int, dtype, l2: i
     if mode == "fwd":
         impls["triton_jit"] = triton_fn
     else:
+        if not weight:   # x alone is differentiated
+            impls = {k: (lambda x, f=f: f(x, None)) if callable(f) else f for k, f in impls.items()}
         impls = {k: H.with_grad(f) if callable(f) else f for k, f in impls.items()}
     times, ok = H.measure(report, impls, sets, where, scale=1.0 if mode == "fwd" else 2.0)
-    report.case("rms_norm fwd" if mode == "fwd" else "rms_norm fwd+bwd", (M, N), dtype, times,
-                nbytes, ok=ok)
+    op = ("rms_norm fwd" if mode == "fwd" else "rms_norm fwd+bwd") + ("" if weight else " (no weight)")
+    report.case(op, (M, N), dtype, times, nbytes, ok=ok)
     del sets
     torch.cuda.empty_cache()
 
@@ -144,6 +150,7 @@ def main():
     p.add_argument("--modes", type=H.csv_of("fwd", "bwd", "host"), default="fwd,bwd,host",
                    help="comma list of fwd, bwd (forward + backward), host")
     p.add_argument("--shapes", type=H.shape_list, help="M1xN1,M2xN2,...: these shapes instead of the grid")
+    p.add_argument("--no-weight", action="store_true", help="weight None (fwd and bwd)")
     args = p.parse_args()
     dtypes, modes = [H.DTYPES[d] for d in args.dtype], args.modes
     if not torch.cuda.is_available():
@@ -157,14 +164,16 @@ def main():
     report = H.Report(header, args.out)
     l2 = header["l2_bytes"]
     titles = {"fwd": "forward", "bwd": "forward + backward"}
-    models = {"fwd": "read x + w, write y",
-              "bwd": "fwd (read x + w, write y) + bwd (read x + dy + w, write dx; dw ignored)"}
+    w = "" if args.no_weight else " + w"
+    models = {"fwd": f"read x{w}, write y",
+              "bwd": f"fwd (read x{w}, write y) + bwd (read x + dy{w}, write dx; dw ignored)"}
     for mode in [m for m in modes if m in titles]:
         for dtype in dtypes:
-            report.section(f"rms_norm {titles[mode]}, {H.DTYPE_NAMES[dtype]}", models[mode],
+            report.section(f"rms_norm {titles[mode]}{', no weight' if args.no_weight else ''}, "
+                           f"{H.DTYPE_NAMES[dtype]}", models[mode],
                            ["eager", "compile"] + (["triton_jit"] if mode == "fwd" else []))
             for M, N in args.shapes or shapes(dtype, args.quick):
-                bench_case(report, fused, triton_fn, mode, M, N, dtype, l2)
+                bench_case(report, fused, triton_fn, mode, M, N, dtype, l2, weight=not args.no_weight)
             report.end_section()
     if "host" in modes:
         report.section(f"rms_norm host time per call, {HOST_SHAPE[0]}x{HOST_SHAPE[1]} "

@@ -173,7 +173,9 @@ def time_device(fn, arg_sets: list, warmup_ms=25, rep_ms=100, min_iters=10, max_
                 batch=50) -> float:
     """Median device time (us) of fn(*args), cycling through arg_sets. Each call sits between
     its own pair of CUDA events; a spin kernel queued ahead of every batch keeps the GPU behind
-    the host, so small kernels are timed without launch gaps (time_host measures those)."""
+    the host, so small kernels are timed without launch gaps (time_host measures those). A batch
+    the host took longer to queue than its spin lasted (the GPU caught up and waited inside
+    calls, so their events took the host's time) is queued again behind a longer spin."""
     n = len(arg_sets)
     fn(*arg_sets[0])
     torch.cuda.synchronize()
@@ -190,14 +192,25 @@ def time_device(fn, arg_sets: list, warmup_ms=25, rep_ms=100, min_iters=10, max_
     rate = _spin_cycles_per_us()
     torch.cuda.synchronize()
     for b in range(0, iters, batch):
-        if rate:  # long enough to cover the host enqueueing this batch, at most 20 ms
-            torch.cuda._sleep(int(rate * min(20_000, 1.5 * batch * (est_us + 10) + 50)))
-        for i in range(b, min(iters, b + batch)):
-            starts[i].record()
-            fn(*arg_sets[i % n])
-            ends[i].record()
+        calls = range(b, min(iters, b + batch))
+        for _ in range(4):
+            spin_us = min(_SPIN_MAX_US, 1.5 * len(calls) * (est_us + 10) + 50)
+            if rate:
+                torch.cuda._sleep(int(rate * spin_us))
+            t0 = time.perf_counter()
+            for i in calls:
+                starts[i].record()
+                fn(*arg_sets[i % n])
+                ends[i].record()
+            queued_us = (time.perf_counter() - t0) * 1e6
+            if not rate or queued_us < 0.8 * spin_us or spin_us >= _SPIN_MAX_US:
+                break
+            est_us = max(2 * est_us, 1.5 * queued_us / len(calls))   # the host is slower than estimated
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
+
+
+_SPIN_MAX_US = 200_000   # the longest spin queued ahead of a batch
 
 
 def time_host(fn, args: tuple, calls=2000, graph=False) -> float:
