@@ -241,6 +241,19 @@ def test_forward_layouts_and_misaligned(dtype):
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_forward_past_one_trip(dtype):
+    """The grid is capped at 32 blocks of 256 threads an SM and a 16-bit forward thread takes 4
+    chunks of 8 elements a trip (aot/specs/gelu_dropout.py): 2 2/3 trips and a tail of 13."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    n = 8 * 8 * sms * 32 * 256 * 4 // 3 + 13
+    x = make_tensor((n,), dtype, "cuda", scale=2.0)
+    seed, counter = generator_state("cuda")
+    poison(nbytes_of(x))
+    check_forward(x, 0.5, seed, counter, fusedaot.gelu_dropout(x, 0.5))
+
+
+@pytest.mark.requires_cuda
 @pytest.mark.parametrize("p", (0.1, 0.5, 0.9))
 def test_keep_fraction_and_expectation(p):
     # 2^24 elements of x = 1: y is gelu(1) / (1 - p) where kept, else 0

@@ -18,6 +18,16 @@ _FWD_PARAMS = (Param("x", "ptr"), Param("y", "ptr")) + _RNG
 _BWD_PARAMS = (Param("dy", "ptr"), Param("x", "ptr"), Param("dx", "ptr")) + _RNG
 
 
+def chunks_per_trip(direction: str, dtype: str, vector: bool) -> int:
+    """U in kernels/cuda/gelu_dropout.cu's gelu_dropout_map: the chunks a thread loads before its
+    math.  The 16-bit forward with 16-byte accesses takes 4 (64 bytes of x in flight: through
+    ctypes on an H100, bf16 with p = 0.1, 72.9% of copy at 16M elements and 92.0% at 256M, against
+    66.5% and 90.7% with 2; docs/benchmarks.md, "gelu_dropout: four chunks a trip")."""
+    if direction == "bwd" or ELEM_BYTES[dtype] > 2:
+        return 1
+    return 4 if vector else 2
+
+
 def _variants(direction: str):
     pointers = ("x", "y") if direction == "fwd" else ("dy", "x", "dx")
     out = []
@@ -28,8 +38,10 @@ def _variants(direction: str):
             out.append(Variant(
                 name=f"gelu_dropout_{direction}_{dtype}_{access}", dtype=dtype,
                 kernel=f"gelu_dropout_{direction}_{dtype}_{access}", when=f"dtype == {DTYPES[dtype]}",
-                # about two trips of 256 threads a block, at most 32 blocks an SM (grid-stride loop)
-                grid=(f"fa_min(fa_cdiv(n, {vec * 2 * THREADS}), dev->sms * 32)", "1", "1"),
+                # a thread for 2 chunks (one trip, or two of one chunk) or one trip of more, at
+                # most 32 blocks of 256 threads an SM (grid-stride loop)
+                grid=(f"fa_min(fa_cdiv(n, {vec * max(2, chunks_per_trip(direction, dtype, vector)) * THREADS}), "
+                      "dev->sms * 32)", "1", "1"),
                 block=(str(THREADS), "1", "1"), aligned=pointers, unaligned=not vector))
     return tuple(out)
 

@@ -199,14 +199,17 @@ __device__ __forceinline__ void keep_factors(const DropoutParams& d, const Philo
 }
 
 // Runs the elementwise map y = op(inputs) over n flat elements, VEC (a multiple of 8) per chunk,
-// UNROLL chunks per trip with their loads issued first; the last n % VEC elements one by one.
+// U chunks per trip with their loads issued first; the last n % VEC elements one by one.
 // BWD: y = dy * gelu'(x) * factor, else y = gelu(x) * factor.
 template <typename T, int VEC, bool VECTOR, bool DROP, bool BWD>
 __device__ __forceinline__ void gelu_dropout_map(const T* __restrict__ dy, const T* __restrict__ x,
                                                  T* __restrict__ out, i64 n, const DropoutParams& d) {
   typedef typename Acc<T>::type A;
   constexpr bool SHORT = sizeof(T) == 2;   // the shorter tail fit (normal_tail)
-  constexpr int U = (BWD || VEC * sizeof(T) > 16) ? 1 : 2;  // chunks per trip: 32 bytes of x in flight, 16 with dy
+  // chunks per trip (aot/specs/gelu_dropout.py, chunks_per_trip, sizes the grid by them): the
+  // 16-bit forward keeps 64 bytes of x in flight (16-byte accesses; 32 with one-element ones),
+  // the backward and 32-byte chunks one chunk
+  constexpr int U = (BWD || VEC * sizeof(T) > 16) ? 1 : VECTOR ? 4 : 2;
   const i64 chunks = n / VEC;
   const i64 T_ = (i64)gridDim.x * blockDim.x;
   const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
