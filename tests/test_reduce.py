@@ -258,7 +258,7 @@ def test_cols_launch_bounds_tiles_and_running_sums():
 # --- GPU backward -------------------------------------------------------------------------
 
 BWD = [((7,), 0), ((4097,), -1), ((37, 1000), -1), ((37, 1000), 0), ((5, 6, 7), 1), ((1024, 4096), 0),
-       (((1 << 20) + 3,), 0), ((3, 100000, 2), 1)]
+       (((1 << 20) + 3,), 0), ((3, 100000, 2), 1), ((2, 300, 264), 1), ((3, 9, 1001), 1), ((4, 5, 31), 1)]
 
 
 @pytest.mark.requires_cuda
@@ -267,6 +267,15 @@ BWD = [((7,), 0), ((4097,), -1), ((37, 1000), -1), ((37, 1000), 0), ((5, 6, 7), 
 @pytest.mark.parametrize("shape,dim", BWD, ids=str)
 def test_backward(shape, dim, dtype, op):
     check_backward(op, inputs(op, shape, dim, dtype, "cuda"), dim, keepdim=len(shape) == 3)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("shape,dim", [((8 * 65535 + 21, 256), 0), ((65537, 2, 256), 1)], ids=str)
+def test_backward_past_the_grid_limits(shape, dim, op):
+    """reduce_bwd_cols' grid holds at most 65535 row tiles of 8 rows and 65535 outer indices
+    (aot/specs/reduce.py, GRID_LIMIT): its loops take the rest."""
+    check_backward(op, inputs(op, shape, dim, torch.bfloat16, "cuda"), dim)
 
 
 @pytest.mark.requires_cuda

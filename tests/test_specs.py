@@ -50,14 +50,14 @@ def _calls(op, dtypes):
     # row R, fp8_gemm's fast accumulation, rms_norm_rope's norm mode and head count and its
     # dweight reduction's width W, the GEMMs' shape classes and layer_norm's bwd_stats by rows
     # M, fp8_gemm's TMA kernel by has_bias, its scales' strides and M, N, K, rms_norm_rope's
-    # and rope's CUDA C++ kernels by tokens and heads): values on each side of every boundary,
+    # and rope's CUDA C++ kernels by tokens and heads, reduce's backward by dy's layout gcol): values on each side of every boundary,
     # where the op has them; rms_norm_rope's backward also tells full rotary (2 * pairs == N)
     # from partial
     conditions = " ".join(_condition(op, v) for v in op.variants)
     rotary = (2, 4) if re.search(r"\bpairs\b", conditions) else (None,)
     switches = [(name, values) for name, values in (("flags", (0, 1, 4)), ("R", (1, 64)), ("fast_accum", (0, 1)), ("has_bias", (0, 1)),
                                                     ("stride_sa", (0, 1)), ("stride_sb", (0, 1)),
-                                                    ("per_head", (0, 1)),
+                                                    ("per_head", (0, 1)), ("gcol", (0, 1)),
                                                     ("H", (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257)),
                                                     ("M", (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513, 1023, 1024, 1025, 2047, 2048, 4096, 4097)),
                                                     ("W", (1, 1024, 1025)))
@@ -330,6 +330,29 @@ def test_reduce_cols_block_agrees_with_the_kernel_and_the_python_layer():
     assert re.search(rf"^_COLS_UNROLL = {unroll.group(1)}\b", python, re.M)
     for variant in next(op for op in specs.OPS if op.name == "reduce_cols").variants:
         assert variant.block == (str(specs.reduce.COLS_THREADS), "1", "1")
+
+
+def test_reduce_bwd_cols_grid_agrees_with_the_kernel():
+    """reduce_bwd_cols' grid (aot/specs/reduce.py) tiles RED_BWD_LANES vectors across by
+    EW_THREADS / RED_BWD_LANES rows: a wider tile in the spec would leave columns unwritten, a
+    taller one rows; its variants take only calls with dy along the inner dimension and a
+    whole tile of columns, and every other call goes to ew_loop's form."""
+    lanes = re.search(r"^#define RED_BWD_LANES (\d+)$", (REPO / "kernels/cuda/reduce.cu").read_text(), re.M)
+    threads = re.search(r"^#define EW_THREADS (\d+)", (REPO / "kernels/cuda/elementwise.cuh").read_text(), re.M)
+    assert lanes and threads and int(lanes.group(1)) == specs.reduce.BWD_LANES
+    rows = int(threads.group(1)) // int(lanes.group(1))
+    variants = next(op for op in specs.OPS if op.name == "reduce_bwd").variants
+    cols = [v for v in variants if v.kernel.startswith("reduce_bwd_cols_")]
+    assert len(cols) == len(variants) // 2 == 8
+    for v in cols:
+        vec = int(v.kernel.rsplit("_v", 1)[1])
+        assert v.block == (threads.group(1), "1", "1") and f"N >= {specs.reduce.BWD_LANES * vec}" in v.when
+        assert v.when.split(" && ")[1] == "gcol != 0"
+        for n, r, m in ((256, 9, 1), (4096, 8 * 65535 + 1, 3), (1000, 7, 70000)):
+            args = dict(N=n, R=r, M=m)
+            grid = [specs.launch_value(e, args) for e in v.grid]
+            assert grid[0] * int(lanes.group(1)) * vec >= n > (grid[0] - 1) * int(lanes.group(1)) * vec
+            assert grid[1] == min(-(-r // rows), 65535) and grid[2] == min(m, 65535)
 
 
 def test_layer_norm_backward_split_agrees_with_the_python_layer():

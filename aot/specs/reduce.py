@@ -61,12 +61,25 @@ def _cols():
     return tuple(out)
 
 
+# reduce_bwd_cols (kernels/cuda/reduce.cu): BWD_LANES threads across a row of x, a vector each, by
+# THREADS / BWD_LANES rows; it takes dy following the inner dimension (gcol != 0) with at least
+# BWD_LANES vectors a row, ew_loop's flat form every other call.
+BWD_LANES = 32   # RED_BWD_LANES
+GRID_LIMIT = 65535   # CUDA's grid y and z; the kernel loops past it
+
+
 def _bwd():
     out = []
     for dtype in DTYPES_WITH_FP64:
         # dy's row stride is N (gcol = 1, covered by N % VEC) or a scalar per row (gcol = 0)
+        cols = f"gcol != 0 && N >= {BWD_LANES * vec_of(dtype)}"
+        out += vector_scalar_pair(
+            "reduce_bwd", "reduce_bwd_cols", dtype, ("dy", "x", "dx"), ("stride_o", "stride_r"),
+            lambda v: (f"fa_cdiv(N, {BWD_LANES * v})", f"fa_min(fa_cdiv(R, {THREADS // BWD_LANES}), {GRID_LIMIT})",
+                       f"fa_min(M, {GRID_LIMIT})"), WHOLE_VECTORS, extra_when=cols)
         out += vector_scalar_pair("reduce_bwd", "reduce_bwd", dtype, ("dy", "x", "dx"),
-                                  ("stride_o", "stride_r"), lambda v: ew_grid("M * R * N", v), WHOLE_VECTORS)
+                                  ("stride_o", "stride_r"), lambda v: ew_grid("M * R * N", v), WHOLE_VECTORS,
+                                  extra_when=f"!({cols})")
     return tuple(out)
 
 
