@@ -346,7 +346,9 @@ def test_reduce_bwd_cols_grid_agrees_with_the_kernel():
     assert len(cols) == len(variants) // 2 == 8
     for v in cols:
         vec = int(v.kernel.rsplit("_v", 1)[1])
-        assert v.block == (threads.group(1), "1", "1") and f"N >= {specs.reduce.BWD_LANES * vec}" in v.when
+        # both variants of a dtype take rows of at least a whole 16-byte tile (>= the variant's own)
+        wide = specs.reduce.BWD_LANES * specs.elementwise.vec_of(v.dtype)
+        assert v.block == (threads.group(1), "1", "1") and f"N >= {wide}" in v.when and wide >= 32 * vec
         assert v.when.split(" && ")[1] == "gcol != 0"
         for n, r, m in ((256, 9, 1), (4096, 8 * 65535 + 1, 3), (1000, 7, 70000)):
             args = dict(N=n, R=r, M=m)
