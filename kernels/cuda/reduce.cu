@@ -235,9 +235,9 @@ struct ReduceBwd {
 // EW_THREADS / RED_BWD_LANES rows of r, grid (column tiles, row tiles, o); a thread's position
 // comes from the grid without division, and it loads its dy vector once.  Row tiles past 65535
 // and o past 65535 (CUDA's grid limits) are walked by a loop.  ew_loop's flat index took two
-// divisions a thread and 48 registers (this: 24): through ctypes on an H100, bf16, 29.6 us
+// divisions a thread and 48 registers (this: 36; the swept form, kind fixed, 24): on an H100, bf16, 29.6 us
 // against 27.1 at 4096x4096 (torch.compile's kernel 26.9), 397 against 359 at 65536x4096
-// (docs/benchmarks.md, "The reductions' backward over a leading dimension").
+// (docs/benchmarks.md, the reductions' backward in section "gelu_dropout: four chunks a trip; ...").
 #define RED_BWD_LANES 32
 template <typename T, int VEC>
 __device__ __forceinline__ void reduce_bwd_cols(const BwdParams<T>& p, i64 M, i64 R, i64 N) {
