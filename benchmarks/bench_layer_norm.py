@@ -57,31 +57,25 @@ def triton_jit_layer_norm():
     try:
         kernel = load_by_path("_bench_layer_norm_kernel",
                               H.ROOT / "kernels" / "triton" / "layer_norm.py")._layer_norm_fwd
-        specs = H.aot_specs()
-        op = next(o for o in specs.OPS if o.name == "layer_norm_fwd")
+        H.aot_specs()
     except Exception as e:
         return None, f"cannot load kernels/triton/layer_norm.py or aot/specs: {H.first_line(e)}"
-    arch = "sm%d%d" % torch.cuda.get_device_capability()
     configs = {}
 
-    def config(dtype: str, M: int, N: int):
-        scope = {"dtype": specs.DTYPES[dtype], "M": M, "N": N, "fa_cdiv": specs.cdiv, "fa_min": min, "fa_max": max}
-        for v in op.variants:
-            if v.dtype == dtype and (arch in v.arches or "ptx" in v.arches) and not v.unaligned \
-                    and eval(v.when.replace("&&", " and "), {}, scope):
-                return (eval(v.grid[0], {}, scope),), v
-        raise ValueError(f"no layer_norm_fwd variant in aot/specs for {dtype} N={N}")
+    def config(dtype: str, M: int, N: int, flags: int):
+        v, scope = H.triton_variant("layer_norm_fwd", dtype, M=M, N=N, flags=flags)
+        return (eval(v.grid[0], {}, scope),), v
 
     def launch(x, w, b, relu=False):
         N = x.shape[-1]
         x2 = x.reshape(-1, N)
         M = x2.shape[0]
-        key = (x.dtype, M, N)
+        flags = 1 * (w is not None) | 2 * (b is not None) | 4 * (w is not None and w.dtype != x.dtype) | 8 * relu
+        key = (x.dtype, M, N, flags)
         if key not in configs:  # selection is host work the AOT path does in C: keep it out
-            configs[key] = config(H.DTYPE_NAMES[x.dtype], M, N)
+            configs[key] = config(H.DTYPE_NAMES[x.dtype], M, N, flags)
         grid, v = configs[key]
         y = torch.empty_like(x2)
-        flags = 1 * (w is not None) | 2 * (b is not None) | 4 * (w is not None and w.dtype != x.dtype) | 8 * relu
         kernel[grid](x2, y, x2 if w is None else w, x2 if b is None else b, x2.stride(0), y.stride(0), M, N, EPS,
                      flags, num_warps=v.num_warps, num_stages=v.num_stages, **v.constexprs)
         return y.view(x.shape)

@@ -53,19 +53,14 @@ def triton_jit_rms_norm():
     try:
         kernel = load_by_path("_bench_rms_norm_kernel",
                               H.ROOT / "kernels" / "triton" / "rms_norm.py")._rms_norm_fwd
-        specs = H.aot_specs()
-        op = next(o for o in specs.OPS if o.name == "rms_norm_fwd")
+        H.aot_specs()
     except Exception as e:
         return None, f"cannot load kernels/triton/rms_norm.py or aot/specs: {H.first_line(e)}"
     configs = {}
 
     def config(dtype: str, M: int, N: int, has_w: bool):
-        scope = {"dtype": specs.DTYPES[dtype], "w": int(has_w), "M": M, "N": N,
-                 "fa_cdiv": specs.cdiv, "fa_min": min, "fa_max": max}
-        for v in op.variants:
-            if v.dtype == dtype and eval(v.when.replace("&&", " and "), {}, scope):
-                return (eval(v.grid[0], {}, scope),), v
-        raise ValueError(f"no rms_norm_fwd variant in aot/specs for {dtype} N={N}")
+        v, scope = H.triton_variant("rms_norm_fwd", dtype, w=int(has_w), M=M, N=N)
+        return (eval(v.grid[0], {}, scope),), v
 
     def launch(x, w):
         N = x.shape[-1]

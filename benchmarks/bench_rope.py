@@ -60,26 +60,21 @@ def triton_jit_rope():
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod  # Triton reads the kernel's source through its module
         spec.loader.exec_module(mod)
-        specs = H.aot_specs()
-        op = next(o for o in specs.OPS if o.name == "rope")
+        H.aot_specs()
     except Exception as e:
         return None, f"cannot load kernels/triton/rope.py or aot/specs: {H.first_line(e)}"
     configs = {}
     no_positions = torch.zeros(1, dtype=torch.int64, device="cuda")
 
-    def config(dtype, n):
-        scope = {"dtype": specs.DTYPES[dtype], "N": n}
-        for v in op.variants:   # the inputs here are 16-byte aligned
-            if v.dtype == dtype and not v.unaligned and eval(v.when.replace("&&", " and "), {}, scope):
-                return v
-        raise ValueError(f"no rope variant for {dtype} N={n}")
+    def config(dtype, t, d):   # q and k as one (t, hq + hk, d) call, full rotary
+        return H.triton_variant("rope", dtype, M=t, N=d // 2, D=d, flags=0)[0]
 
     def launch(q, k, cos, sin):
         _, t, hq, d = q.shape
         hk = k.shape[2]
-        key = (q.dtype, d)
+        key = (q.dtype, t, d)
         if key not in configs:  # selection is host work the AOT path does in C
-            configs[key] = config(H.DTYPE_NAMES[q.dtype], d // 2)
+            configs[key] = config(H.DTYPE_NAMES[q.dtype], t, d)
         v = configs[key]
         qo, ko = torch.empty_like(q), torch.empty_like(k)
         grid = (t * triton.cdiv(hq + hk, v.constexprs["HEADS"]),)

@@ -90,18 +90,13 @@ def triton_kernels():
 def triton_jit_for(kernels, packed: bool, act: str):
     """The same kernel and config as the AOT build (the variant aot/specs selects), launched by
     Triton's JIT; it specialises on alignment by itself."""
-    mod, specs = kernels
-    op = next(o for o in specs.OPS if o.name == ("swiglu_fwd" if act == "silu" else "geglu_fwd"))
+    mod, _ = kernels
+    op_name = "swiglu_fwd" if act == "silu" else "geglu_fwd"
     configs = {}
 
     def config(dtype, M, N):
-        scope = {"dtype": specs.DTYPES[H.DTYPE_NAMES[dtype]], "M": M, "N": N,
-                 "approximate": ACT_CODE[act] - 1, "fa_cdiv": specs.cdiv, "fa_min": min, "fa_max": max}
-        for v in op.variants:
-            if v.dtype == H.DTYPE_NAMES[dtype] and not v.unaligned and \
-                    eval(v.when.replace("&&", " and "), {}, scope):
-                return (eval(v.grid[0], {}, scope),), v
-        raise ValueError(f"no {op.name} variant for N={N}")
+        v, scope = H.triton_variant(op_name, H.DTYPE_NAMES[dtype], M=M, N=N, approximate=ACT_CODE[act] - 1)
+        return (eval(v.grid[0], {}, scope),), v
 
     def launch(gate, up, stride_gate, stride_up, M, N, dtype, device):
         key = (dtype, M, N)

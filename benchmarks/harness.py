@@ -87,6 +87,26 @@ def holds(cond: str, **values) -> bool:
     return eval(aot_specs().python_condition(cond), {}, values)
 
 
+def triton_variant(op_name: str, dtype: str, **values):
+    """(variant, scope) of aot/specs's op `op_name`: the first of its `dtype` variants, in the
+    order the build's C dispatch tries them, whose condition holds for these parameter values
+    (pointers 16-byte aligned, as the benchmarks' inputs are), with the scope its grid
+    expressions read; for a JIT baseline of the kernel the AOT build ships. ValueError where no
+    variant takes the call or where the build sends it to CUDA C++ (no Triton kernel to time)."""
+    specs = aot_specs()
+    op = next(o for o in specs.OPS if o.name == op_name)
+    arch = "sm%d%d" % torch.cuda.get_device_capability()
+    scope = {**{p.name: 0 for p in op.params if p.ctype == "ptr"}, "dtype": specs.DTYPES[dtype],
+             "fa_cdiv": specs.cdiv, "fa_min": min, "fa_max": max, **values}
+    for v in op.variants:
+        if v.dtype == dtype and not v.unaligned and (arch in v.arches or "ptx" in v.arches) \
+                and eval(specs.python_condition(v.when), {}, scope):
+            if op.lang != "triton" or v.source:
+                raise ValueError(f"the build runs {op_name} in CUDA C++ here ({v.kernel})")
+            return v, scope
+    raise ValueError(f"no {op_name} variant in aot/specs for {dtype} {values}")
+
+
 def import_fusedaot():
     """(fusedaot, description), or (None, reason). Every kernel is loaded up front: that keeps
     loading out of the timings and is what CUDA-graph capture requires."""

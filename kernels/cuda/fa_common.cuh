@@ -18,6 +18,29 @@ __device__ __forceinline__ float to_float(half_t v) {
   return f;
 }
 
+// VEC elements moved as one access: 16 bytes when VEC * sizeof(T) == 16.
+template <typename T, int VEC>
+struct __align__(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+// Element i of a vector, as float.  bf16 is the upper half of an fp32, so of two packed in a
+// 32-bit word the high one is the word with its low half cleared (one LOP3) and the low one the
+// word shifted (one SHF); converting the high 2-byte element on its own cost a PRMT, a SHF and
+// often a MOV, which held rows, converting each element up to three times, could not afford on
+// an H200 (LayerNorm's bf16 forward ran 6-8 points of copy behind fp16's, issue-bound).
+template <typename T, int VEC>
+__device__ __forceinline__ float elem_f32(const Vec<T, VEC>& v, int i) { return to_float(v.v[i]); }
+template <int VEC>
+__device__ __forceinline__ float elem_f32(const Vec<bf16_t, VEC>& v, int i) {
+  if constexpr (VEC % 2 == 0) {
+    const unsigned w = reinterpret_cast<const unsigned*>(&v)[i / 2];
+    return __uint_as_float(i % 2 ? w & 0xffff0000u : w << 16);
+  } else {
+    return to_float(v.v[i]);
+  }
+}
+
 template <typename T> __device__ __forceinline__ T from_float(float f);
 template <> __device__ __forceinline__ float from_float<float>(float f) { return f; }
 template <> __device__ __forceinline__ bf16_t from_float<bf16_t>(float f) {
@@ -30,12 +53,6 @@ template <> __device__ __forceinline__ half_t from_float<half_t>(float f) {
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(f));
   return r;
 }
-
-// VEC elements moved as one access: 16 bytes when VEC * sizeof(T) == 16.
-template <typename T, int VEC>
-struct __align__(sizeof(T) * VEC) Vec {
-  T v[VEC];
-};
 
 // Loads from global memory go through ld.global.  For a const pointer the compiler may pick the
 // read-only path instead (ld.global.nc, LDG.CONSTANT in the SASS), which streamed rows slower on

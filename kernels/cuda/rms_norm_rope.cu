@@ -51,7 +51,7 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
 
   // phase 1: every load in flight (over the row, the weight's rows come in phase 2: holding a
   // row of them for every head group would halve the warps an SM holds)
-  Raw<T, VEC> xv[PASSES], wv, wp, cv, sv;
+  Raw<T, VEC, ROW> xv[PASSES], wv, wp, cv, sv;   // per head: each element converted on its own (Raw)
 #pragma unroll
   for (int p = 0; p < PASSES; ++p)
     if (h0 + p * HPP < H) xv[p].load(xt + (i64)(h0 + p * HPP) * D + col);
@@ -97,7 +97,7 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
       wv.load(w + h * stride_wh + col);
       wp.load(w + h * stride_wh + l.pcol);
     }
-    const Raw<T, VEC> xp = shuffle_raw(xv[p], l.partner);   // every lane shuffles; unrotated ones read themselves
+    const auto xp = shuffle_raw(xv[p], l.partner);   // every lane shuffles; unrotated ones read themselves
     float out[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {

@@ -18,7 +18,7 @@ __device__ __forceinline__ void load_f32(const P* __restrict__ p, float (&out)[V
   for (int c = 0; c < VEC / C; ++c) {
     const Vec<P, C> v = load_vec<P, C>(p + c * C);
 #pragma unroll
-    for (int i = 0; i < C; ++i) out[c * C + i] = to_float(v.v[i]);
+    for (int i = 0; i < C; ++i) out[c * C + i] = elem_f32(v, i);
   }
 }
 
@@ -58,7 +58,11 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ row, i64 base, i
 // VEC elements as stored, in 16-byte pieces, converted where they are used: resident rows hold
 // x, dy, scale and shift this way (half the registers of fp32 for 16-bit types), so that more
 // rows are in flight per SM.
-template <typename P, int VEC>
+// WORDS: bf16 pairs converted from their 32-bit words (elem_f32); false converts each element on
+// its own, which rms_norm_rope's per-head forward keeps: with words ptxas issued one head
+// group's load after the first reduction and the kernel ran 3.5% slower (16384 tokens x 32
+// heads of 128, H200), where every other kernel gained or held.
+template <typename P, int VEC, bool WORDS = true>
 struct Raw {
   static constexpr int C = (16 / (int)sizeof(P)) < VEC ? (16 / (int)sizeof(P)) : VEC;
   Vec<P, C> part[VEC / C];
@@ -66,7 +70,9 @@ struct Raw {
 #pragma unroll
     for (int c = 0; c < VEC / C; ++c) part[c] = load_vec<P, C>(p + c * C);
   }
-  __device__ __forceinline__ float operator[](int i) const { return to_float(part[i / C].v[i % C]); }
+  __device__ __forceinline__ float operator[](int i) const {
+    return WORDS ? elem_f32(part[i / C], i % C) : to_float(part[i / C].v[i % C]);
+  }
   // An empty asm that stands for a change to the registers: what reads them comes after it.
   // Called on each vector once the last load of a row is issued, it keeps every load in flight
   // before the first use; left alone, the compiler may convert each vector right after its own
@@ -116,24 +122,40 @@ __device__ __forceinline__ Stats tile_stats(const V (&v)[NPT], i64 base, i64 N) 
   return {n, mean, m2};
 }
 
-// The block's merged Stats, in every thread: a tree within each warp, then every thread merges
-// the warps' results in warp order (the same order everywhere: one deterministic answer).
+// The block's merged Stats, in every thread: a tree within each warp, then within each warp a
+// tree over the warps' results, whose lane 0 every lane takes (the same operands in the same order
+// in every warp: one deterministic answer).  The warps' results merged one after another by every
+// thread cost 15 merges a thread in a 512-thread block, about 180 instructions a row, which the
+// held rows could not afford on an H200 (issue-bound at 16384 wide); the tree takes 4.
+__device__ __forceinline__ Stats shfl_down(Stats s, int o) {
+  return {__shfl_down_sync(0xffffffffu, s.n, o), __shfl_down_sync(0xffffffffu, s.mean, o),
+          __shfl_down_sync(0xffffffffu, s.m2, o)};
+}
+
 __device__ __forceinline__ Stats block_stats(Stats s, float* shm) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    Stats other = {__shfl_down_sync(0xffffffffu, s.n, o), __shfl_down_sync(0xffffffffu, s.mean, o),
-                   __shfl_down_sync(0xffffffffu, s.m2, o)};
-    s = merge(s, other);
-  }
-  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  if ((threadIdx.x & 31) == 0) {
+  for (int o = 16; o > 0; o >>= 1) s = merge(s, shfl_down(s, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (lane == 0) {
     shm[warp] = s.n;
     shm[MAX_WARPS + warp] = s.mean;
     shm[2 * MAX_WARPS + warp] = s.m2;
   }
   __syncthreads();
-  Stats r = {shm[0], shm[MAX_WARPS], shm[2 * MAX_WARPS]};
-  for (int w = 1; w < warps; ++w) r = merge(r, Stats{shm[w], shm[MAX_WARPS + w], shm[2 * MAX_WARPS + w]});
+  if (warp == 0) {
+    Stats r = {0.0f, 0.0f, 0.0f};
+    if (lane < warps) r = {shm[lane], shm[MAX_WARPS + lane], shm[2 * MAX_WARPS + lane]};
+#pragma unroll 1
+    for (int o = 16; o > 0; o >>= 1)
+      if (o < warps) r = merge(r, shfl_down(r, o));
+    if (lane == 0) {
+      shm[0] = r.n;   // every lane of warp 0 has read its slots: its shuffles came after
+      shm[MAX_WARPS] = r.mean;
+      shm[2 * MAX_WARPS] = r.m2;
+    }
+  }
+  __syncthreads();
+  const Stats r = {shm[0], shm[MAX_WARPS], shm[2 * MAX_WARPS]};
   __syncthreads();  // shm is reused by the next reduction
   return r;
 }
