@@ -87,15 +87,16 @@ def holds(cond: str, **values) -> bool:
     return eval(aot_specs().python_condition(cond), {}, values)
 
 
-def triton_variant(op_name: str, dtype: str, **values):
-    """(variant, scope) of aot/specs's op `op_name`: the first of its `dtype` variants, in the
-    order the build's C dispatch tries them, whose condition holds for these parameter values
-    (pointers 16-byte aligned, as the benchmarks' inputs are), with the scope its grid
-    expressions read; for a JIT baseline of the kernel the AOT build ships. ValueError where no
-    variant takes the call or where the build sends it to CUDA C++ (no Triton kernel to time)."""
+def triton_variant(op_name: str, dtype: str, arch: str | None = None, **values):
+    """(variant, scope) of aot/specs's op `op_name`: the first of its `dtype` variants for `arch`
+    (default: the current GPU's), in the order the build's C dispatch tries them, whose condition
+    holds for these parameter values (pointers 16-byte aligned, as the benchmarks' inputs are),
+    with the scope its grid expressions read; for a JIT baseline of the kernel the AOT build
+    ships. ValueError where no variant takes the call or where the build sends it to CUDA C++
+    (no Triton kernel to time)."""
     specs = aot_specs()
     op = next(o for o in specs.OPS if o.name == op_name)
-    arch = "sm%d%d" % torch.cuda.get_device_capability()
+    arch = arch or "sm%d%d" % torch.cuda.get_device_capability()
     scope = {**{p.name: 0 for p in op.params if p.ctype == "ptr"}, "dtype": specs.DTYPES[dtype],
              "fa_cdiv": specs.cdiv, "fa_min": min, "fa_max": max, **values}
     for v in op.variants:
@@ -175,6 +176,7 @@ def input_sets(make, per_set: int, extra: int, l2_bytes: int) -> list | None:
 
 
 _spin = {}
+_SPIN_MAX_US = 200_000   # the longest spin queued ahead of a batch
 
 
 def _spin_cycles_per_us() -> float | None:
@@ -228,9 +230,6 @@ def time_device(fn, arg_sets: list, warmup_ms=25, rep_ms=100, min_iters=10, max_
             est_us = max(2 * est_us, 1.5 * queued_us / len(calls))   # the host is slower than estimated
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
-
-
-_SPIN_MAX_US = 200_000   # the longest spin queued ahead of a batch
 
 
 def time_host(fn, args: tuple, calls=2000, graph=False) -> float:
