@@ -122,11 +122,11 @@ __device__ __forceinline__ Stats tile_stats(const V (&v)[NPT], i64 base, i64 N) 
   return {n, mean, m2};
 }
 
-// The block's merged Stats, in every thread: a tree within each warp, then within each warp a
-// tree over the warps' results, whose lane 0 every lane takes (the same operands in the same order
-// in every warp: one deterministic answer).  The warps' results merged one after another by every
-// thread cost 15 merges a thread in a 512-thread block, about 180 instructions a row, which the
-// held rows could not afford on an H200 (issue-bound at 16384 wide); the tree takes 4.
+// The block's merged Stats, in every thread: a tree within each warp, then warp 0 merges the
+// warps' results in a shuffle tree and shares its lane 0's through shared memory (a fixed order:
+// one deterministic answer).  Every thread merging the warps' results one after another cost 15
+// merges a thread in a 512-thread block, about 180 instructions a row, which the held rows could
+// not afford on an H200 (issue-bound at 16384 wide).
 __device__ __forceinline__ Stats shfl_down(Stats s, int o) {
   return {__shfl_down_sync(0xffffffffu, s.n, o), __shfl_down_sync(0xffffffffu, s.mean, o),
           __shfl_down_sync(0xffffffffu, s.m2, o)};
