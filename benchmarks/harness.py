@@ -101,7 +101,7 @@ def triton_variant(op_name: str, dtype: str, arch: str | None = None, **values):
              "fa_cdiv": specs.cdiv, "fa_min": min, "fa_max": max, **values}
     for v in op.variants:
         if v.dtype == dtype and not v.unaligned and (arch in v.arches or "ptx" in v.arches) \
-                and eval(specs.python_condition(v.when), {}, scope):
+                and holds(v.when, **scope):
             if op.lang != "triton" or v.source:
                 raise ValueError(f"the build runs {op_name} in CUDA C++ here ({v.kernel})")
             return v, scope
