@@ -51,7 +51,7 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
 
   // phase 1: every load in flight (over the row, the weight's rows come in phase 2: holding a
   // row of them for every head group would halve the warps an SM holds)
-  Raw<T, VEC, ROW> xv[PASSES], wv, wp, cv, sv;   // per head: each element converted on its own (Raw)
+  Raw<T, VEC> xv[PASSES], wv, wp, cv, sv;
 #pragma unroll
   for (int p = 0; p < PASSES; ++p)
     if (h0 + p * HPP < H) xv[p].load(xt + (i64)(h0 + p * HPP) * D + col);
@@ -65,6 +65,15 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
   }
   float c[VEC], sn[VEC];
   rope_coeffs(cv, sv, l, in_range, flags, c, sn);
+  // y = rstd * (x * (w c) + x_partner * (w_partner sn)): per head the weight is the same for
+  // every head group, so its products with the table are taken once a lane
+  if constexpr (!ROW) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      c[i] *= wv[i];
+      sn[i] *= wp[i];
+    }
+  }
 
   // over the row: the row's sum of squares over the block, before any head is finished
   float row_rstd = 0.0f;
@@ -97,11 +106,12 @@ __device__ __forceinline__ void rms_norm_rope_fwd_tile(
       wv.load(w + h * stride_wh + col);
       wp.load(w + h * stride_wh + l.pcol);
     }
-    const auto xp = shuffle_raw(xv[p], l.partner);   // every lane shuffles; unrotated ones read themselves
+    const Raw<T, VEC> xp = shuffle_raw(xv[p], l.partner);   // every lane shuffles; unrotated ones read themselves
     float out[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      out[i] = xv[p][i] * rstd * wv[i] * c[i] + xp[i] * rstd * wp[i] * sn[i];
+      const float a = ROW ? wv[i] * c[i] : c[i], b = ROW ? wp[i] * sn[i] : sn[i];
+      out[i] = rstd * fmaf(xv[p][i], a, xp[i] * b);
     }
     if (h < H) store_f32<T, VEC>(yt + (i64)h * D + col, out);
   }

@@ -13,10 +13,10 @@
 #include "row_stats.cuh"
 
 // Lane `src`'s 16 bytes, for every lane of the warp.
-template <typename R>
-__device__ __forceinline__ R shuffle_raw(const R& v, int src) {
-  static_assert(sizeof(R) == 16, "a lane's values are one 16-byte vector");
-  R out;
+template <typename T, int VEC>
+__device__ __forceinline__ Raw<T, VEC> shuffle_raw(const Raw<T, VEC>& v, int src) {
+  static_assert(sizeof(Raw<T, VEC>) == 16, "a lane's values are one 16-byte vector");
+  Raw<T, VEC> out;
   const unsigned* in = reinterpret_cast<const unsigned*>(&v);
   unsigned* o = reinterpret_cast<unsigned*>(&out);
 #pragma unroll
@@ -53,8 +53,8 @@ __device__ __forceinline__ i64 rope_table_row(const i64* pos, i64 b, i64 s, i64 
 // c and sn from the lane's table values (cv at ccol, sv at scol; not read where not rotated): the
 // table's cos and signed sin where the lane rotates, NaN where the position was out of range (as
 // the Triton kernels), 1 and 0 where it passes its values through.
-template <typename R, int VEC>
-__device__ __forceinline__ void rope_coeffs(const R& cv, const R& sv, const RopeLane& l,
+template <typename T, int VEC>
+__device__ __forceinline__ void rope_coeffs(const Raw<T, VEC>& cv, const Raw<T, VEC>& sv, const RopeLane& l,
                                             bool in_range, int flags, float (&c)[VEC], float (&sn)[VEC]) {
   const float poison = in_range ? 0.0f : __int_as_float(0x7fc00000);
   const float sign = (l.first != ((flags & 4) != 0)) ? -1.0f : 1.0f;

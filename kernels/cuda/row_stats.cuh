@@ -58,11 +58,7 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ row, i64 base, i
 // VEC elements as stored, in 16-byte pieces, converted where they are used: resident rows hold
 // x, dy, scale and shift this way (half the registers of fp32 for 16-bit types), so that more
 // rows are in flight per SM.
-// WORDS: bf16 pairs converted from their 32-bit words (elem_f32); false converts each element on
-// its own, which rms_norm_rope's per-head forward keeps: with words ptxas issued one head
-// group's load after the first reduction and the kernel ran 3.5% slower (16384 tokens x 32
-// heads of 128, H200), where every other kernel gained or held.
-template <typename P, int VEC, bool WORDS = true>
+template <typename P, int VEC>
 struct Raw {
   static constexpr int C = (16 / (int)sizeof(P)) < VEC ? (16 / (int)sizeof(P)) : VEC;
   Vec<P, C> part[VEC / C];
@@ -70,9 +66,7 @@ struct Raw {
 #pragma unroll
     for (int c = 0; c < VEC / C; ++c) part[c] = load_vec<P, C>(p + c * C);
   }
-  __device__ __forceinline__ float operator[](int i) const {
-    return WORDS ? elem_f32(part[i / C], i % C) : to_float(part[i / C].v[i % C]);
-  }
+  __device__ __forceinline__ float operator[](int i) const { return elem_f32(part[i / C], i % C); }
   // An empty asm that stands for a change to the registers: what reads them comes after it.
   // Called on each vector once the last load of a row is issued, it keeps every load in flight
   // before the first use; left alone, the compiler may convert each vector right after its own
