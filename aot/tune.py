@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -55,7 +56,7 @@ def _candidates(block: int, looped: bool, stages=(1,)):
 
 
 def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -> tuple | None:
-    """(us, ROWS, num_warps, num_stages) of the fastest candidate at row width n."""
+    """(us, ROWS, num_warps, num_stages, LEAN) of the fastest candidate at row width n."""
     import torch
     import triton
 
@@ -71,10 +72,11 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
     out = torch.empty_like(x)
     dy = torch.randn_like(x)
     # as python/fusedaot/ops/rms_norm.py's _programs()
-    g = m if m <= 2 * sms else max(2 * sms, min(8 * sms, m // 8))
+    g = m if m <= 2 * sms else 2 * sms if n > 8192 else max(2 * sms, min(8 * sms, m // 8))
     part = torch.empty(g, n, device="cuda", dtype=torch.float32)
     best = None
-    for rows, warps, stages in candidates:
+    # the backward's single block has a LEAN form for rows whose strides are all equal (these are)
+    for (rows, warps, stages), lean in itertools.product(candidates, (False, True) if direction == "bwd" and not looped else (False,)):
         consts = dict(BLOCK_N=block, ROWS=rows, HAS_W=True, LOOPED=looped, num_warps=warps, num_stages=stages)
         if direction == "fwd":
             def run():
@@ -82,7 +84,8 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
                                                 HAS_RES=False, UNROLL=None, **consts)
         else:
             def run():
-                kernel[(g,)](dy, x, w, out, part, w, n, n, n, m, n, 1e-6, g, None, 0, HAS_DRES=False, **consts)
+                kernel[(g,)](dy, x, w, out, part, w, n, n, n, m, n, 1e-6, g, None, 0, HAS_DRES=False,
+                             LEAN=lean, **consts)
         try:
             us = _time_us(run)
         except Exception as e:  # a config the compiler rejects (e.g. out of resources)
@@ -90,14 +93,15 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
             continue
         gbps = (2 if direction == "fwd" else 3) * x.numel() * x.element_size() / us / 1e3  # x, y [, dy]
         print(f"  {direction} {str(dtype):14s} N {n:6d} {'loop' if looped else 'block'} {block:6d} rows {rows:3d} "
-              f"warps {warps:2d} stages {stages}: {us:8.1f} us {gbps:7.0f} GB/s", flush=True)
+              f"warps {warps:2d} stages {stages}{' lean' if lean else ''}: {us:8.1f} us {gbps:7.0f} GB/s", flush=True)
         if best is None or us < best[0]:
-            best = (us, rows, warps, stages)
+            best = (us, rows, warps, stages, lean)
     return best
 
 
 def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
-    """{str(BLOCK_N): [ROWS, warps, stages], "loop": [...], "loop_above": BLOCK_N}."""
+    """{str(BLOCK_N): [ROWS, warps, stages], "loop": [...], "loop_above": BLOCK_N}, and for the
+    backward "lean": the BLOCK_Ns whose fastest form is the LEAN one (equal row strides)."""
     # the backward loops over rows: let Triton's pipeliner try to prefetch the next rows
     stages = (1,) if direction == "fwd" else (1, 3)
     table, single = {}, {}
@@ -106,13 +110,16 @@ def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
         best = _best(direction, dtype, block, block, False, _candidates(block, False, stages))
         if best:
             single[block] = best
-            table[str(block)] = list(best[1:])
+            table[str(block)] = list(best[1:4])
+    if direction == "bwd":
+        name = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}[str(dtype)]
+        table["lean"] = {name: sorted(b for b, v in single.items() if v[4])}
     chunk = specs.rms_norm.RMS_NORM_LOOP[0]
     loop = _best(direction, dtype, 4 * chunk, chunk, True, _candidates(chunk, True, stages))
-    table["loop"] = list(loop[1:])
+    table["loop"] = list(loop[1:4])
     # Wide single blocks can lose to the looped form (registers run out): find the crossover.
     for block in [b for b in sorted(single) if b >= chunk]:
-        looped = _best(direction, dtype, block, chunk, True, [tuple(loop[1:])])
+        looped = _best(direction, dtype, block, chunk, True, [tuple(loop[1:4])])
         if looped and looped[0] < single[block][0]:
             table["loop_above"] = max([b for b in single if b < block], default=chunk)
             break

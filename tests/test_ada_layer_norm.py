@@ -216,6 +216,15 @@ def test_forward_large_mean(n, dtype):
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
+@pytest.mark.parametrize("n", (1000, 3072, 4097))
+def test_forward_huge_mean(n, dtype):
+    # as test_layer_norm's: mean 2e19 (its square overflows fp32) and std 1e17, NaN-free
+    x = make_tensor((2, 5, n), dtype, "cuda", scale=1e17, offset=2e19)
+    check_forward(x, *modulation((2, 5, n), "sample", dtype, "cuda"))
+
+
+@pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n", (127, 3072, 4097, 20000))

@@ -274,6 +274,16 @@ def test_forward_large_mean(n, dtype):
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
+@pytest.mark.parametrize("n", (1000, 4097))
+def test_forward_huge_mean(n, dtype):
+    # rows of mean 2e19: a squared difference of means overflows fp32 (2e19^2 > 3.4e38), which
+    # must not turn into NaN where a thread or warp holds no column (0 * inf); std 1e17 keeps
+    # the true sums of squares (n * 1e34) finite
+    check_forward(*inputs((5, n), dtype, "cuda", "wb", scale=1e17, offset=2e19))
+
+
+@pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", (127, 1000, 4096, 4097, 32768, 65536))
 @pytest.mark.parametrize("pad,offset", [(3, 0), (64, 0), (64, 1), (8, 8)], ids=["odd", "wide", "misaligned", "offset8"])

@@ -90,7 +90,8 @@ struct Stats {  // count, mean and sum of squared deviations of a set of values
 __device__ __forceinline__ Stats merge(Stats a, Stats b) {
   const float n = a.n + b.n;
   const float d = b.mean - a.mean, f = __fdividef(b.n, fmaxf(n, 1.0f));
-  return {n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
+  // d * (d * (a.n * f)): with either side empty the product is 0 even where d * d overflows
+  return {n, a.mean + d * f, a.m2 + b.m2 + d * (d * (a.n * f))};
 }
 
 // v[k][i]: element i of this thread's vector k, as float (a float[VEC] or a Raw<T, VEC>).

@@ -128,7 +128,16 @@ def _rms_norm_bwd(
     HAS_W: tl.constexpr,
     LOOPED: tl.constexpr,
     HAS_DRES: tl.constexpr,
+    LEAN: tl.constexpr,   # single block: every row stride is stride_x's (the dispatch checks)
 ):
+    # LEAN: one 64-bit row offset serves every tensor, and the weight is loaded with each row
+    # (from L1/L2) instead of held.  At 16384-wide 16-bit rows (32 columns a thread of x, dy,
+    # w and the dw sums) the registers this frees keep ptxas's spills out of the row loop:
+    # bf16 1.17x faster on an H200; either change alone gains nothing.
+    if LEAN:
+        stride_dy = stride_x
+        stride_dx = stride_x
+        stride_dres = stride_x
     pid = tl.program_id(0)
     dw_row = dw_partial + pid.to(tl.int64) * N
     if LOOPED:
@@ -177,7 +186,8 @@ def _rms_norm_bwd(
     else:
         cols = tl.arange(0, BLOCK_N)
         col_ok = cols < N
-        wv = _load_weight(w, cols, N, HAS_W)
+        if not LEAN:
+            wv = _load_weight(w, cols, N, HAS_W)
         dw_acc = tl.zeros([BLOCK_N], tl.float32)
         for first in range(pid * ROWS, M, G * ROWS):
             rows = first + tl.arange(0, ROWS)
@@ -185,6 +195,8 @@ def _rms_norm_bwd(
             mask = (rows < M)[:, None] & col_ok[None, :]
             xv = _load_row(x + r64 * stride_x, cols[None, :], mask, False)
             dyv = _load_row(dy + r64 * stride_dy, cols[None, :], mask, False)
+            if LEAN:
+                wv = _load_weight(w, cols, N, HAS_W)
             # the two row sums are independent: mean(x_hat * wdy) = rstd * mean(x * wdy)
             wdy = dyv * wv[None, :]
             sum_sq = tl.sum(xv * xv, axis=1)
