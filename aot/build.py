@@ -53,6 +53,10 @@ def compile_all(arches, jobs: int, cache: Path):
             todo += [("cuda", op.source_of(v), arch) if op.lang_of(v) == "cuda" else (op.name, v.name, arch)
                      for v in op.variants if arch in v.arches]
     todo = list(dict.fromkeys(todo))  # a CUDA source serves several ops: compile it once
+    # The longest jobs first (a CUDA source holds many kernels), and the images made from another
+    # arch's compile (sm89 and ptx from sm80, through Triton's cache: compile.RETARGET) last, so
+    # that their base compile has finished instead of running twice at once.
+    todo.sort(key=lambda t: (t[0] != "cuda", t[2] in cc.RETARGET or t[2] == "ptx"))
     results, hits, t0 = {}, 0, time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
         futures = {pool.submit(_job, *t, str(cache)): t for t in todo}

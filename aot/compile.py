@@ -112,6 +112,26 @@ def _ptx_param_count(ptx: str, name: str) -> int:
     return m.group(1).count(".param") if m else -1
 
 
+# sm89 images of variants that sm80 also has are assembled from the sm80 compile.  Triton lowers
+# a kernel identically for sm80 and sm89 unless it has fp8 types (sm89's fp8 conversions and mma):
+# the PTX differs only in its .target line (measured over every non-fp8 variant of the spec table: byte-identical cubins,
+# docs/design.md).  So a kernel whose TTIR has no fp8 type takes the sm80 compile's PTX (from
+# Triton's cache when the sm80 image is built, as the ptx library's are), retargeted as Triton's
+# own make_ptx does, through Triton's ptxas step for sm89: the front end and LLVM run once for both.
+RETARGET = {"sm89": "sm80"}
+_FP8_TYPE = re.compile(r"\bf8E[0-9]")
+
+
+def _assemble(ptx: str, arch: str, options: dict) -> bytes:
+    """Triton's last step, ptxas, on `ptx` for `arch`."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    cc = specs.ARCH_CC[arch]
+    backend = CUDABackend(GPUTarget("cuda", cc, 32))
+    return backend.make_cubin(re.sub(r"\.target sm_\d+", f".target sm_{cc}", ptx), {}, backend.parse_options(options), cc)
+
+
 def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
     import triton
     from triton.backends.compiler import GPUTarget
@@ -123,17 +143,25 @@ def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
     options = {"num_warps": v.num_warps, "num_stages": v.num_stages}
     if v.maxnreg:
         options["maxnreg"] = v.maxnreg
-    key = _digest("triton", triton.__version__, os.environ.get("TRITON_DISABLE_LINE_INFO"), PTX_PASS_TEXT, source_text, v.kernel, sorted(signature.items()),
-                  sorted(v.constexprs.items()), sorted(attrs.items()), sorted(options.items()), arch)
+    base = RETARGET.get(arch)
+    base = base if base in v.arches and base in op.arches else None
+    key = _digest("triton", triton.__version__, os.environ.get("TRITON_DISABLE_LINE_INFO"), PTX_PASS_TEXT,
+                  source_text, v.kernel, sorted(signature.items()), sorted(v.constexprs.items()),
+                  sorted(attrs.items()), sorted(options.items()), arch, base)
+
+    def triton_compile(target: str):
+        try:
+            return triton.compile(ASTSource(fn, signature, dict(v.constexprs), attrs),
+                                  target=GPUTarget("cuda", specs.ARCH_CC[target], 32), options=options)
+        except Exception as e:  # the compiler's own message follows ours
+            raise CompileError(f"Triton failed to compile {v.name} ({op.source}:{v.kernel}) for {target} "
+                               f"with signature {signature} constexprs {v.constexprs}:\n{e}") from e
 
     def build():
         use_ptx_pass()
-        try:
-            k = triton.compile(ASTSource(fn, signature, dict(v.constexprs), attrs),
-                               target=GPUTarget("cuda", specs.ARCH_CC[arch], 32), options=options)
-        except Exception as e:  # the compiler's own message follows ours
-            raise CompileError(f"Triton failed to compile {v.name} ({op.source}:{v.kernel}) for {arch} "
-                               f"with signature {signature} constexprs {v.constexprs}:\n{e}") from e
+        k = triton_compile(base or arch)
+        if base and _FP8_TYPE.search(k.asm["ttir"]):
+            k = triton_compile(arch)
         md = k.metadata
         if md.profile_scratch_size:
             raise CompileError(f"{v.name} for {arch} needs Triton profile scratch memory, "
@@ -146,7 +174,16 @@ def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
         if nparams != len(args) + 2:  # Triton appends global and profile scratch pointers
             raise CompileError(f"{v.name}: the compiled kernel takes {nparams} parameters, "
                                f"expected {len(args)} + 2 scratch pointers")
-        image = ptx.encode() + b"\0" if arch == "ptx" else k.asm["cubin"]
+        if arch == "ptx":
+            image = ptx.encode() + b"\0"
+        elif specs.ARCH_CC[arch] != md.target.arch:
+            try:
+                image = _assemble(ptx, arch, options)
+            except Exception as e:
+                raise CompileError(f"ptxas failed to assemble {v.name} ({op.source}:{v.kernel}) for {arch} "
+                                   f"from its {base} PTX:\n{e}") from e
+        else:
+            image = k.asm["cubin"]
         meta = {"symbol": md.name, "num_warps": md.num_warps, "shared": md.shared,
                 "compiler": f"triton {triton.__version__}", "args": args,
                 "global_scratch": md.global_scratch_size, "global_scratch_align": md.global_scratch_align,

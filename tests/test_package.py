@@ -155,6 +155,24 @@ def test_images_are_stored_packed(manifest, arch):
     assert data.count(b"\x7fELF") == 1 and b".target sm_80" not in data
 
 
+@pytest.mark.parametrize("arch", ARCH_LIBRARIES)
+def test_images_target_their_arch(manifest, arch):
+    """Each cubin is a CUDA ELF for its library's SM (e_flags' low byte: sm89's images are
+    assembled from the sm80 compile's PTX, aot/compile.py, and must still be sm89 cubins); the
+    PTX library's images are compute_80 PTX text."""
+    from fusedaot import _lib
+    images = list(_lib.library_for_arch(arch).images())
+    assert images
+    if arch == "ptx":
+        bad = [i for i, image in enumerate(images)
+               if image[:4] == b"\x7fELF" or not re.search(rb"^\s*\.target\s+sm_80\b", image, re.M)]
+    else:
+        sm = int(arch[2:])
+        bad = [i for i, image in enumerate(images)   # ELFOSABI_CUDA, and the SM in e_flags
+               if image[:4] != b"\x7fELF" or image[7] != 0x33 or struct.unpack_from("<I", image, 0x30)[0] & 0xFF != sm]
+    assert not bad, f"{len(bad)} of the {arch} library's {len(images)} images are not built for {arch}, e.g. {bad[:5]}"
+
+
 def test_images_unpack_through_the_c_abi(manifest):
     """fusedaot_image hands out each image byte for byte (the manifest's digests); no GPU."""
     import hashlib

@@ -185,8 +185,13 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
             tag = ((f"loop{block}" + (f"_n{lower + 1}_{upper}" if upper else "") if looped else f"b{block}")
                    + f"_r{rows}_w{warps}" + (f"_s{stages}" if stages > 1 else "") + (f"_unroll{unroll}" if unroll else ""))
             lower = upper
+            # LEAN frees the registers that holding the weight and its dw sums take: without a
+            # weight there is nothing to free, and one variant serves every stride.
             lean_options = (True, False) if not looped and aligned and block in leaner else (None,)
             for has_w, lean in itertools.product((True,) if fused else (True, False), lean_options):
+                if lean is False and not has_w:
+                    continue
+                lean = lean if has_w else None
                 cond = [f"dtype == {DTYPES[dtype]}", width]
                 if not fused:
                     cond.insert(1, "w != 0" if has_w else "w == 0")
