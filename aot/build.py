@@ -53,10 +53,15 @@ def compile_all(arches, jobs: int, cache: Path):
             todo += [("cuda", op.source_of(v), arch) if op.lang_of(v) == "cuda" else (op.name, v.name, arch)
                      for v in op.variants if arch in v.arches]
     todo = list(dict.fromkeys(todo))  # a CUDA source serves several ops: compile it once
-    # The longest jobs first (a CUDA source holds many kernels), and the images made from another
-    # arch's compile (sm89 and ptx from sm80, through Triton's cache: compile.RETARGET) last, so
-    # that their base compile has finished instead of running twice at once.
-    todo.sort(key=lambda t: (t[0] != "cuda", t[2] in cc.RETARGET or t[2] == "ptx"))
+    # Images made from another image's compile come after every compile they start from, so
+    # that no base compile runs twice at once: sm89 and ptx from sm80 for Triton (through
+    # Triton's cache, compile.RETARGET), a CUDA C++ source's cubins from its PTX (compile_cuda).
+    # Within each half the CUDA C++ sources first: they are the longest jobs.
+    def derived(job):
+        kind, _, arch = job
+        return arch != "ptx" if kind == "cuda" else arch in cc.RETARGET or arch == "ptx"
+
+    todo.sort(key=lambda job: (derived(job), job[0] != "cuda"))
     results, hits, t0 = {}, 0, time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
         futures = {pool.submit(_job, *t, str(cache)): t for t in todo}
@@ -113,7 +118,9 @@ def _collect(arch: str, results, out: Path, manifest: dict) -> tuple[list[bytes]
                                     "symbol": meta["symbol"], "args": meta["args"], "num_warps": meta["num_warps"],
                                     "maxnreg": v.maxnreg, "shared": meta["shared"],
                                     "global_scratch": meta.get("global_scratch", 0)})
-        manifest["compilers"][meta["compiler"].split()[0]] = meta["compiler"].split()[1]
+        for tool in meta["compiler"].split(" + "):   # "nvrtc 12.8 + ptxas 12.8.93": each tool's version
+            name, version = tool.split()
+            manifest["compilers"][name] = version
     manifest["min_driver"][arch] = (max(PTX_ISA_DRIVER[p] for p in ptx_versions)
                                     if arch == "ptx" else CUBIN_MIN_DRIVER)
     return images, kernels

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import specs
 
 CANDIDATE_WARPS = (2, 4, 8, 16, 32)
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}   # the spec table's names
 ELEMENTS = 1 << 26   # M * N of each timing: 128 MiB of bf16, far beyond L2
 
 
@@ -71,8 +72,7 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
     w = torch.randn(n, device="cuda", dtype=dtype)
     out = torch.empty_like(x)
     dy = torch.randn_like(x)
-    # as python/fusedaot/ops/rms_norm.py's _programs()
-    g = m if m <= 2 * sms else 2 * sms if n > 8192 else max(2 * sms, min(8 * sms, m // 8))
+    g = _backward_programs()(m, n, sms)
     part = torch.empty(g, n, device="cuda", dtype=torch.float32)
     best = None
     # the backward's single block has a LEAN form for rows whose strides are all equal (these are)
@@ -99,9 +99,21 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
     return best
 
 
-def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
+def _backward_programs():
+    """The backward's program count as the op launches it: python/fusedaot/ops/rms_norm.py's
+    _programs, from this source tree (the package need not be installed)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+    from fusedaot.ops.rms_norm import _programs
+    return _programs
+
+
+def tune_rms_norm(direction: str, name: str, quick: bool) -> dict:
     """{str(BLOCK_N): [ROWS, warps, stages], "loop": [...], "loop_above": BLOCK_N}, and for the
     backward "lean": the BLOCK_Ns whose fastest form is the LEAN one (equal row strides)."""
+    import torch
+
+    dtype = getattr(torch, TORCH_DTYPES[name])
     # the backward loops over rows: let Triton's pipeliner try to prefetch the next rows
     stages = (1,) if direction == "fwd" else (1, 3)
     table, single = {}, {}
@@ -112,7 +124,6 @@ def tune_rms_norm(direction: str, dtype, quick: bool) -> dict:
             single[block] = best
             table[str(block)] = list(best[1:4])
     if direction == "bwd":
-        name = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}[str(dtype)]
         table["lean"] = {name: sorted(b for b, v in single.items() if v[4])}
     chunk = specs.rms_norm.RMS_NORM_LOOP[0]
     loop = _best(direction, dtype, 4 * chunk, chunk, True, _candidates(chunk, True, stages))
@@ -145,8 +156,8 @@ def main(argv=None):
     table.update(result)
     for direction in ("fwd", "bwd"):
         entries = table.setdefault(f"rms_norm_{direction}", {})
-        for es, dt in ((2, torch.bfloat16), (4, torch.float32)):
-            entries.setdefault(str(es), {}).update(tune_rms_norm(direction, dt, args.quick))
+        for name in ("bf16", "fp32"):   # one table per element size
+            entries.setdefault(str(specs.ELEM_BYTES[name]), {}).update(tune_rms_norm(direction, name, args.quick))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {args.out}")

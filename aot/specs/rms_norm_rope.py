@@ -60,7 +60,7 @@ from .rope import cuda_heads_a_warp
 # Per head, 16-bit forward at head_dim <= 128: at most 80 registers a thread.  Uncapped, the
 # one-warp tile took 120 and 16 blocks fitted an SM (25% occupancy: ncu,
 # docs/results/rms_norm_rope_fwd_ncu_h100.txt); capped, 25 do.  Through the JIT with the norm
-# mode a run-time argument, as the AOT images have it (docs/results/rms_norm_rope_fwd_maxnreg_h100.jsonl):
+# mode a run-time argument, as the AOT images then had it (docs/results/rms_norm_rope_fwd_maxnreg_h100.jsonl):
 # 16384 x 32 x 128 71.4 -> 83.1% of copy, x 8 heads 72.5 -> 78.2%, 2048 x 32 x 128 77.9 ->
 # 86.1%, 16384 x 32 x 64 70.0 -> 83.8%; 96 gained less, 64 spilled, and head_dim 256 spilled
 # at every cap.
@@ -302,6 +302,12 @@ def _cuda_variants(dtype: str) -> list[Variant]:
     return head + row
 
 
+# The kernels' NORM constexpr by the mode of a variant's calls: its image holds only that norm
+# mode's code ("any" takes both modes and reads per_head at run time).  With the mode a run-time
+# argument in every image, the one-pass backward held both forms and took 1.4x as long to compile.
+_NORM = {"any": 0, "head": 1, "row": 2}
+
+
 def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
     op = f"rms_norm_rope_{direction}" + ("_interleaved" if interleaved else "")
     out = []
@@ -326,7 +332,8 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
                 kernel=f"_rms_norm_rope_{direction}",
                 when=f"dtype == {DTYPES[dtype]} && {width}",
                 grid=_grid(direction, heads),
-                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved, **bwd),
+                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved, NORM=_NORM[mode.split("_")[0]],
+                                **bwd),
                 num_warps=warps,
                 maxnreg=maxnreg,
                 aligned=_ALIGNED[direction],

@@ -171,6 +171,17 @@ def _pass_store(rows, v, start, D, row_ok, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _norm_mode(per_head, NORM: tl.constexpr):
+    """Whether each head is normalised alone: fixed at compile time where the variant's calls
+    all have one mode (each image then holds that mode's code only), else the run-time flag."""
+    if NORM == 0:
+        out = per_head != 0
+    else:
+        out = NORM == 1
+    return out
+
+
+@triton.jit
 def _rstd(ss, per_head, n_group, eps):
     """[HEADS] 1/sqrt(mean(x^2) + eps) from each tile row's sum of squares: per head, or of
     the whole row (the tile rows' total) broadcast to every head."""
@@ -234,10 +245,11 @@ def _rms_norm_rope_fwd(
     BLOCK_D: tl.constexpr,    # columns per tile: a power of two, >= D on the fast path
     HEADS: tl.constexpr,      # heads per tile
     INTERLEAVED: tl.constexpr,
+    NORM: tl.constexpr,       # 1 per head, 2 over the row (the variant's calls all have it), 0: per_head
 ):
     HALF: tl.constexpr = BLOCK_D // 2
     D = N
-    per_head = per_head != 0
+    per_head = _norm_mode(per_head, NORM)
     has_pos = (flags & 1) != 0
     half_table = (flags & 2) != 0
     # one token per program; with per_head, one chunk of HEADS heads of it (grid axis 1)
@@ -403,10 +415,11 @@ def _rms_norm_rope_bwd(
     ONE_PASS: tl.constexpr,   # the variant's calls have whole groups in the tile and full rotary
                               # (D <= BLOCK_D, 2 * pairs == D, per_head or H <= HEADS: the spec's
                               # conditions); otherwise the two-pass form for any group
+    NORM: tl.constexpr,       # as in _rms_norm_rope_fwd
 ):
     HALF: tl.constexpr = BLOCK_D // 2
     D = N
-    per_head = per_head != 0
+    per_head = _norm_mode(per_head, NORM)
     has_pos = (flags & 1) != 0
     half_table = (flags & 2) != 0
     pid = tl.program_id(0)
