@@ -302,10 +302,16 @@ def _cuda_variants(dtype: str) -> list[Variant]:
     return head + row
 
 
-# The kernels' NORM constexpr by the mode of a variant's calls: its image holds only that norm
-# mode's code ("any" takes both modes and reads per_head at run time).  With the mode a run-time
-# argument in every image, the one-pass backward held both forms and took 1.4x as long to compile.
-_NORM = {"any": 0, "head": 1, "row": 2}
+# The kernels' NORM constexpr: a variant whose calls all have one norm mode compiles only that
+# mode's code (the one-pass backward held both loops and took 1.4x as long to compile); 0 reads
+# per_head at run time.  Per head in both directions and over the row in the forward; the
+# backward over the row keeps the run-time mode, which measured faster for its pipelined token
+# loop (H200, bf16 forward + backward, docs/benchmarks.md: the fixed mode ran 0.93-0.98x at
+# 16384 tokens x 32 heads x 64/128/256, fp32 0.97x), as do the unaligned variants (both modes).
+def _norm_mode(direction: str, mode: str) -> int:
+    if mode.startswith("head"):
+        return 1
+    return 2 if mode.startswith("row") and direction == "fwd" else 0
 
 
 def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
@@ -332,7 +338,7 @@ def _variants(direction: str, interleaved: bool) -> tuple[Variant, ...]:
                 kernel=f"_rms_norm_rope_{direction}",
                 when=f"dtype == {DTYPES[dtype]} && {width}",
                 grid=_grid(direction, heads),
-                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved, NORM=_NORM[mode.split("_")[0]],
+                constexprs=dict(BLOCK_D=block_d, HEADS=heads, INTERLEAVED=interleaved, NORM=_norm_mode(direction, mode),
                                 **bwd),
                 num_warps=warps,
                 maxnreg=maxnreg,
