@@ -124,6 +124,11 @@ RETARGET = {"sm89": "sm80"}
 _FP8_TYPE = re.compile(r"\bf8E[0-9]")
 
 
+def _retarget(ptx: str, target: str) -> str:
+    """`ptx` with its .target line naming `target` (sm_89, sm_90a), as Triton's make_ptx writes it."""
+    return re.sub(r"^\s*\.target\s+\S+", f".target {target}", ptx, count=1, flags=re.M)
+
+
 def _triton_ptxas(ptx: str, arch: str, options: dict) -> bytes:
     """Triton's last step, its ptxas with its options, on `ptx` for `arch`."""
     from triton.backends.compiler import GPUTarget
@@ -131,7 +136,7 @@ def _triton_ptxas(ptx: str, arch: str, options: dict) -> bytes:
 
     cc = specs.ARCH_CC[arch]
     backend = CUDABackend(GPUTarget("cuda", cc, 32))
-    return backend.make_cubin(re.sub(r"\.target sm_\d+", f".target sm_{cc}", ptx), {}, backend.parse_options(options), cc)
+    return backend.make_cubin(_retarget(ptx, f"sm_{cc}"), {}, backend.parse_options(options), cc)
 
 
 def compile_triton(op: specs.Op, v: specs.Variant, arch: str, cache_dir: Path):
@@ -237,8 +242,9 @@ def _nvrtc_call(lib, fn, *args):
 # 19 of 33 s an arch) run once instead of four times.  A source that tests __CUDA_ARCH__ would
 # compile differently per arch, so NVRTC compiles it per arch, as it does a source without a PTX
 # form (fp8_gemm's sm90 kernel).
-def _source_arches(source: str) -> set[str]:
-    return {a for op, v, a in specs.enumerate_kernels() if op.lang_of(v) == "cuda" and op.source_of(v) == source}
+@functools.lru_cache(maxsize=None)
+def _source_arches(source: str) -> frozenset[str]:
+    return frozenset(a for op, v, a in specs.enumerate_kernels() if op.lang_of(v) == "cuda" and op.source_of(v) == source)
 
 
 def _from_ptx(source: str, texts) -> bool:
@@ -257,7 +263,7 @@ def _ptxas_tool() -> tuple[str, str]:
 def _ptxas(ptx: bytes, arch: str, what: str) -> bytes:
     """ptxas's cubin of `ptx` (NUL-terminated) retargeted to `arch`, with its default options."""
     path, _ = _ptxas_tool()
-    text = re.sub(rb"^\s*\.target\s+\S+", b".target " + NVRTC_ARCH[arch].encode(), ptx.rstrip(b"\0"), count=1, flags=re.M)
+    text = _retarget(ptx.rstrip(b"\0").decode(), NVRTC_ARCH[arch]).encode()
     with tempfile.TemporaryDirectory() as d:
         src, out = os.path.join(d, "in.ptx"), os.path.join(d, "out.cubin")
         Path(src).write_bytes(text)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import inspect
 import itertools
 import json
@@ -99,6 +100,7 @@ def _best(direction: str, dtype, n: int, block: int, looped: bool, candidates) -
     return best
 
 
+@functools.lru_cache(maxsize=None)
 def _backward_programs():
     """The backward's program count as the op launches it: python/fusedaot/ops/rms_norm.py's
     _programs, from this source tree (the package need not be installed)."""

@@ -188,34 +188,32 @@ def _rms_norm_variants(direction: str, fused: bool = False) -> tuple[Variant, ..
             # LEAN frees the registers that holding the weight and its dw sums take: without a
             # weight there is nothing to free, and one variant serves every stride.
             lean_options = (True, False) if not looped and aligned and block in leaner else (None,)
-            for has_w, lean in itertools.product((True,) if fused else (True, False), lean_options):
-                if lean is False and not has_w:
-                    continue
-                lean = lean if has_w else None
-                cond = [f"dtype == {DTYPES[dtype]}", width]
-                if not fused:
-                    cond.insert(1, "w != 0" if has_w else "w == 0")
-                if (direction == "fwd" and not fused and aligned and dtype != "fp32"
-                        and (upper is None or upper > RMS_NORM_CUDA_ABOVE)):   # what the CUDA C++ form leaves
-                    cond.append(f"!({_CUDA_FWD})")
-                if lean is not None:   # the LEAN variant takes calls whose row strides all equal x's
-                    same = " && ".join(f"{s} == stride_x" for s in strides if s != "stride_x")
-                    cond.append(same if lean else f"!({same})")
-                out.append(Variant(
-                    name=f"{op}_{dtype}_{tag}{'' if lean is None else '_lean' if lean else '_strided'}{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
-                    dtype=dtype,
-                    kernel=f"_rms_norm_{direction}",
-                    when=" && ".join(cond),
-                    grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
-                    constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped,
-                                    **(dict(UNROLL=unroll) if direction == "fwd" else dict(LEAN=bool(lean))),
-                                    **(_RESIDUAL if fused else _NO_RESIDUAL)[direction]),
-                    num_warps=warps,
-                    num_stages=stages,
-                    aligned=ptrs + strides + ("N",),
-                    unaligned=not aligned,
-                    arches=(arch,),
-                ))
+            for has_w in (True,) if fused else (True, False):
+                for lean in lean_options if has_w else (None,):
+                    cond = [f"dtype == {DTYPES[dtype]}", width]
+                    if not fused:
+                        cond.insert(1, "w != 0" if has_w else "w == 0")
+                    if (direction == "fwd" and not fused and aligned and dtype != "fp32"
+                            and (upper is None or upper > RMS_NORM_CUDA_ABOVE)):   # what the CUDA C++ form leaves
+                        cond.append(f"!({_CUDA_FWD})")
+                    if lean is not None:   # the LEAN variant takes calls whose row strides all equal x's
+                        same = " && ".join(f"{s} == stride_x" for s in strides if s != "stride_x")
+                        cond.append(same if lean else f"!({same})")
+                    out.append(Variant(
+                        name=f"{op}_{dtype}_{tag}{'' if lean is None else '_lean' if lean else '_strided'}{'' if has_w else '_nw'}{'_a16' if aligned else '_u'}",
+                        dtype=dtype,
+                        kernel=f"_rms_norm_{direction}",
+                        when=" && ".join(cond),
+                        grid=("fa_cdiv(M, %d)" % rows if direction == "fwd" else "G", "1", "1"),
+                        constexprs=dict(BLOCK_N=block, ROWS=rows, HAS_W=has_w, LOOPED=looped,
+                                        **(dict(UNROLL=unroll) if direction == "fwd" else dict(LEAN=bool(lean))),
+                                        **(_RESIDUAL if fused else _NO_RESIDUAL)[direction]),
+                        num_warps=warps,
+                        num_stages=stages,
+                        aligned=ptrs + strides + ("N",),
+                        unaligned=not aligned,
+                        arches=(arch,),
+                    ))
     return merge_arches(out)
 
 
